@@ -1,0 +1,215 @@
+//! Parsers for the guard's `OOM_GUARD_*` values, shared by the preload library (which reports a bad
+//! value once on stderr and falls back to report mode) and the CLI (which refuses to start).
+//!
+//! Sizes follow Kubernetes, because that is where a container's limit is written: binary suffixes
+//! `Ki Mi Gi Ti` (also spelled `KiB MiB GiB TiB`) and decimal ones `k K M G T` (`1G` = 10^9 bytes,
+//! exactly as in a pod's `limits.memory`). PostgreSQL-style `GB`/`MB` are rejected because
+//! PostgreSQL reads them as binary and Kubernetes as decimal: the user must pick one.
+
+use core::fmt;
+
+/// The accepted size forms, quoted by every size error.
+pub const SIZE_FORMS: &str = "a whole number of bytes (1073741824), a binary size (512Mi, 512MiB, \
+1Gi, 1GiB) or a decimal Kubernetes quantity (500M, 1G = 10^9 bytes)";
+
+/// Why a size could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeError {
+    /// Nothing (or only blanks) was given.
+    Empty,
+    /// The number part is missing or is not a whole number.
+    NotANumber,
+    /// The suffix is not one of the accepted ones.
+    UnknownSuffix,
+    /// `GB`/`MB`/…: binary in PostgreSQL, decimal in Kubernetes.
+    AmbiguousSuffix,
+    /// The value does not fit in 64 bits.
+    TooLarge,
+    /// Zero bytes is not a limit.
+    Zero,
+}
+
+impl fmt::Display for SizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self {
+            SizeError::Empty => "it is empty",
+            SizeError::NotANumber => "it does not start with a whole number",
+            SizeError::UnknownSuffix => "its unit is unknown",
+            SizeError::AmbiguousSuffix => {
+                "its unit is ambiguous (GB is 2^30 in PostgreSQL but 10^9 in Kubernetes): write Gi or G"
+            }
+            SizeError::TooLarge => "it is larger than 2^64 bytes",
+            SizeError::Zero => "it is zero",
+        };
+        write!(f, "{why}; accepted forms are {SIZE_FORMS}")
+    }
+}
+
+/// Parses a size such as `1073741824`, `512MiB`, `1Gi` or `1G` into bytes. Surrounding blanks are
+/// ignored; zero is rejected because a zero limit is never what the user meant.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(SizeError::Empty);
+    }
+    let digits_end = text
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(SizeError::NotANumber);
+    }
+    let mut number: u64 = 0;
+    for b in digits.bytes() {
+        number = number
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(SizeError::TooLarge)?;
+    }
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "kB" | "KB" | "MB" | "GB" | "TB" => return Err(SizeError::AmbiguousSuffix),
+        s if s.starts_with('.') => return Err(SizeError::NotANumber),
+        _ => return Err(SizeError::UnknownSuffix),
+    };
+    let bytes = number.checked_mul(multiplier).ok_or(SizeError::TooLarge)?;
+    if bytes == 0 {
+        return Err(SizeError::Zero);
+    }
+    Ok(bytes)
+}
+
+/// What the guard does when the container-wide total would pass the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Mode {
+    /// Account, and refuse over the limit where the refusal policy allows it.
+    Enforce = 1,
+    /// Account and count would-be refusals, never refuse.
+    Report = 2,
+    /// Pure pass-through: no accounting at all in this process.
+    Off = 3,
+}
+
+/// The accepted mode values, quoted by the mode error.
+pub const MODE_FORMS: &str = "enforce, report or off";
+
+impl Mode {
+    /// Parses `enforce`, `report` or `off` (case-insensitive, blanks ignored).
+    pub fn parse(text: &str) -> Option<Mode> {
+        let text = text.trim();
+        [
+            ("enforce", Mode::Enforce),
+            ("report", Mode::Report),
+            ("off", Mode::Off),
+        ]
+        .into_iter()
+        .find(|(name, _)| text.eq_ignore_ascii_case(name))
+        .map(|(_, mode)| mode)
+    }
+
+    /// The value as stored in the segment header (0 means not set).
+    pub fn from_raw(raw: u32) -> Option<Mode> {
+        match raw {
+            1 => Some(Mode::Enforce),
+            2 => Some(Mode::Report),
+            3 => Some(Mode::Off),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name used in messages, the CLI and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// Which guarded processes may be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseScope {
+    /// Only PostgreSQL client backends in a state where an ERROR is safe (the default).
+    Backends,
+    /// Every guarded process: for non-PostgreSQL programs and for tests with plain C programs.
+    All,
+}
+
+/// The accepted refusal scopes, quoted by the scope error.
+pub const REFUSE_FORMS: &str = "backends (PostgreSQL client backends only) or all";
+
+impl RefuseScope {
+    /// Parses `backends` or `all` (case-insensitive, blanks ignored).
+    pub fn parse(text: &str) -> Option<RefuseScope> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("backends") {
+            Some(RefuseScope::Backends)
+        } else if text.eq_ignore_ascii_case("all") {
+            Some(RefuseScope::All)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_every_accepted_form() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_size("2Ti"), Ok(2 << 40));
+        assert_eq!(parse_size("64Ki"), Ok(64 << 10));
+        assert_eq!(parse_size("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_size("500M"), Ok(500_000_000));
+        assert_eq!(parse_size("128k"), Ok(128_000));
+        assert_eq!(parse_size(" 256Mi\n"), Ok(256 << 20));
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        assert_eq!(parse_size(""), Err(SizeError::Empty));
+        assert_eq!(parse_size("   "), Err(SizeError::Empty));
+        assert_eq!(parse_size("Gi"), Err(SizeError::NotANumber));
+        assert_eq!(parse_size("-1"), Err(SizeError::NotANumber));
+        assert_eq!(parse_size("1.5Gi"), Err(SizeError::NotANumber));
+        assert_eq!(parse_size("12 parsecs"), Err(SizeError::UnknownSuffix));
+        assert_eq!(parse_size("1gi"), Err(SizeError::UnknownSuffix));
+        assert_eq!(parse_size("1GB"), Err(SizeError::AmbiguousSuffix));
+        assert_eq!(parse_size("0"), Err(SizeError::Zero));
+        assert_eq!(parse_size("0Gi"), Err(SizeError::Zero));
+        assert_eq!(parse_size("99999999999999999999"), Err(SizeError::TooLarge));
+        assert_eq!(parse_size("17179869184Gi"), Err(SizeError::TooLarge));
+        let message = format!("{}", SizeError::UnknownSuffix);
+        assert!(message.contains("512Mi"), "{message}");
+    }
+
+    #[test]
+    fn modes_and_scopes() {
+        assert_eq!(Mode::parse("enforce"), Some(Mode::Enforce));
+        assert_eq!(Mode::parse(" Report "), Some(Mode::Report));
+        assert_eq!(Mode::parse("OFF"), Some(Mode::Off));
+        assert_eq!(Mode::parse("on"), None);
+        assert_eq!(Mode::from_raw(Mode::Report as u32), Some(Mode::Report));
+        assert_eq!(Mode::from_raw(0), None);
+        assert_eq!(RefuseScope::parse("all"), Some(RefuseScope::All));
+        assert_eq!(RefuseScope::parse("backends"), Some(RefuseScope::Backends));
+        assert_eq!(RefuseScope::parse("everyone"), None);
+    }
+}

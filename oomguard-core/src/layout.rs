@@ -1,0 +1,432 @@
+//! The shared accounting segment: a header followed by one slot per live guarded process.
+//!
+//! The segment is a file (in `/dev/shm` by default) mapped `MAP_SHARED` by every guarded process of
+//! a domain and read by the CLI. Its layout is `repr(C)` and versioned: a reader checks
+//! [`MAGIC`], [`LAYOUT_VERSION`] and the geometry before it trusts anything, so a foreign or
+//! truncated file is an error, never a crash. Every field that changes after creation is an atomic;
+//! fields written together by one process sit on their own 128-byte line so that processes do not
+//! bounce each other's cache lines (packed per-process counters were measured 26x slower).
+
+use core::fmt;
+use core::mem::{align_of, size_of};
+use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+/// First bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"OOMGUARD";
+/// Bumped whenever a field moves or changes meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Number of process slots; a process that finds none free is accounted in [`Header::overflow`].
+pub const SLOT_COUNT: u32 = 4096;
+
+/// Slot `pid` value of a free slot.
+pub const PID_FREE: i32 = 0;
+/// Slot `pid` value while a slot is being claimed or reaped.
+pub const PID_BUSY: i32 = -1;
+
+/// A 128-byte cache-line pair of its own (adjacent-line prefetch makes 64 too little).
+#[repr(C, align(128))]
+#[derive(Default)]
+pub struct Line<T>(pub T);
+
+impl<T> core::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Where the limit in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LimitSource {
+    /// No limit is known: the guard only accounts.
+    None = 0,
+    /// `OOM_GUARD_LIMIT` gave it.
+    Environment = 1,
+    /// Derived from the cgroup limit, shared memory and reserve (see [`LimitInputs`]).
+    Derived = 2,
+}
+
+impl LimitSource {
+    /// Decodes the header value; unknown values read as `None`.
+    pub fn from_raw(raw: u32) -> LimitSource {
+        match raw {
+            1 => LimitSource::Environment,
+            2 => LimitSource::Derived,
+            _ => LimitSource::None,
+        }
+    }
+
+    /// The name used by the CLI and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitSource::None => "none",
+            LimitSource::Environment => "OOM_GUARD_LIMIT",
+            LimitSource::Derived => "derived",
+        }
+    }
+}
+
+/// The inputs a derived limit was computed from, recorded so `oomguard limit` can explain it.
+/// Zero means "not known".
+#[repr(C)]
+#[derive(Default)]
+pub struct LimitInputs {
+    /// The cgroup memory limit in effect (minimum up the tree, capped by MemTotal).
+    pub cgroup_limit_bytes: AtomicU64,
+    /// PostgreSQL shared memory subtracted from it.
+    pub shared_memory_bytes: AtomicU64,
+    /// Reserve for page tables, idle backends and other processes.
+    pub reserve_bytes: AtomicU64,
+    /// Non-zero when shared memory sits in huge pages (charged to hugetlb, not subtracted).
+    pub huge_pages: AtomicU64,
+}
+
+/// What kind of process a slot belongs to, as far as the guard has classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ProcessKind {
+    /// Not classified yet: classification happens the first time the process passes the limit.
+    Unclassified = 0,
+    /// Not a PostgreSQL server process.
+    Other = 1,
+    /// The postmaster (or a standalone backend): never refused.
+    Postmaster = 2,
+    /// A PostgreSQL client backend: the one kind that may be refused.
+    ClientBackend = 3,
+    /// Any other PostgreSQL process (checkpointer, startup, autovacuum, walsender, …).
+    PostgresAuxiliary = 4,
+}
+
+impl ProcessKind {
+    /// Decodes the slot value; unknown values read as `Unclassified`.
+    pub fn from_raw(raw: u32) -> ProcessKind {
+        match raw {
+            1 => ProcessKind::Other,
+            2 => ProcessKind::Postmaster,
+            3 => ProcessKind::ClientBackend,
+            4 => ProcessKind::PostgresAuxiliary,
+            _ => ProcessKind::Unclassified,
+        }
+    }
+
+    /// The name used by the CLI and in refusal lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessKind::Unclassified => "unclassified",
+            ProcessKind::Other => "other",
+            ProcessKind::Postmaster => "postmaster",
+            ProcessKind::ClientBackend => "client backend",
+            ProcessKind::PostgresAuxiliary => "postgres auxiliary",
+        }
+    }
+}
+
+/// One guarded process. Only its owner writes `bytes`, `peak` and the counters; reapers write a
+/// slot only after taking it over with a compare-and-swap on `pid`.
+#[repr(C, align(128))]
+#[derive(Default)]
+pub struct Slot {
+    /// [`PID_FREE`], [`PID_BUSY`], or the owner's pid.
+    pub pid: AtomicI32,
+    /// A [`ProcessKind`].
+    pub kind: AtomicU32,
+    /// The owner's start time in clock ticks since boot (`/proc/PID/stat` field 22): with `pid` it
+    /// tells a live owner from a reused pid.
+    pub start_time: AtomicU64,
+    /// Bytes this process has reserved from the pool (its allocations plus its threads' unused
+    /// reservations). Signed: a forked child frees memory it inherited.
+    pub bytes: AtomicI64,
+    /// Highest `bytes` seen.
+    pub peak: AtomicI64,
+    /// Successful allocation calls, flushed from threads at reservation boundaries.
+    pub allocations: AtomicU64,
+    /// Refused allocation calls.
+    pub denials: AtomicU64,
+    /// Bytes of the refused calls.
+    pub denied_bytes: AtomicU64,
+    /// Size of the most recently refused call.
+    pub last_denied_size: AtomicU64,
+    /// Calls that would have been refused in report mode.
+    pub overlimit_reports: AtomicU64,
+}
+
+/// Container-wide counters and configuration. Lives at offset 0 of the segment.
+#[repr(C, align(128))]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// `size_of::<Header>()` of the writer.
+    pub header_size: u32,
+    /// `size_of::<Slot>()` of the writer.
+    pub slot_size: u32,
+    /// Number of slots after the header.
+    pub slot_count: u32,
+    /// Pid of the process that created the segment.
+    pub creator_pid: u32,
+    /// Padding; zero.
+    pub reserved: u32,
+
+    /// The limit in bytes; 0 = none (account only).
+    pub limit_bytes: AtomicU64,
+    /// A [`LimitSource`].
+    pub limit_source: AtomicU32,
+    /// A [`crate::Mode`] (enforce or report; processes in off mode never attach).
+    pub mode: AtomicU32,
+    /// What a derived limit was computed from.
+    pub limit_inputs: LimitInputs,
+
+    /// Bytes reserved by all slots together (the number compared with the limit).
+    pub total: Line<AtomicI64>,
+    /// Counters touched only on reservation boundaries and refusals.
+    pub stats: Line<HeaderStats>,
+    /// Kernel view of the cgroup, written by guarded processes for readers that cannot see it.
+    pub cgroup: Line<CgroupSnapshot>,
+    /// Accounts processes that found no free slot.
+    pub overflow: Slot,
+}
+
+/// Container-wide peaks and counters.
+#[repr(C)]
+#[derive(Default)]
+pub struct HeaderStats {
+    /// Highest `total` seen.
+    pub peak: AtomicI64,
+    /// Refused allocation calls.
+    pub denied_allocations: AtomicU64,
+    /// Bytes of the refused calls.
+    pub denied_bytes: AtomicU64,
+    /// Calls that would have been refused in report mode.
+    pub overlimit_reports: AtomicU64,
+    /// Bytes returned to the pool from slots of processes that died without cleaning up.
+    pub reclaimed_orphan_bytes: AtomicU64,
+    /// Slots reaped because their process was gone.
+    pub reaped_slots: AtomicU64,
+    /// Processes that found every slot taken.
+    pub slot_overflows: AtomicU64,
+}
+
+/// The cgroup's own numbers as last read by a guarded process (0 = not read yet).
+#[repr(C)]
+#[derive(Default)]
+pub struct CgroupSnapshot {
+    /// Unix time of the reading, in seconds.
+    pub read_at_unix_seconds: AtomicU64,
+    /// `memory.current` / `memory.usage_in_bytes`.
+    pub usage_bytes: AtomicU64,
+    /// The effective limit.
+    pub limit_bytes: AtomicU64,
+    /// `anon` from memory.stat.
+    pub anon_bytes: AtomicU64,
+    /// `file` from memory.stat.
+    pub file_bytes: AtomicU64,
+    /// `shmem` from memory.stat.
+    pub shmem_bytes: AtomicU64,
+}
+
+/// Size in bytes of a segment with `slot_count` slots.
+pub const fn segment_size(slot_count: u32) -> usize {
+    size_of::<Header>() + slot_count as usize * size_of::<Slot>()
+}
+
+/// Why a mapped file is not a usable segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutError {
+    /// Shorter than its header or than its slots claim.
+    Truncated {
+        /// Bytes present.
+        found: usize,
+        /// Bytes needed.
+        needed: usize,
+    },
+    /// Not aligned for the header (only possible for a non-mmap buffer).
+    Misaligned,
+    /// Does not start with [`MAGIC`]: not an oomguard segment.
+    BadMagic,
+    /// Written by a build with another layout.
+    Version {
+        /// The version in the file.
+        found: u32,
+    },
+    /// Header or slot size disagree with this build.
+    Geometry,
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayoutError::Truncated { found, needed } => write!(
+                f,
+                "the segment is truncated ({found} bytes, at least {needed} needed)"
+            ),
+            LayoutError::Misaligned => write!(f, "the segment is not aligned"),
+            LayoutError::BadMagic => write!(f, "not an oomguard segment (bad magic)"),
+            LayoutError::Version { found } => write!(
+                f,
+                "segment layout version {found}, this build reads version {LAYOUT_VERSION}: \
+                 use the oomguard build that matches the running guard"
+            ),
+            LayoutError::Geometry => write!(
+                f,
+                "segment header or slot size differs from this build's (corrupt or foreign)"
+            ),
+        }
+    }
+}
+
+/// A validated segment: the header and its slots.
+#[derive(Clone, Copy)]
+pub struct SegmentView<'a> {
+    /// The header.
+    pub header: &'a Header,
+    /// The process slots.
+    pub slots: &'a [Slot],
+}
+
+impl<'a> SegmentView<'a> {
+    /// Validates `bytes` (a mapping of a segment file) and views it. Never trusts a field before
+    /// the magic, version and sizes have been checked against the length.
+    pub fn new(bytes: &'a [u8]) -> Result<SegmentView<'a>, LayoutError> {
+        let header_size = size_of::<Header>();
+        if bytes.len() < header_size {
+            return Err(LayoutError::Truncated {
+                found: bytes.len(),
+                needed: header_size,
+            });
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(align_of::<Header>()) {
+            return Err(LayoutError::Misaligned);
+        }
+        // SAFETY: the buffer is long enough and aligned for a Header, every bit pattern is a valid
+        // Header (integers, atomics and byte arrays only), and the borrow of `bytes` bounds it.
+        let header = unsafe { &*(bytes.as_ptr() as *const Header) };
+        if header.magic != MAGIC {
+            return Err(LayoutError::BadMagic);
+        }
+        if header.layout_version != LAYOUT_VERSION {
+            return Err(LayoutError::Version {
+                found: header.layout_version,
+            });
+        }
+        if header.header_size as usize != header_size
+            || header.slot_size as usize != size_of::<Slot>()
+            || header.slot_count == 0
+        {
+            return Err(LayoutError::Geometry);
+        }
+        let needed = segment_size(header.slot_count);
+        if bytes.len() < needed {
+            return Err(LayoutError::Truncated {
+                found: bytes.len(),
+                needed,
+            });
+        }
+        // SAFETY: `needed` bytes are present, slots start right after the header at a multiple of
+        // 128 (Header's size is a multiple of its 128-byte alignment), and any bit pattern is a
+        // valid Slot.
+        let slots = unsafe {
+            core::slice::from_raw_parts(
+                bytes.as_ptr().add(header_size) as *const Slot,
+                header.slot_count as usize,
+            )
+        };
+        Ok(SegmentView { header, slots })
+    }
+
+    /// Slots currently owned by a process (pid > 0).
+    pub fn live_slots(&self) -> impl Iterator<Item = &'a Slot> + 'a {
+        self.slots
+            .iter()
+            .filter(|slot| slot.pid.load(Ordering::Acquire) > 0)
+    }
+}
+
+/// Initialises a freshly zeroed segment buffer of [`segment_size`]`(slot_count)` bytes.
+///
+/// # Safety
+/// `base` must point to at least `segment_size(slot_count)` writable, zeroed bytes aligned to 128,
+/// not yet visible to any other process.
+pub unsafe fn initialise(base: *mut u8, slot_count: u32, creator_pid: u32) {
+    let header = base as *mut Header;
+    // SAFETY: the caller guarantees the buffer is ours alone, large and aligned enough; the other
+    // fields are valid as zero.
+    unsafe {
+        (*header).magic = MAGIC;
+        (*header).layout_version = LAYOUT_VERSION;
+        (*header).header_size = size_of::<Header>() as u32;
+        (*header).slot_size = size_of::<Slot>() as u32;
+        (*header).slot_count = slot_count;
+        (*header).creator_pid = creator_pid;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A zeroed, 128-aligned buffer large enough for a small segment.
+    pub(crate) fn segment_buffer(slot_count: u32) -> Vec<Line<[u8; 128]>> {
+        let lines = segment_size(slot_count) / 128;
+        (0..lines).map(|_| Line([0u8; 128])).collect()
+    }
+
+    pub(crate) fn as_bytes(buffer: &mut [Line<[u8; 128]>]) -> &mut [u8] {
+        // SAFETY: Line<[u8;128]> is 128 plain bytes with no padding.
+        unsafe {
+            core::slice::from_raw_parts_mut(buffer.as_mut_ptr() as *mut u8, buffer.len() * 128)
+        }
+    }
+
+    #[test]
+    fn geometry_is_what_readers_expect() {
+        assert_eq!(size_of::<Slot>(), 128);
+        assert_eq!(size_of::<Header>() % 128, 0);
+        assert!(size_of::<Header>() <= 1024, "{}", size_of::<Header>());
+    }
+
+    #[test]
+    fn initialised_segment_validates() {
+        let mut buffer = segment_buffer(8);
+        let bytes = as_bytes(&mut buffer);
+        // SAFETY: the buffer is zeroed, aligned and large enough.
+        unsafe { initialise(bytes.as_mut_ptr(), 8, 42) };
+        let view = SegmentView::new(bytes).expect("valid");
+        assert_eq!(view.slots.len(), 8);
+        assert_eq!(view.header.creator_pid, 42);
+        assert_eq!(view.live_slots().count(), 0);
+    }
+
+    #[test]
+    fn foreign_or_damaged_segments_are_rejected() {
+        let mut buffer = segment_buffer(8);
+        let bytes = as_bytes(&mut buffer);
+        assert_eq!(
+            SegmentView::new(&bytes[..100]).err(),
+            Some(LayoutError::Truncated {
+                found: 100,
+                needed: size_of::<Header>()
+            })
+        );
+        assert_eq!(SegmentView::new(bytes).err(), Some(LayoutError::BadMagic));
+        // SAFETY: as above.
+        unsafe { initialise(bytes.as_mut_ptr(), 8, 1) };
+        bytes[8] = 99; // layout_version
+        assert_eq!(
+            SegmentView::new(bytes).err(),
+            Some(LayoutError::Version { found: 99 })
+        );
+        bytes[8] = LAYOUT_VERSION as u8;
+        bytes[20] = 200; // slot_count 200 > what the buffer holds
+        assert!(matches!(
+            SegmentView::new(bytes).err(),
+            Some(LayoutError::Truncated { .. })
+        ));
+        bytes[20] = 8;
+        bytes[16] = 64; // slot_size
+        assert_eq!(SegmentView::new(bytes).err(), Some(LayoutError::Geometry));
+        bytes[16] = 128;
+        assert!(SegmentView::new(&bytes[1..]).is_err());
+    }
+}

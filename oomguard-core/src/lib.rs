@@ -1,0 +1,21 @@
+//! The part of oomguard that every other crate shares: the shared accounting segment's layout, the
+//! container-wide reservation pool, and the parsers for the guard's configuration.
+//!
+//! This crate is `no_std` and allocation-free so that the preload library (which may not allocate
+//! through itself) can use it, and it exports no C symbols so that the CLI and benchmarks can link
+//! it without being interposed themselves.
+//!
+//! - [`layout`]: the versioned `repr(C)` segment (header + one slot per guarded process) and its
+//!   validation.
+//! - [`pool`]: reserving and releasing bytes against the limit, peaks, denial counters, slot
+//!   claiming and reaping of dead processes.
+//! - [`config`]: `OOM_GUARD_*` value parsing (sizes, modes, refusal scope) with errors that name
+//!   the accepted forms.
+#![cfg_attr(not(test), no_std)]
+
+pub mod config;
+pub mod layout;
+pub mod pool;
+
+pub use config::{Mode, RefuseScope};
+pub use layout::{Header, ProcessKind, Slot};

@@ -1,0 +1,379 @@
+//! The container-wide reservation pool: the only place where bytes are added to or taken from the
+//! shared total, and where slots are claimed, reaped and charged.
+//!
+//! Callers reserve in batches (the preload library hands each thread a local credit), so these
+//! operations run once per batch, not once per `malloc`. Nothing here allocates, blocks or makes a
+//! system call: liveness checks are the caller's closure, so the same code serves the preload
+//! library, the CLI and tests.
+
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+
+use crate::layout::{Header, ProcessKind, SegmentView, Slot, PID_BUSY, PID_FREE};
+
+/// Operations on a validated segment.
+#[derive(Clone, Copy)]
+pub struct Pool<'a> {
+    view: SegmentView<'a>,
+}
+
+impl<'a> Pool<'a> {
+    /// A pool over `view`.
+    pub fn new(view: SegmentView<'a>) -> Pool<'a> {
+        Pool { view }
+    }
+
+    /// The segment header.
+    pub fn header(&self) -> &'a Header {
+        self.view.header
+    }
+
+    /// The process slots.
+    pub fn slots(&self) -> &'a [Slot] {
+        self.view.slots
+    }
+
+    /// The limit in bytes, 0 when none is set.
+    pub fn limit(&self) -> u64 {
+        self.view.header.limit_bytes.load(Relaxed)
+    }
+
+    /// Adds `bytes` to the total and to `slot` only if the total stays within the limit (or no
+    /// limit is set). Returns whether it did.
+    pub fn try_reserve(&self, slot: &Slot, bytes: u64) -> bool {
+        let limit = self.limit();
+        if limit == 0 {
+            self.reserve_regardless(slot, bytes);
+            return true;
+        }
+        let header = self.view.header;
+        let mut total = header.total.load(Relaxed);
+        loop {
+            let Some(new_total) = add_signed(total, bytes) else {
+                return false;
+            };
+            if new_total > 0 && new_total as u64 > limit {
+                return false;
+            }
+            match header
+                .total
+                .compare_exchange_weak(total, new_total, AcqRel, Relaxed)
+            {
+                Ok(_) => {
+                    self.after_reserve(slot, new_total, bytes);
+                    return true;
+                }
+                Err(seen) => total = seen,
+            }
+        }
+    }
+
+    /// Adds `bytes` to the total and to `slot` whatever the limit says (processes that are never
+    /// refused, report mode, overdraft).
+    pub fn reserve_regardless(&self, slot: &Slot, bytes: u64) {
+        let bytes = clamp_to_i64(bytes);
+        let new_total = self
+            .view
+            .header
+            .total
+            .fetch_add(bytes, AcqRel)
+            .saturating_add(bytes);
+        self.after_reserve(slot, new_total, bytes as u64);
+    }
+
+    fn after_reserve(&self, slot: &Slot, new_total: i64, bytes: u64) {
+        let bytes = clamp_to_i64(bytes);
+        self.view.header.stats.peak.fetch_max(new_total, Relaxed);
+        let slot_bytes = slot.bytes.fetch_add(bytes, Relaxed).saturating_add(bytes);
+        slot.peak.fetch_max(slot_bytes, Relaxed);
+    }
+
+    /// Returns `bytes` from `slot` to the pool.
+    pub fn release(&self, slot: &Slot, bytes: u64) {
+        let bytes = clamp_to_i64(bytes);
+        slot.bytes.fetch_sub(bytes, Relaxed);
+        self.view.header.total.fetch_sub(bytes, AcqRel);
+    }
+
+    /// Counts a refused call of `size` bytes.
+    pub fn record_denial(&self, slot: &Slot, size: u64) {
+        let stats = &self.view.header.stats;
+        stats.denied_allocations.fetch_add(1, Relaxed);
+        stats.denied_bytes.fetch_add(size, Relaxed);
+        slot.denials.fetch_add(1, Relaxed);
+        slot.denied_bytes.fetch_add(size, Relaxed);
+        slot.last_denied_size.store(size, Relaxed);
+    }
+
+    /// Counts a call that would have been refused, in report mode.
+    pub fn record_overlimit_report(&self, slot: &Slot) {
+        self.view
+            .header
+            .stats
+            .overlimit_reports
+            .fetch_add(1, Relaxed);
+        slot.overlimit_reports.fetch_add(1, Relaxed);
+    }
+
+    /// Takes a slot for process `pid` started at `start_time`.
+    ///
+    /// A slot already held by `pid` belongs to the image this process replaced with `exec` (or to
+    /// a dead process whose pid was reused): its bytes are returned to the pool and the slot is
+    /// reused. Otherwise the first free slot is taken. With every slot taken the process is
+    /// accounted in [`Header::overflow`], which is shared and never reaped.
+    pub fn claim(&self, pid: i32, start_time: u64) -> &'a Slot {
+        for slot in self.view.slots {
+            if slot.pid.load(Relaxed) == pid && self.take_over(slot, pid) {
+                self.reclaim(slot);
+                return self.fill(slot, pid, start_time);
+            }
+        }
+        for slot in self.view.slots {
+            if slot.pid.load(Relaxed) == PID_FREE && self.take_over(slot, PID_FREE) {
+                return self.fill(slot, pid, start_time);
+            }
+        }
+        self.view.header.stats.slot_overflows.fetch_add(1, Relaxed);
+        &self.view.header.overflow
+    }
+
+    /// Frees the slots whose owner is gone (`is_alive(pid, start_time)` false), returning their
+    /// bytes to the pool. Returns how many slots were reaped.
+    pub fn reap_dead(&self, mut is_alive: impl FnMut(i32, u64) -> bool) -> u32 {
+        let mut reaped = 0;
+        for slot in self.view.slots {
+            let pid = slot.pid.load(Acquire);
+            if pid <= 0 || is_alive(pid, slot.start_time.load(Relaxed)) {
+                continue;
+            }
+            if self.take_over(slot, pid) {
+                self.reclaim(slot);
+                slot.pid.store(PID_FREE, Release);
+                reaped += 1;
+            }
+        }
+        if reaped > 0 {
+            self.view
+                .header
+                .stats
+                .reaped_slots
+                .fetch_add(u64::from(reaped), Relaxed);
+        }
+        reaped
+    }
+
+    /// Returns a process's own slot when it exits cleanly.
+    pub fn vacate(&self, slot: &Slot, pid: i32) {
+        if core::ptr::eq(slot, &self.view.header.overflow) {
+            return;
+        }
+        if self.take_over(slot, pid) {
+            let bytes = slot.bytes.swap(0, Relaxed);
+            self.view.header.total.fetch_sub(bytes, AcqRel);
+            slot.pid.store(PID_FREE, Release);
+        }
+    }
+
+    /// Marks a slot busy if it still holds `expected`; only the winner of this race touches it.
+    fn take_over(&self, slot: &Slot, expected: i32) -> bool {
+        slot.pid
+            .compare_exchange(expected, PID_BUSY, Acquire, Relaxed)
+            .is_ok()
+    }
+
+    /// Returns a taken-over slot's bytes to the pool, counting them as reclaimed orphan bytes.
+    fn reclaim(&self, slot: &Slot) {
+        let bytes = slot.bytes.swap(0, Relaxed);
+        self.view.header.total.fetch_sub(bytes, AcqRel);
+        if bytes > 0 {
+            self.view
+                .header
+                .stats
+                .reclaimed_orphan_bytes
+                .fetch_add(bytes as u64, Relaxed);
+        }
+    }
+
+    fn fill(&self, slot: &'a Slot, pid: i32, start_time: u64) -> &'a Slot {
+        slot.kind.store(ProcessKind::Unclassified as u32, Relaxed);
+        slot.start_time.store(start_time, Relaxed);
+        slot.bytes.store(0, Relaxed);
+        slot.peak.store(0, Relaxed);
+        for counter in [
+            &slot.allocations,
+            &slot.denials,
+            &slot.denied_bytes,
+            &slot.last_denied_size,
+            &slot.overlimit_reports,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        slot.pid.store(pid, Release);
+        slot
+    }
+}
+
+fn clamp_to_i64(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+fn add_signed(total: i64, bytes: u64) -> Option<i64> {
+    total.checked_add(i64::try_from(bytes).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::tests::{as_bytes, segment_buffer};
+    use crate::layout::{initialise, SegmentView};
+
+    fn with_pool(slot_count: u32, limit: u64, test: impl FnOnce(Pool<'_>)) {
+        let mut buffer = segment_buffer(slot_count);
+        let bytes = as_bytes(&mut buffer);
+        // SAFETY: zeroed, aligned, sized for slot_count.
+        unsafe { initialise(bytes.as_mut_ptr(), slot_count, 1) };
+        let view = SegmentView::new(bytes).unwrap();
+        view.header.limit_bytes.store(limit, Relaxed);
+        test(Pool::new(view));
+    }
+
+    #[test]
+    fn reservations_stop_at_the_limit_and_release_returns_them() {
+        with_pool(4, 1000, |pool| {
+            let slot = pool.claim(10, 1);
+            assert!(pool.try_reserve(slot, 600));
+            assert!(pool.try_reserve(slot, 400));
+            assert!(!pool.try_reserve(slot, 1), "the limit is inclusive");
+            assert_eq!(pool.header().total.load(Relaxed), 1000);
+            pool.release(slot, 700);
+            assert!(pool.try_reserve(slot, 700));
+            assert_eq!(slot.bytes.load(Relaxed), 1000);
+            assert_eq!(slot.peak.load(Relaxed), 1000);
+            assert_eq!(pool.header().stats.peak.load(Relaxed), 1000);
+            assert!(!pool.try_reserve(slot, u64::MAX));
+        });
+    }
+
+    #[test]
+    fn no_limit_means_everything_is_granted() {
+        with_pool(4, 0, |pool| {
+            let slot = pool.claim(10, 1);
+            assert!(pool.try_reserve(slot, 1 << 40));
+            pool.reserve_regardless(slot, 5);
+            assert_eq!(pool.header().total.load(Relaxed), (1 << 40) + 5);
+        });
+    }
+
+    #[test]
+    fn a_negative_slot_lowers_the_total() {
+        with_pool(4, 1000, |pool| {
+            let parent = pool.claim(10, 1);
+            let child = pool.claim(11, 2);
+            assert!(pool.try_reserve(parent, 900));
+            pool.release(child, 300); // the child frees memory it inherited
+            assert_eq!(child.bytes.load(Relaxed), -300);
+            assert!(pool.try_reserve(child, 400));
+        });
+    }
+
+    #[test]
+    fn dead_slots_are_reaped_and_their_bytes_reclaimed() {
+        with_pool(4, 1000, |pool| {
+            let alive = pool.claim(10, 1);
+            let dead = pool.claim(11, 2);
+            assert!(pool.try_reserve(alive, 100));
+            assert!(pool.try_reserve(dead, 800));
+            assert!(!pool.try_reserve(alive, 200));
+            let reaped = pool.reap_dead(|pid, start| pid == 10 && start == 1);
+            assert_eq!(reaped, 1);
+            assert_eq!(dead.pid.load(Relaxed), PID_FREE);
+            assert_eq!(pool.header().total.load(Relaxed), 100);
+            assert_eq!(
+                pool.header().stats.reclaimed_orphan_bytes.load(Relaxed),
+                800
+            );
+            assert_eq!(pool.header().stats.reaped_slots.load(Relaxed), 1);
+            assert!(pool.try_reserve(alive, 200));
+        });
+    }
+
+    #[test]
+    fn exec_replaces_the_slot_of_its_pid() {
+        with_pool(4, 0, |pool| {
+            let before = pool.claim(10, 7);
+            pool.reserve_regardless(before, 500);
+            let after = pool.claim(10, 7);
+            assert!(core::ptr::eq(before, after));
+            assert_eq!(after.bytes.load(Relaxed), 0);
+            assert_eq!(pool.header().total.load(Relaxed), 0);
+            assert_eq!(
+                pool.slots()
+                    .iter()
+                    .filter(|s| s.pid.load(Relaxed) == 10)
+                    .count(),
+                1
+            );
+        });
+    }
+
+    #[test]
+    fn full_slots_overflow_into_the_shared_bucket() {
+        with_pool(2, 0, |pool| {
+            pool.claim(1, 1);
+            pool.claim(2, 1);
+            let third = pool.claim(3, 1);
+            assert!(core::ptr::eq(third, &pool.header().overflow));
+            assert_eq!(pool.header().stats.slot_overflows.load(Relaxed), 1);
+            pool.vacate(third, 3); // never frees the shared bucket
+            assert_eq!(pool.header().overflow.pid.load(Relaxed), PID_FREE);
+        });
+    }
+
+    #[test]
+    fn vacate_returns_bytes_and_frees_the_slot() {
+        with_pool(2, 0, |pool| {
+            let slot = pool.claim(5, 1);
+            pool.reserve_regardless(slot, 64);
+            pool.vacate(slot, 5);
+            assert_eq!(slot.pid.load(Relaxed), PID_FREE);
+            assert_eq!(pool.header().total.load(Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn denials_and_reports_are_counted() {
+        with_pool(2, 10, |pool| {
+            let slot = pool.claim(5, 1);
+            pool.record_denial(slot, 4096);
+            pool.record_overlimit_report(slot);
+            let stats = &pool.header().stats;
+            assert_eq!(stats.denied_allocations.load(Relaxed), 1);
+            assert_eq!(stats.denied_bytes.load(Relaxed), 4096);
+            assert_eq!(stats.overlimit_reports.load(Relaxed), 1);
+            assert_eq!(slot.last_denied_size.load(Relaxed), 4096);
+        });
+    }
+
+    #[test]
+    fn concurrent_threads_never_pass_the_limit() {
+        use std::sync::atomic::AtomicU64;
+        with_pool(4, 1 << 20, |pool| {
+            let slot = pool.claim(1, 1);
+            let granted = AtomicU64::new(0);
+            std::thread::scope(|scope| {
+                for _ in 0..4 {
+                    scope.spawn(|| {
+                        for _ in 0..10_000 {
+                            if pool.try_reserve(slot, 1000) {
+                                granted.fetch_add(1000, Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            let total = pool.header().total.load(Relaxed);
+            assert_eq!(total as u64, granted.load(Relaxed));
+            assert!(total <= 1 << 20);
+            assert!(total > (1 << 20) - 1000);
+        });
+    }
+}

@@ -1,0 +1,45 @@
+//! liboomguard.so: loaded with `LD_PRELOAD` into PostgreSQL (or any program), it interposes the
+//! malloc family, accounts every block against a limit shared by all guarded processes of the
+//! container, and above it returns NULL with `ENOMEM` where the process can fail gracefully.
+//!
+//! - [`interpose`]: the exported C functions (the hot path).
+//! - [`tls`]: the per-thread credit the hot path moves.
+//! - [`guard`]: start-up, batch reservation and release, refusal, fork/thread/process exit.
+//! - [`policy`]: which PostgreSQL processes may be refused.
+//! - [`segment`]: finding, creating and mapping the shared segment.
+//! - [`settings`]: the `OOM_GUARD_*` environment.
+//! - [`real`], [`report`], [`errno`]: glibc's allocator, stderr lines, errno.
+//!
+//! The library itself never allocates on these paths; its Rust heap (used by nothing on purpose)
+//! goes straight to glibc so it could never recurse into the guard.
+
+mod errno;
+mod guard;
+pub mod interpose;
+mod policy;
+mod real;
+mod report;
+mod segment;
+mod settings;
+mod tls;
+
+use core::alloc::{GlobalAlloc, Layout};
+
+/// The library's own heap: glibc directly. `std::alloc::System` would call `malloc`, i.e. us.
+struct LibcHeap;
+
+// SAFETY: memalign returns blocks of at least the requested size and alignment, or null.
+unsafe impl GlobalAlloc for LibcHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded to glibc with a valid power-of-two alignment.
+        unsafe { real::memalign(layout.align(), layout.size()).cast() }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _: Layout) {
+        // SAFETY: `ptr` came from `alloc`.
+        unsafe { real::free(ptr.cast()) }
+    }
+}
+
+#[global_allocator]
+static HEAP: LibcHeap = LibcHeap;

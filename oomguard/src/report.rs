@@ -1,0 +1,92 @@
+//! Messages on stderr, written without allocating: the guard runs inside `malloc`, so it formats
+//! into a fixed buffer on the stack and hands it to `write(2)` directly.
+
+use core::fmt::{self, Write};
+
+/// A fixed-size line buffer; text past its end is cut.
+pub struct Line {
+    buffer: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    /// An empty line that starts with `oomguard[PID]: `.
+    pub fn new() -> Line {
+        let mut line = Line {
+            buffer: [0; 512],
+            len: 0,
+        };
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let _ = write!(line, "oomguard[{pid}]: ");
+        line
+    }
+
+    /// Writes the line and a newline to stderr in one `write(2)`, keeping `errno`.
+    pub fn emit(mut self) {
+        let _ = self.write_str("\n");
+        if self.len == self.buffer.len() {
+            self.buffer[self.len - 1] = b'\n';
+        }
+        let saved = crate::errno::get();
+        // SAFETY: the buffer is valid for `len` bytes; a failed write to stderr is not our problem.
+        unsafe { libc::write(2, self.buffer.as_ptr().cast(), self.len) };
+        crate::errno::set(saved);
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let room = self.buffer.len() - self.len;
+        let take = text.len().min(room);
+        self.buffer[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
+/// Bytes shown the way operators read them (`256.0 MiB`), without floating point.
+pub struct Bytes(pub i64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (sign, value) = if self.0 < 0 {
+            ("-", self.0.unsigned_abs())
+        } else {
+            ("", self.0 as u64)
+        };
+        let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (name, size) in units {
+            if value >= size {
+                let tenths = value % size * 10 / size;
+                return write!(f, "{sign}{}.{tenths} {name}", value / size);
+            }
+        }
+        write!(f, "{sign}{value} B")
+    }
+}
+
+/// Text written into a borrowed byte buffer; text past its end is an error.
+pub struct Buffer<'a> {
+    bytes: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> Buffer<'a> {
+    /// An empty writer over `bytes`.
+    pub fn new(bytes: &'a mut [u8]) -> Buffer<'a> {
+        Buffer { bytes, len: 0 }
+    }
+}
+
+impl Write for Buffer<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        if end > self.bytes.len() {
+            return Err(fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! Finding, creating and mapping the shared accounting segment, with system calls only (no
+//! allocation: this runs inside the first `malloc` of every guarded process).
+//!
+//! The segment is `DIR/NAME` with `DIR` = `OOM_GUARD_DIR` (default `/dev/shm`) and `NAME` =
+//! `OOM_GUARD_DOMAIN` or `oomguard-<euid>-<hash of /proc/self/cgroup>`: the processes of one
+//! container share one cgroup and so one segment, while two instances in different cgroups (or
+//! run by different users, who could not open each other's 0600 file) never share by accident.
+//!
+//! The first process creates the file under a temporary name, sizes and initialises it, and
+//! publishes it with `link(2)`, which fails if another process won the race: an attacher never
+//! sees a half-written header. A file that exists but does not validate is reported and left alone;
+//! the process tree then accounts in a private anonymous shared mapping instead.
+
+use core::ffi::{c_char, CStr};
+use core::fmt::{self, Write};
+
+use oomguard_core::layout::{initialise, segment_size, LayoutError, SegmentView, SLOT_COUNT};
+
+use crate::report::Line;
+
+/// A mapped segment.
+pub struct Mapped {
+    /// The validated view; the mapping is never unmapped, so it lives as long as the process.
+    pub view: SegmentView<'static>,
+}
+
+/// A NUL-terminated path built on the stack.
+struct PathBuffer {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl PathBuffer {
+    fn new() -> PathBuffer {
+        PathBuffer {
+            bytes: [0; 512],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, part: &[u8]) -> bool {
+        if self.len + part.len() >= self.bytes.len() {
+            return false;
+        }
+        self.bytes[self.len..self.len + part.len()].copy_from_slice(part);
+        self.len += part.len();
+        self.bytes[self.len] = 0;
+        true
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.bytes.as_ptr().cast()
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("<non-UTF-8 path>")
+    }
+}
+
+impl Write for PathBuffer {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        if self.push(text.as_bytes()) {
+            Ok(())
+        } else {
+            Err(fmt::Error)
+        }
+    }
+}
+
+/// Why the shared segment could not be used.
+enum AttachError {
+    System(&'static str, i32),
+    Layout(LayoutError),
+    PathTooLong,
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::System(call, errno) => {
+                // SAFETY: strerror returns a static or thread-local NUL-terminated string.
+                let text = unsafe { CStr::from_ptr(libc::strerror(*errno)) };
+                write!(f, "{call}: {}", text.to_str().unwrap_or("error"))
+            }
+            AttachError::Layout(error) => write!(f, "{error}"),
+            AttachError::PathTooLong => write!(f, "the path is too long"),
+        }
+    }
+}
+
+fn last_error(call: &'static str) -> AttachError {
+    AttachError::System(call, crate::errno::get())
+}
+
+/// Maps the domain's segment, creating it if needed; falls back to a private segment (and says
+/// so on stderr) when the shared one cannot be used. `None` only when not even 512 KiB of private
+/// memory can be mapped.
+pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<Mapped> {
+    let mut path = PathBuffer::new();
+    let built = path.push(dir.to_bytes())
+        && path.push(b"/")
+        && match domain {
+            Some(name) => path.push(name.to_bytes()),
+            None => write!(path, "oomguard-{}-{:016x}", euid(), cgroup_hash()).is_ok(),
+        };
+    let result = if built {
+        open_or_create(&path)
+    } else {
+        Err(AttachError::PathTooLong)
+    };
+    match result {
+        Ok(view) => Some(Mapped { view }),
+        Err(error) => {
+            let mut line = Line::new();
+            let _ = write!(
+                line,
+                "cannot use the shared segment {} ({error}); accounting this process and its \
+                 children privately. Set OOM_GUARD_DIR to a writable directory to share",
+                path.as_str()
+            );
+            line.emit();
+            private_segment().map(|view| Mapped { view })
+        }
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// FNV-1a of `/proc/self/cgroup`: the same for every process of one cgroup.
+fn cgroup_hash() -> u64 {
+    let mut buffer = [0u8; 2048];
+    let len = read_file(c"/proc/self/cgroup", &mut buffer).unwrap_or(0);
+    buffer[..len]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// Reads up to `buffer.len()` bytes of a small file.
+pub fn read_file(path: &CStr, buffer: &mut [u8]) -> Option<usize> {
+    // SAFETY: path is NUL-terminated; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut len = 0;
+    while len < buffer.len() {
+        // SAFETY: the destination range lies inside `buffer`.
+        let n = unsafe { libc::read(fd, buffer[len..].as_mut_ptr().cast(), buffer.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    Some(len)
+}
+
+fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
+    for _ in 0..2 {
+        // SAFETY: the path is NUL-terminated.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
+        if fd >= 0 {
+            return map_existing(fd);
+        }
+        if crate::errno::get() != libc::ENOENT {
+            return Err(last_error("open"));
+        }
+        match create(path) {
+            Ok(view) => return Ok(view),
+            // Another process published the segment first: open theirs.
+            Err(AttachError::System(_, libc::EEXIST)) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(AttachError::System("open", libc::ENOENT))
+}
+
+fn map_existing(fd: i32) -> Result<SegmentView<'static>, AttachError> {
+    // SAFETY: an all-zero stat is a valid out-parameter.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fd is open and stat is writable.
+    let result = if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        Err(last_error("fstat"))
+    } else {
+        map(fd, stat.st_size as usize)
+    };
+    // SAFETY: fd is ours; the mapping survives its closing.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Maps `len` bytes of `fd` and validates them.
+fn map(fd: i32, len: usize) -> Result<SegmentView<'static>, AttachError> {
+    let needed = core::mem::size_of::<oomguard_core::Header>();
+    if len < needed {
+        return Err(AttachError::Layout(LayoutError::Truncated {
+            found: len,
+            needed,
+        }));
+    }
+    // SAFETY: a fresh shared mapping of an open file; failure is checked.
+    let base = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(last_error("mmap"));
+    }
+    // SAFETY: the mapping is `len` bytes, page-aligned, and is never unmapped.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
+    SegmentView::new(bytes).map_err(|error| {
+        // SAFETY: nothing refers to the rejected mapping.
+        unsafe { libc::munmap(base, len) };
+        AttachError::Layout(error)
+    })
+}
+
+fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut temporary = PathBuffer::new();
+    if !temporary.push(&path.bytes[..path.len]) || write!(temporary, ".{pid}.tmp").is_err() {
+        return Err(AttachError::PathTooLong);
+    }
+    // SAFETY: the path is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            temporary.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(last_error("create"));
+    }
+    let len = segment_size(SLOT_COUNT);
+    let result = (|| {
+        // SAFETY: fd is open for writing.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            return Err(last_error("ftruncate"));
+        }
+        // SAFETY: as in `map`.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(last_error("mmap"));
+        }
+        // SAFETY: the file is new, zero-filled by ftruncate, sized and not yet published.
+        unsafe { initialise(base as *mut u8, SLOT_COUNT, pid as u32) };
+        // SAFETY: both paths are NUL-terminated.
+        if unsafe { libc::link(temporary.as_ptr(), path.as_ptr()) } != 0 {
+            let error = last_error("link");
+            // SAFETY: the mapping is ours and unpublished.
+            unsafe { libc::munmap(base, len) };
+            return Err(error);
+        }
+        // SAFETY: the mapping is `len` bytes and never unmapped.
+        let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
+        SegmentView::new(bytes).map_err(AttachError::Layout)
+    })();
+    // SAFETY: the temporary name and fd are ours.
+    unsafe {
+        libc::unlink(temporary.as_ptr());
+        libc::close(fd);
+    }
+    result
+}
+
+/// An anonymous shared mapping: shared with forked children, invisible to the CLI.
+fn private_segment() -> Option<SegmentView<'static>> {
+    let len = segment_size(SLOT_COUNT);
+    // SAFETY: a fresh anonymous mapping; failure is checked.
+    let base = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: zeroed, page-aligned, sized, private to us; getpid has no preconditions.
+    unsafe { initialise(base as *mut u8, SLOT_COUNT, libc::getpid() as u32) };
+    // SAFETY: the mapping is `len` bytes and never unmapped.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
+    SegmentView::new(bytes).ok()
+}

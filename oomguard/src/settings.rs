@@ -1,0 +1,121 @@
+//! The guard's configuration, read once per process image from `OOM_GUARD_*` variables.
+//!
+//! A malformed value is reported once on stderr, naming the variable and the accepted forms, and
+//! the guard falls back to report mode: it never crashes the host process and never enforces a
+//! value it could not read.
+
+use core::ffi::{c_char, CStr};
+use core::fmt::Write;
+
+use oomguard_core::config::{parse_size, MODE_FORMS, REFUSE_FORMS};
+use oomguard_core::{Mode, RefuseScope};
+
+use crate::report::Line;
+
+/// What the environment asks for.
+pub struct Settings {
+    /// `OOM_GUARD_MODE`, when given and valid.
+    pub mode: Option<Mode>,
+    /// `OOM_GUARD_LIMIT`, when given and valid.
+    pub limit: Option<u64>,
+    /// `OOM_GUARD_REFUSE` (default: PostgreSQL client backends only).
+    pub scope: RefuseScope,
+    /// A value could not be read: run in report mode.
+    pub malformed: bool,
+    /// `OOM_GUARD_DIR`: where segments live (default `/dev/shm`).
+    pub dir: &'static CStr,
+    /// `OOM_GUARD_DOMAIN`: the segment's name, when the default (per user and cgroup) won't do.
+    pub domain: Option<&'static CStr>,
+}
+
+const DEFAULT_DIR: &CStr = c"/dev/shm";
+
+/// The value of an environment variable, if set. `getenv` does not allocate.
+fn var(name: &CStr) -> Option<&'static CStr> {
+    // SAFETY: `name` is NUL-terminated; the environment outlives any use we make of the value
+    // (read once at start-up, before the program could change it).
+    let value: *const c_char = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) })
+}
+
+/// A variable's value as text; a value that is not UTF-8 reads as malformed text.
+fn text(name: &CStr) -> Option<&'static str> {
+    var(name).map(|value| value.to_str().unwrap_or("\u{fffd}"))
+}
+
+impl Settings {
+    /// Reads the environment, reporting each bad value on stderr.
+    pub fn from_env() -> Settings {
+        let mut settings = Settings {
+            mode: None,
+            limit: None,
+            scope: RefuseScope::Backends,
+            malformed: false,
+            dir: var(c"OOM_GUARD_DIR")
+                .filter(|dir| !dir.is_empty())
+                .unwrap_or(DEFAULT_DIR),
+            domain: var(c"OOM_GUARD_DOMAIN").filter(|name| !name.is_empty()),
+        };
+        if let Some(value) = text(c"OOM_GUARD_MODE") {
+            match Mode::parse(value) {
+                Some(mode) => settings.mode = Some(mode),
+                None => settings.complain("OOM_GUARD_MODE", value, MODE_FORMS),
+            }
+        }
+        if let Some(value) = text(c"OOM_GUARD_LIMIT") {
+            let value_trimmed = value.trim();
+            if !value_trimmed.is_empty() && !value_trimmed.eq_ignore_ascii_case("auto") {
+                match parse_size(value) {
+                    Ok(bytes) => settings.limit = Some(bytes),
+                    Err(error) => {
+                        let mut line = Line::new();
+                        let _ = write!(line, "OOM_GUARD_LIMIT={value:?} is not a size: {error}");
+                        settings.fall_back(line);
+                    }
+                }
+            }
+        }
+        if let Some(value) = text(c"OOM_GUARD_REFUSE") {
+            match RefuseScope::parse(value) {
+                Some(scope) => settings.scope = scope,
+                None => settings.complain("OOM_GUARD_REFUSE", value, REFUSE_FORMS),
+            }
+        }
+        settings
+    }
+
+    fn complain(&mut self, name: &str, value: &str, forms: &str) {
+        let mut line = Line::new();
+        let _ = write!(
+            line,
+            "{name}={value:?} is not valid: accepted values are {forms}"
+        );
+        self.fall_back(line);
+    }
+
+    fn fall_back(&mut self, mut line: Line) {
+        let _ = write!(
+            line,
+            "; running in report mode (nothing is refused) until it is fixed"
+        );
+        line.emit();
+        self.malformed = true;
+    }
+
+    /// The mode this process runs in: malformed settings force report mode; without an explicit
+    /// mode, enforce when a limit is given.
+    pub fn effective_mode(&self) -> Option<Mode> {
+        if self.malformed {
+            if self.mode == Some(Mode::Off) {
+                return Some(Mode::Off);
+            }
+            return Some(Mode::Report);
+        }
+        match (self.mode, self.limit) {
+            (Some(mode), _) => Some(mode),
+            (None, Some(_)) => Some(Mode::Enforce),
+            (None, None) => None,
+        }
+    }
+}
