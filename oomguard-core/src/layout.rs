@@ -206,6 +206,9 @@ pub struct HeaderStats {
     pub reaped_slots: AtomicU64,
     /// Processes that found every slot taken.
     pub slot_overflows: AtomicU64,
+    /// Where the search for a free slot starts: keeps a forked child from touching (and
+    /// page-faulting on) every slot before the free ones.
+    pub free_slot_hint: AtomicU64,
 }
 
 /// The cgroup's own numbers as last read by a guarded process (0 = not read yet).

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod layout;
 pub mod pool;
+pub mod procstat;
 
 pub use config::{Mode, RefuseScope};
 pub use layout::{Header, ProcessKind, Slot};

@@ -116,19 +116,28 @@ impl<'a> Pool<'a> {
 
     /// Takes a slot for process `pid` started at `start_time`.
     ///
-    /// A slot already held by `pid` belongs to the image this process replaced with `exec` (or to
-    /// a dead process whose pid was reused): its bytes are returned to the pool and the slot is
-    /// reused. Otherwise the first free slot is taken. With every slot taken the process is
-    /// accounted in [`Header::overflow`], which is shared and never reaped.
-    pub fn claim(&self, pid: i32, start_time: u64) -> &'a Slot {
-        for slot in self.view.slots {
-            if slot.pid.load(Relaxed) == pid && self.take_over(slot, pid) {
-                self.reclaim(slot);
-                return self.fill(slot, pid, start_time);
+    /// A new process image (`replaces_image`: not a forked child) first looks for a slot already
+    /// held by its pid: it belongs to the image this process replaced with `exec` (or to a dead
+    /// process whose pid was reused), so its bytes go back to the pool and the slot is reused. A
+    /// forked child skips that scan (its pid is new; an orphan with a reused pid is reaped by its
+    /// start time). Otherwise the first free slot from the hint on is taken. With every slot taken
+    /// the process is accounted in [`Header::overflow`], which is shared and never reaped.
+    pub fn claim(&self, pid: i32, start_time: u64, replaces_image: bool) -> &'a Slot {
+        let slots = self.view.slots;
+        if replaces_image {
+            for slot in slots {
+                if slot.pid.load(Relaxed) == pid && self.take_over(slot, pid) {
+                    self.reclaim(slot);
+                    return self.fill(slot, pid, start_time);
+                }
             }
         }
-        for slot in self.view.slots {
+        let hint = &self.view.header.stats.free_slot_hint;
+        let start = hint.load(Relaxed) as usize % slots.len();
+        for index in (start..slots.len()).chain(0..start) {
+            let slot = &slots[index];
             if slot.pid.load(Relaxed) == PID_FREE && self.take_over(slot, PID_FREE) {
+                hint.store(index as u64 + 1, Relaxed);
                 return self.fill(slot, pid, start_time);
             }
         }
@@ -147,7 +156,7 @@ impl<'a> Pool<'a> {
             }
             if self.take_over(slot, pid) {
                 self.reclaim(slot);
-                slot.pid.store(PID_FREE, Release);
+                self.free(slot);
                 reaped += 1;
             }
         }
@@ -169,8 +178,20 @@ impl<'a> Pool<'a> {
         if self.take_over(slot, pid) {
             let bytes = slot.bytes.swap(0, Relaxed);
             self.view.header.total.fetch_sub(bytes, AcqRel);
-            slot.pid.store(PID_FREE, Release);
+            self.free(slot);
         }
+    }
+
+    /// Marks a taken-over slot free and lets the next claim start at it.
+    fn free(&self, slot: &Slot) {
+        let index = (slot as *const Slot as usize - self.view.slots.as_ptr() as usize)
+            / core::mem::size_of::<Slot>();
+        slot.pid.store(PID_FREE, Release);
+        self.view
+            .header
+            .stats
+            .free_slot_hint
+            .fetch_min(index as u64, Relaxed);
     }
 
     /// Marks a slot busy if it still holds `expected`; only the winner of this race touches it.
@@ -239,7 +260,7 @@ mod tests {
     #[test]
     fn reservations_stop_at_the_limit_and_release_returns_them() {
         with_pool(4, 1000, |pool| {
-            let slot = pool.claim(10, 1);
+            let slot = pool.claim(10, 1, true);
             assert!(pool.try_reserve(slot, 600));
             assert!(pool.try_reserve(slot, 400));
             assert!(!pool.try_reserve(slot, 1), "the limit is inclusive");
@@ -256,7 +277,7 @@ mod tests {
     #[test]
     fn no_limit_means_everything_is_granted() {
         with_pool(4, 0, |pool| {
-            let slot = pool.claim(10, 1);
+            let slot = pool.claim(10, 1, true);
             assert!(pool.try_reserve(slot, 1 << 40));
             pool.reserve_regardless(slot, 5);
             assert_eq!(pool.header().total.load(Relaxed), (1 << 40) + 5);
@@ -266,8 +287,8 @@ mod tests {
     #[test]
     fn a_negative_slot_lowers_the_total() {
         with_pool(4, 1000, |pool| {
-            let parent = pool.claim(10, 1);
-            let child = pool.claim(11, 2);
+            let parent = pool.claim(10, 1, true);
+            let child = pool.claim(11, 2, true);
             assert!(pool.try_reserve(parent, 900));
             pool.release(child, 300); // the child frees memory it inherited
             assert_eq!(child.bytes.load(Relaxed), -300);
@@ -278,8 +299,8 @@ mod tests {
     #[test]
     fn dead_slots_are_reaped_and_their_bytes_reclaimed() {
         with_pool(4, 1000, |pool| {
-            let alive = pool.claim(10, 1);
-            let dead = pool.claim(11, 2);
+            let alive = pool.claim(10, 1, true);
+            let dead = pool.claim(11, 2, true);
             assert!(pool.try_reserve(alive, 100));
             assert!(pool.try_reserve(dead, 800));
             assert!(!pool.try_reserve(alive, 200));
@@ -299,9 +320,9 @@ mod tests {
     #[test]
     fn exec_replaces_the_slot_of_its_pid() {
         with_pool(4, 0, |pool| {
-            let before = pool.claim(10, 7);
+            let before = pool.claim(10, 7, true);
             pool.reserve_regardless(before, 500);
-            let after = pool.claim(10, 7);
+            let after = pool.claim(10, 7, true);
             assert!(core::ptr::eq(before, after));
             assert_eq!(after.bytes.load(Relaxed), 0);
             assert_eq!(pool.header().total.load(Relaxed), 0);
@@ -316,11 +337,27 @@ mod tests {
     }
 
     #[test]
+    fn freed_slots_are_found_again_from_the_hint() {
+        with_pool(4, 0, |pool| {
+            let first = pool.claim(1, 1, false);
+            let second = pool.claim(2, 1, false);
+            pool.vacate(first, 1);
+            let third = pool.claim(3, 1, false);
+            assert!(
+                core::ptr::eq(first, third),
+                "the freed slot is reused first"
+            );
+            let fourth = pool.claim(4, 1, false);
+            assert!(!core::ptr::eq(fourth, second) && !core::ptr::eq(fourth, third));
+        });
+    }
+
+    #[test]
     fn full_slots_overflow_into_the_shared_bucket() {
         with_pool(2, 0, |pool| {
-            pool.claim(1, 1);
-            pool.claim(2, 1);
-            let third = pool.claim(3, 1);
+            pool.claim(1, 1, true);
+            pool.claim(2, 1, true);
+            let third = pool.claim(3, 1, true);
             assert!(core::ptr::eq(third, &pool.header().overflow));
             assert_eq!(pool.header().stats.slot_overflows.load(Relaxed), 1);
             pool.vacate(third, 3); // never frees the shared bucket
@@ -331,7 +368,7 @@ mod tests {
     #[test]
     fn vacate_returns_bytes_and_frees_the_slot() {
         with_pool(2, 0, |pool| {
-            let slot = pool.claim(5, 1);
+            let slot = pool.claim(5, 1, true);
             pool.reserve_regardless(slot, 64);
             pool.vacate(slot, 5);
             assert_eq!(slot.pid.load(Relaxed), PID_FREE);
@@ -342,7 +379,7 @@ mod tests {
     #[test]
     fn denials_and_reports_are_counted() {
         with_pool(2, 10, |pool| {
-            let slot = pool.claim(5, 1);
+            let slot = pool.claim(5, 1, true);
             pool.record_denial(slot, 4096);
             pool.record_overlimit_report(slot);
             let stats = &pool.header().stats;
@@ -357,7 +394,7 @@ mod tests {
     fn concurrent_threads_never_pass_the_limit() {
         use std::sync::atomic::AtomicU64;
         with_pool(4, 1 << 20, |pool| {
-            let slot = pool.claim(1, 1);
+            let slot = pool.claim(1, 1, true);
             let granted = AtomicU64::new(0);
             std::thread::scope(|scope| {
                 for _ in 0..4 {

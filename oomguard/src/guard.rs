@@ -115,7 +115,7 @@ fn initialise() -> bool {
     HEADER.store(header as *const Header as *mut Header, Relaxed);
     SLOTS.store(view.slots.as_ptr() as *mut Slot, Relaxed);
     SLOT_COUNT.store(view.slots.len() as u64, Relaxed);
-    claim_slot();
+    claim_slot(true);
 
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `key` is writable; the destructor is an `extern "C"` function of this library.
@@ -149,11 +149,12 @@ fn my_slot() -> &'static Slot {
     unsafe { &*SLOT.load(Relaxed) }
 }
 
-fn claim_slot() {
+/// Takes this process's slot; `replaces_image` when it is a new image rather than a forked child.
+fn claim_slot(replaces_image: bool) {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let start = start_time(pid).unwrap_or(0);
-    let slot = pool().claim(pid, start);
+    let slot = pool().claim(pid, start, replaces_image);
     SLOT.store(slot as *const Slot as *mut Slot, Relaxed);
 }
 
@@ -165,14 +166,7 @@ fn start_time(pid: i32) -> Option<u64> {
     let path = core::ffi::CStr::from_bytes_until_nul(&path).ok()?;
     let mut stat = [0u8; 1024];
     let len = segment::read_file(path, &mut stat)?;
-    let stat = &stat[..len];
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let after_name = stat.iter().rposition(|&b| b == b')')? + 1;
-    let field = stat[after_name..]
-        .split(|&b| b == b' ')
-        .filter(|field| !field.is_empty())
-        .nth(19)?;
-    core::str::from_utf8(field).ok()?.parse().ok()
+    oomguard_core::procstat::start_time(&stat[..len])
 }
 
 /// Whether process `pid` with the recorded start time still exists.
@@ -400,7 +394,7 @@ extern "C" fn forked_child() {
     LAST_REAP_NS.store(0, Relaxed);
     LAST_REPORT_NS.store(0, Relaxed);
     UNREPORTED_REFUSALS.store(0, Relaxed);
-    claim_slot();
+    claim_slot(false);
 }
 
 /// At a clean exit: give the slot back, so only killed processes need reaping. Frees that run

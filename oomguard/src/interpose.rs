@@ -170,14 +170,12 @@ pub unsafe extern "C" fn posix_memalign(
     {
         return libc::EINVAL;
     }
-    let saved = errno::get();
     // SAFETY: glibc's memalign has no preconditions for a valid alignment.
     let block = allocate(size, "posix_memalign", || unsafe {
         real::memalign(alignment, size)
     });
-    // posix_memalign reports through its return value and leaves errno alone.
-    errno::set(saved);
     if block.is_null() {
+        // The result is the return value; errno is ENOMEM too, exactly as glibc leaves it.
         return libc::ENOMEM;
     }
     // SAFETY: the caller passes a writable pointer.

@@ -1,0 +1,483 @@
+//! The guard's accounting and refusals, proven with real processes under `LD_PRELOAD`: the
+//! `accounting` probe allocates in known patterns and pauses at each step, and the test reads the
+//! shared segment (as `oomguard status` does) while the probe waits.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use oomguard_cli::segment::{self, Segment, Snapshot};
+use oomguard_tests::{guarded, library_path, probe};
+
+const MIB: i64 = 1 << 20;
+/// Documented bound: a thread holds at most 2 x 128 KiB of unused reservation.
+const PER_THREAD_SLACK: i64 = 256 << 10;
+/// Allocations of the probe's own runtime (stdio buffers, the block table, glibc rounding).
+const RUNTIME_SLACK: i64 = 64 << 10;
+
+/// A probe process driven line by line.
+struct Probe {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Probe {
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
+        let mut command = Command::new(probe("accounting"));
+        guarded(&mut command, dir, env)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the accounting probe");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Probe {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The next line, which must start with `prefix`.
+    fn expect(&mut self, prefix: &str) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the probe");
+        if !line.starts_with(prefix) {
+            let output = self.child.wait_with_output_ref();
+            panic!("expected {prefix:?} from the probe, got {line:?}\n{output}");
+        }
+        line.trim_end().to_owned()
+    }
+
+    fn proceed(&mut self) {
+        self.stdin.write_all(b"go\n").expect("write to the probe");
+    }
+
+    /// Waits for a successful exit and returns stderr.
+    fn finish(mut self) -> String {
+        drop(self.stdin);
+        let status = self.child.wait().expect("wait for the probe");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "probe failed: {status}\n{stderr}");
+        stderr
+    }
+}
+
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        let _ = self.kill();
+        let _ = self.wait();
+        let mut stderr = String::new();
+        if let Some(err) = self.stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(err, &mut stderr);
+        }
+        format!("probe stderr:\n{stderr}")
+    }
+}
+
+/// The one segment in `dir`.
+fn segment_in(dir: &Path) -> Segment {
+    let paths = segment::find(dir).expect("a segment");
+    assert_eq!(paths.len(), 1, "one domain per test directory: {paths:?}");
+    Segment::open(&paths[0]).expect("a valid segment")
+}
+
+fn snapshot(dir: &Path) -> Snapshot {
+    segment_in(dir).snapshot().unwrap()
+}
+
+fn bytes_of(snapshot: &Snapshot, pid: i32) -> i64 {
+    snapshot
+        .process(pid)
+        .unwrap_or_else(|| panic!("no slot for pid {pid}: {snapshot:#?}"))
+        .bytes
+}
+
+fn assert_between(what: &str, value: i64, low: i64, high: i64) {
+    assert!(
+        (low..=high).contains(&value),
+        "{what} = {value}, expected {low}..={high}"
+    );
+}
+
+fn maps_contain_guard(pid: i32) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    maps.contains("liboomguard")
+}
+
+#[test]
+fn held_blocks_are_accounted_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(dir.path(), &["hold", "1048576", "32"], &[]);
+    probe.expect("held");
+    assert!(
+        maps_contain_guard(probe.pid()),
+        "liboomguard.so ({}) is not mapped in the probe",
+        library_path().display()
+    );
+    let held = snapshot(dir.path());
+    let expected = 32 * MIB;
+    assert_between(
+        "bytes while holding 32 MiB",
+        bytes_of(&held, probe.pid()),
+        expected,
+        expected + 32 * 4096 + PER_THREAD_SLACK + RUNTIME_SLACK,
+    );
+    assert_eq!(held.total_bytes, bytes_of(&held, probe.pid()));
+    assert!(held.peak_bytes >= expected);
+    assert_eq!(held.mode, "enforce");
+    assert_eq!(held.limit_bytes, Some(1 << 30));
+    assert_eq!(held.limit_source, "OOM_GUARD_LIMIT");
+    let allocations = held.process(probe.pid()).unwrap().allocations;
+    assert!(allocations >= 32, "allocations counted: {allocations}");
+
+    probe.proceed();
+    probe.expect("freed");
+    let freed = snapshot(dir.path());
+    assert_between(
+        "bytes after freeing",
+        bytes_of(&freed, probe.pid()),
+        0,
+        PER_THREAD_SLACK + RUNTIME_SLACK,
+    );
+    probe.proceed();
+    probe.finish();
+    let after = snapshot(dir.path());
+    assert!(after.processes.is_empty(), "{after:#?}");
+    assert_eq!(after.total_bytes, 0, "a clean exit returns every byte");
+}
+
+#[test]
+fn allocations_fail_at_the_limit_and_succeed_again_after_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(
+        dir.path(),
+        &["until-null", "1048576"],
+        &[("OOM_GUARD_LIMIT", "64Mi")],
+    );
+    let refused = probe.expect("refused after");
+    let count: i64 = refused.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((60..64).contains(&count), "{refused}");
+    assert!(refused.ends_with("errno=12"), "ENOMEM expected: {refused}");
+    probe.expect("freed");
+    assert_eq!(probe.expect("again"), format!("again {count}"));
+    let during = snapshot(dir.path());
+    assert!(during.total_bytes <= 64 * MIB, "{during:#?}");
+    assert_eq!(during.denied_allocations, 1);
+    assert_eq!(during.denied_bytes, 1 << 20);
+    let me = during.process(probe.pid()).unwrap();
+    assert_eq!((me.denials, me.last_denied_size), (1, 1 << 20));
+    probe.proceed();
+    let stderr = probe.finish();
+    assert_eq!(
+        stderr.matches("refused malloc(1048576 bytes)").count(),
+        1,
+        "one refusal line: {stderr}"
+    );
+    assert!(stderr.contains("limit 64.0 MiB"), "{stderr}");
+}
+
+#[test]
+fn every_allocating_function_is_refused_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(
+        dir.path(),
+        &["refused-calls", "33554432"],
+        &[("OOM_GUARD_LIMIT", "16Mi")],
+    );
+    let calls = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+    ];
+    let output: Vec<String> = calls.iter().map(|call| probe.expect(call)).collect();
+    probe.finish();
+    for line in &output {
+        if line.starts_with("posix_memalign") {
+            assert_eq!(line, "posix_memalign rc=12 errno=12", "as glibc: both");
+        } else if line.starts_with("realloc ") {
+            assert_eq!(line, "realloc NULL errno=12 original-kept=1");
+        } else {
+            assert!(line.ends_with("NULL errno=12"), "{line}");
+        }
+    }
+    assert_eq!(snapshot(dir.path()).denied_allocations, 9);
+}
+
+#[test]
+fn threads_stay_within_the_error_bound_and_return_to_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads = 4;
+    let mut probe = Probe::start(dir.path(), &["threads", "4", "200000", "1048576"], &[]);
+    probe.expect("holding");
+    let holding = snapshot(dir.path());
+    let held = threads * MIB;
+    assert_between(
+        "bytes while 4 threads hold 1 MiB each",
+        bytes_of(&holding, probe.pid()),
+        held,
+        held + (threads + 1) * (PER_THREAD_SLACK + 4096) + RUNTIME_SLACK,
+    );
+    probe.proceed();
+    probe.expect("done");
+    let done = snapshot(dir.path());
+    assert_between(
+        "bytes after the threads freed everything and exited",
+        bytes_of(&done, probe.pid()),
+        0,
+        PER_THREAD_SLACK + RUNTIME_SLACK,
+    );
+    probe.proceed();
+    probe.finish();
+    assert_eq!(snapshot(dir.path()).total_bytes, 0);
+}
+
+fn fork_case(how: &str) -> (tempfile::TempDir, Probe, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(dir.path(), &["fork", "16777216", how], &[]);
+    let line = probe.expect("child ");
+    let child: i32 = line["child ".len()..].parse().unwrap();
+    let both = snapshot(dir.path());
+    assert_between(
+        "parent bytes (8 MiB held)",
+        bytes_of(&both, probe.pid()),
+        8 * MIB,
+        8 * MIB + 8 * 4096 + PER_THREAD_SLACK + RUNTIME_SLACK,
+    );
+    // The child starts from zero, frees 4 MiB it inherited and holds 16 MiB of its own.
+    assert_between(
+        "child bytes (16 MiB held, 4 MiB inherited freed)",
+        bytes_of(&both, child),
+        12 * MIB - 4 * 4096,
+        12 * MIB + 4096 + PER_THREAD_SLACK + RUNTIME_SLACK,
+    );
+    probe.proceed();
+    probe.expect("child gone");
+    (dir, probe, child)
+}
+
+#[test]
+fn a_forked_child_gets_its_own_slot_and_a_clean_exit_returns_it() {
+    let (dir, mut probe, child) = fork_case("exit");
+    let after = snapshot(dir.path());
+    assert!(after.process(child).is_none(), "{after:#?}");
+    assert_eq!(after.total_bytes, bytes_of(&after, probe.pid()));
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
+fn a_child_gone_without_cleanup_is_reaped() {
+    let (dir, mut probe, child) = fork_case("_exit");
+    let segment = segment_in(dir.path());
+    let before = segment.snapshot().unwrap();
+    assert!(before.process(child).is_some(), "_exit skips the clean-up");
+    assert_eq!(segment.reap_dead().unwrap(), Some(1));
+    let after = segment.snapshot().unwrap();
+    assert!(after.process(child).is_none());
+    assert_eq!(after.total_bytes, bytes_of(&after, probe.pid()));
+    assert!(after.reclaimed_orphan_bytes >= (12 * MIB) as u64 - 4 * 4096);
+    assert_eq!(after.reaped_slots, 1);
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
+fn memory_of_a_killed_process_is_reclaimed_before_anyone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OOM_GUARD_LIMIT", "100Mi")];
+    let mut holder = Probe::start(dir.path(), &["hold", "1048576", "80"], &env);
+    holder.expect("held");
+    holder.child.kill().unwrap(); // SIGKILL: no clean-up runs
+    holder.child.wait().unwrap();
+    let orphaned = snapshot(dir.path());
+    assert!(orphaned.total_bytes >= 80 * MIB, "{orphaned:#?}");
+
+    let mut hungry = Probe::start(dir.path(), &["until-null", "1048576"], &env);
+    let refused = hungry.expect("refused after");
+    let count: i64 = refused.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        count >= 95,
+        "the killed holder's 80 MiB must be reclaimed before refusing: {refused}"
+    );
+    hungry.expect("freed");
+    hungry.expect("again");
+    let after = snapshot(dir.path());
+    assert!(after.reclaimed_orphan_bytes >= 80 << 20, "{after:#?}");
+    assert_eq!(after.reaped_slots, 1);
+    hungry.proceed();
+    hungry.finish();
+}
+
+#[test]
+fn exec_replaces_the_slot_of_the_old_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(dir.path(), &["exec", "33554432"], &[]);
+    probe.expect("held"); // said by the new image: hold 1 MiB x 4
+    let after = snapshot(dir.path());
+    assert_eq!(
+        after
+            .processes
+            .iter()
+            .filter(|p| p.pid == probe.pid())
+            .count(),
+        1
+    );
+    assert_between(
+        "bytes of the new image",
+        bytes_of(&after, probe.pid()),
+        4 * MIB,
+        4 * MIB + 4 * 4096 + PER_THREAD_SLACK + RUNTIME_SLACK,
+    );
+    assert!(after.reclaimed_orphan_bytes >= 32 << 20, "{after:#?}");
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
+fn report_mode_counts_but_never_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(
+        dir.path(),
+        &["hold", "1048576", "64"],
+        &[("OOM_GUARD_LIMIT", "16Mi"), ("OOM_GUARD_MODE", "report")],
+    );
+    probe.expect("held");
+    let held = snapshot(dir.path());
+    assert_eq!(held.mode, "report");
+    assert!(held.total_bytes >= 64 * MIB);
+    assert_eq!(held.denied_allocations, 0);
+    assert!(held.overlimit_reports > 0, "{held:#?}");
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
+fn off_mode_is_a_pure_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(
+        dir.path(),
+        &["hold", "1048576", "64"],
+        &[("OOM_GUARD_LIMIT", "16Mi"), ("OOM_GUARD_MODE", "off")],
+    );
+    probe.expect("held");
+    assert!(maps_contain_guard(probe.pid()));
+    assert!(
+        segment::find(dir.path()).is_err(),
+        "off mode must not even create a segment"
+    );
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    assert_eq!(probe.finish(), "");
+}
+
+#[test]
+fn non_postgres_processes_are_never_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Probe::start(
+        dir.path(),
+        &["hold", "1048576", "64"],
+        &[
+            ("OOM_GUARD_LIMIT", "16Mi"),
+            ("OOM_GUARD_REFUSE", "backends"),
+        ],
+    );
+    probe.expect("held");
+    let held = snapshot(dir.path());
+    assert_eq!(held.denied_allocations, 0);
+    assert!(held.total_bytes >= 64 * MIB, "accounted all the same");
+    assert_eq!(held.process(probe.pid()).unwrap().kind, "other");
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
+fn malformed_values_are_reported_once_and_fall_back_to_report_mode() {
+    for (name, value, mentions) in [
+        ("OOM_GUARD_LIMIT", "12GB", "write Gi or G"),
+        (
+            "OOM_GUARD_LIMIT",
+            "lots",
+            "does not start with a whole number",
+        ),
+        ("OOM_GUARD_MODE", "strict", "enforce, report or off"),
+        ("OOM_GUARD_REFUSE", "everyone", "backends"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![(name, value)];
+        if name != "OOM_GUARD_LIMIT" {
+            env.push(("OOM_GUARD_LIMIT", "16Mi"));
+        }
+        let mut probe = Probe::start(dir.path(), &["hold", "1048576", "32"], &env);
+        probe.expect("held");
+        let held = snapshot(dir.path());
+        assert_eq!(held.mode, "report", "{name}={value}");
+        assert_eq!(held.denied_allocations, 0);
+        probe.proceed();
+        probe.expect("freed");
+        probe.proceed();
+        let stderr = probe.finish();
+        assert_eq!(
+            stderr.matches(name).count(),
+            1,
+            "{name}={value} reported once: {stderr}"
+        );
+        assert!(stderr.contains(mentions), "{stderr}");
+        assert!(stderr.contains("running in report mode"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_foreign_segment_file_is_reported_and_never_crashes_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oomguard-custom");
+    std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+    let mut probe = Probe::start(
+        dir.path(),
+        &["until-null", "1048576"],
+        &[
+            ("OOM_GUARD_LIMIT", "16Mi"),
+            ("OOM_GUARD_DOMAIN", "oomguard-custom"),
+        ],
+    );
+    // The limit still holds, through the private fallback segment.
+    let refused = probe.expect("refused after");
+    assert!(refused.contains("errno=12"), "{refused}");
+    probe.expect("freed");
+    probe.expect("again");
+    probe.proceed();
+    let stderr = probe.finish();
+    assert!(stderr.contains("bad magic"), "{stderr}");
+    assert!(stderr.contains("privately"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![0x5a; 4096],
+        "left alone"
+    );
+    let error = Segment::open(&path).err().expect("the CLI rejects it too");
+    assert!(error.to_string().contains("bad magic"), "{error}");
+}
