@@ -1,0 +1,11 @@
+//! Library side of the `oomguard` command, so integration tests (and the other crates' tests)
+//! can reuse its pieces.
+//!
+//! - [`run`]: `oomguard run -- COMMAND…`: locate `liboomguard.so`, validate `OOM_GUARD_*`, set
+//!   `LD_PRELOAD`, exec.
+//! - [`segment`]: finding, validating and reading the guard's shared segments.
+//! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
+
+pub mod pgcluster;
+pub mod run;
+pub mod segment;

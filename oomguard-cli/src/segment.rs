@@ -1,0 +1,298 @@
+//! Finding and reading the guard's shared segments from outside the guarded processes: what
+//! `oomguard status`, the demo and the tests look at.
+//!
+//! A segment is mapped read-write when the file allows it, so dead processes' slots can be reaped
+//! (the same compare-and-swap protocol the guard uses), and read-only otherwise. Every file is
+//! validated before a field is trusted: a foreign, truncated or other-version file is an error
+//! naming the file, never a crash.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+use memmap2::{Mmap, MmapOptions, MmapRaw};
+use oomguard_core::layout::{LayoutError, LimitSource, SegmentView};
+use oomguard_core::pool::Pool;
+use oomguard_core::{Mode, ProcessKind};
+use serde::Serialize;
+
+/// Where segments live unless `OOM_GUARD_DIR` says otherwise.
+pub const DEFAULT_DIR: &str = "/dev/shm";
+
+/// Errors reading segments.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// The directory cannot be listed.
+    #[error("cannot list {dir}: {source} (set OOM_GUARD_DIR or --dir to the guard's segment directory)")]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No segment was found.
+    #[error("no oomguard segment in {dir}: no guarded process has allocated yet, or the guard uses another directory (OOM_GUARD_DIR) or is not loaded (check LD_PRELOAD)")]
+    NoneFound {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+    /// A file cannot be opened or mapped.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not a valid segment.
+    #[error("{path} is not a usable oomguard segment: {error}")]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: LayoutError,
+    },
+}
+
+/// The segment directory: `OOM_GUARD_DIR` or [`DEFAULT_DIR`].
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("OOM_GUARD_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// The segment files in `dir` (named `oomguard-*`, without the creators' temporary files),
+/// sorted by name.
+pub fn find(dir: &Path) -> Result<Vec<PathBuf>, SegmentError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| SegmentError::Directory {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("oomguard-") && !name.ends_with(".tmp") && path.is_file()
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        return Err(SegmentError::NoneFound {
+            dir: dir.to_owned(),
+        });
+    }
+    Ok(found)
+}
+
+enum Mapping {
+    Writable(MmapRaw),
+    ReadOnly(Mmap),
+}
+
+/// A mapped, validated segment file.
+pub struct Segment {
+    path: PathBuf,
+    mapping: Mapping,
+}
+
+impl Segment {
+    /// Maps `path` (read-write if permitted, else read-only) and validates it.
+    pub fn open(path: &Path) -> Result<Segment, SegmentError> {
+        let io = |source| SegmentError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mapping = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => Mapping::Writable(MmapRaw::map_raw(&file).map_err(io)?),
+            Err(_) => {
+                let file = File::open(path).map_err(io)?;
+                // SAFETY: the file is shared with live processes that change it only through
+                // atomics; we read it through atomics too and never hand out plain references
+                // to changing data.
+                Mapping::ReadOnly(unsafe { MmapOptions::new().map(&file) }.map_err(io)?)
+            }
+        };
+        let segment = Segment {
+            path: path.to_owned(),
+            mapping,
+        };
+        segment.view()?;
+        Ok(segment)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.mapping {
+            // SAFETY: the raw mapping is valid for its length while `self` lives; the guard
+            // changes it only through atomics, which the view reads atomically.
+            Mapping::Writable(raw) => unsafe { std::slice::from_raw_parts(raw.as_ptr(), raw.len()) },
+            Mapping::ReadOnly(map) => map,
+        }
+    }
+
+    /// The validated view.
+    pub fn view(&self) -> Result<SegmentView<'_>, SegmentError> {
+        SegmentView::new(self.bytes()).map_err(|error| SegmentError::Layout {
+            path: self.path.clone(),
+            error,
+        })
+    }
+
+    /// Frees the slots of processes that are gone. Returns how many, or `None` when the file is
+    /// read-only to us.
+    pub fn reap_dead(&self) -> Result<Option<u32>, SegmentError> {
+        if matches!(self.mapping, Mapping::ReadOnly(_)) {
+            return Ok(None);
+        }
+        Ok(Some(Pool::new(self.view()?).reap_dead(process_is_alive)))
+    }
+
+    /// The numbers, copied out.
+    pub fn snapshot(&self) -> Result<Snapshot, SegmentError> {
+        let view = self.view()?;
+        let header = view.header;
+        let stats = &header.stats;
+        let mut processes: Vec<ProcessSnapshot> = view
+            .live_slots()
+            .map(|slot| ProcessSnapshot {
+                pid: slot.pid.load(Relaxed),
+                kind: ProcessKind::from_raw(slot.kind.load(Relaxed)).name(),
+                title: process_title(slot.pid.load(Relaxed)),
+                bytes: slot.bytes.load(Relaxed),
+                peak_bytes: slot.peak.load(Relaxed),
+                allocations: slot.allocations.load(Relaxed),
+                denials: slot.denials.load(Relaxed),
+                denied_bytes: slot.denied_bytes.load(Relaxed),
+                last_denied_size: slot.last_denied_size.load(Relaxed),
+                overlimit_reports: slot.overlimit_reports.load(Relaxed),
+            })
+            .collect();
+        processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
+        let limit = header.limit_bytes.load(Relaxed);
+        Ok(Snapshot {
+            path: self.path.display().to_string(),
+            creator_pid: header.creator_pid,
+            mode: Mode::from_raw(header.mode.load(Relaxed))
+                .map(Mode::name)
+                .unwrap_or("unset"),
+            limit_bytes: (limit != 0).then_some(limit),
+            limit_source: LimitSource::from_raw(header.limit_source.load(Relaxed)).name(),
+            total_bytes: header.total.load(Relaxed),
+            peak_bytes: stats.peak.load(Relaxed),
+            denied_allocations: stats.denied_allocations.load(Relaxed),
+            denied_bytes: stats.denied_bytes.load(Relaxed),
+            overlimit_reports: stats.overlimit_reports.load(Relaxed),
+            reclaimed_orphan_bytes: stats.reclaimed_orphan_bytes.load(Relaxed),
+            reaped_slots: stats.reaped_slots.load(Relaxed),
+            slot_overflows: stats.slot_overflows.load(Relaxed),
+            unslotted_bytes: header.overflow.bytes.load(Relaxed),
+            slot_count: header.slot_count,
+            processes,
+        })
+    }
+}
+
+/// One segment's numbers at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The segment file.
+    pub path: String,
+    /// Pid of the process that created it.
+    pub creator_pid: u32,
+    /// `enforce`, `report` or `unset`.
+    pub mode: &'static str,
+    /// The limit, if any.
+    pub limit_bytes: Option<u64>,
+    /// Where the limit came from.
+    pub limit_source: &'static str,
+    /// Bytes reserved by all guarded processes.
+    pub total_bytes: i64,
+    /// Highest total seen.
+    pub peak_bytes: i64,
+    /// Refused calls.
+    pub denied_allocations: u64,
+    /// Bytes of refused calls.
+    pub denied_bytes: u64,
+    /// Calls that would have been refused in report mode.
+    pub overlimit_reports: u64,
+    /// Bytes returned from dead processes' slots.
+    pub reclaimed_orphan_bytes: u64,
+    /// Dead processes' slots freed.
+    pub reaped_slots: u64,
+    /// Processes that found no free slot.
+    pub slot_overflows: u64,
+    /// Bytes of those processes.
+    pub unslotted_bytes: i64,
+    /// Slots in the segment.
+    pub slot_count: u32,
+    /// Live processes, largest first.
+    pub processes: Vec<ProcessSnapshot>,
+}
+
+/// One guarded process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessSnapshot {
+    /// Its pid.
+    pub pid: i32,
+    /// What the guard classified it as.
+    pub kind: &'static str,
+    /// Its command line as `ps` shows it (PostgreSQL sets titles like `postgres: checkpointer`).
+    pub title: String,
+    /// Bytes it has reserved.
+    pub bytes: i64,
+    /// Its peak.
+    pub peak_bytes: i64,
+    /// Allocation calls counted so far.
+    pub allocations: u64,
+    /// Refused calls.
+    pub denials: u64,
+    /// Bytes of refused calls.
+    pub denied_bytes: u64,
+    /// Size of the last refused call.
+    pub last_denied_size: u64,
+    /// Would-be refusals in report mode.
+    pub overlimit_reports: u64,
+}
+
+impl Snapshot {
+    /// The live process with `pid`, if it has a slot.
+    pub fn process(&self, pid: i32) -> Option<&ProcessSnapshot> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+}
+
+/// Whether `pid` exists and still has the start time recorded in its slot.
+pub fn process_is_alive(pid: i32, recorded_start: u64) -> bool {
+    // SAFETY: signal 0 only checks existence and permission.
+    let exists = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| oomguard_core::procstat::start_time(&stat))
+    {
+        Some(start) => recorded_start == 0 || start == recorded_start,
+        None => true,
+    }
+}
+
+/// `/proc/PID/cmdline` with NULs as spaces, or empty when unreadable.
+fn process_title(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            String::from_utf8_lossy(&raw)
+                .trim_end_matches('\0')
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
