@@ -3,9 +3,13 @@
 //!
 //! - [`run`]: `oomguard run -- COMMAND…`: locate `liboomguard.so`, validate `OOM_GUARD_*`, set
 //!   `LD_PRELOAD`, exec.
+//! - [`demo`]: `oomguard demo` and the guarded cluster it and the end-to-end tests run.
+//! - [`status`]: `oomguard status`: reading, reaping and rendering domains.
 //! - [`segment`]: finding, validating and reading the guard's shared segments.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
 
+pub mod demo;
 pub mod pgcluster;
 pub mod run;
 pub mod segment;
+pub mod status;

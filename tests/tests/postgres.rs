@@ -1,0 +1,190 @@
+//! End to end against a real PostgreSQL server (started as an unprivileged user) with the guard
+//! preloaded in enforce mode: hog queries fail with SQLSTATE 53200 while the server, the hog's
+//! own session and a bystander session all survive; and with a limit that is always exceeded the
+//! server still starts, accepts connections, checkpoints and shuts down cleanly.
+
+use oomguard_cli::demo::GuardedCluster;
+use oomguard_cli::pgcluster::{backend_pids_by_type, pid_maps_library};
+use oomguard_tests::library_path;
+use postgres::error::SqlState;
+use postgres::Client;
+
+const MIB: i64 = 1 << 20;
+
+fn pid_of(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+fn checkpointer_pid(client: &mut Client) -> u32 {
+    backend_pids_by_type(client)
+        .unwrap()
+        .into_iter()
+        .find(|(_, kind)| kind == "checkpointer")
+        .expect("a checkpointer in pg_stat_activity")
+        .0
+}
+
+/// Runs `statements`; the last must fail with `ERROR: out of memory` (53200).
+fn assert_out_of_memory(client: &mut Client, statements: &[&str]) -> String {
+    let (last, setup) = statements.split_last().unwrap();
+    for statement in setup {
+        client.batch_execute(statement).unwrap();
+    }
+    let error = client
+        .batch_execute(last)
+        .expect_err(&format!("{last} should have been refused"));
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{last}: not a server error: {error}"));
+    assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{last}: {db:?}");
+    format!("{} / {}", db.message(), db.detail().unwrap_or(""))
+}
+
+fn one(client: &mut Client) -> i32 {
+    client.query_one("SELECT 1", &[]).unwrap().get(0)
+}
+
+#[test]
+fn hog_queries_fail_with_out_of_memory_and_the_server_survives() {
+    let guarded = GuardedCluster::start(
+        &library_path(),
+        &[("OOM_GUARD_LIMIT", "256Mi"), ("OOM_GUARD_MODE", "enforce")],
+        &[],
+    )
+    .expect("start a guarded PostgreSQL");
+    let cluster = &guarded.cluster;
+    let postmaster = cluster.postmaster_pid().unwrap();
+
+    let mut bystander = cluster.connect().unwrap();
+    let mut hog = cluster.connect().unwrap();
+    let hog_pid = pid_of(&mut hog);
+    let checkpointer = checkpointer_pid(&mut bystander);
+    for pid in [postmaster, hog_pid as u32, checkpointer] {
+        assert!(
+            pid_maps_library(pid, "liboomguard.so").unwrap(),
+            "liboomguard.so is not mapped in server process {pid}"
+        );
+    }
+    let baseline = guarded.snapshot().unwrap();
+    assert_eq!(baseline.mode, "enforce");
+    assert_eq!(baseline.limit_bytes, Some(256 << 20));
+    assert!(
+        baseline.process(hog_pid).is_some() && baseline.process(postmaster as i32).is_some(),
+        "every server process has a slot: {baseline:#?}"
+    );
+    assert!(baseline.total_bytes < 64 * MIB, "{baseline:#?}");
+
+    let hogs: [&[&str]; 3] = [
+        &["SELECT cardinality(array_fill(1, ARRAY[100000000]))"],
+        &[
+            "SET work_mem = '2GB'",
+            "SELECT count(*) FROM (SELECT g FROM generate_series(1, 30000000) g ORDER BY g DESC) s",
+        ],
+        &[
+            "SET work_mem = '2GB'",
+            "SET hash_mem_multiplier = 1",
+            "SET enable_sort = off",
+            "SELECT count(*) FROM (SELECT g % 20000000 AS k, count(*) FROM generate_series(1, 20000000) g GROUP BY 1) s",
+        ],
+    ];
+    for statements in hogs {
+        let message = assert_out_of_memory(&mut hog, statements);
+        assert!(message.contains("out of memory"), "{message}");
+        hog.batch_execute("RESET ALL").unwrap();
+        assert_eq!(one(&mut hog), 1, "the hog's own session survives");
+        assert_eq!(one(&mut bystander), 1, "the bystander survives");
+        assert_eq!(pid_of(&mut hog), hog_pid, "same backend, not a reconnect");
+    }
+
+    let after = guarded.snapshot().unwrap();
+    assert!(after.denied_allocations >= 3, "{after:#?}");
+    let hog_slot = after.process(hog_pid).unwrap();
+    assert_eq!(hog_slot.kind, "client backend");
+    assert!(hog_slot.denials >= 3, "{hog_slot:#?}");
+    for process in &after.processes {
+        if process.pid != hog_pid {
+            assert_eq!(process.denials, 0, "only the hog is refused: {process:#?}");
+        }
+    }
+    assert!(
+        after.total_bytes <= baseline.total_bytes + 32 * MIB,
+        "the total returns near its baseline ({} before, {} after)",
+        baseline.total_bytes,
+        after.total_bytes
+    );
+    assert!(after.peak_bytes <= 256 * MIB + MIB, "{after:#?}");
+
+    assert_eq!(checkpointer_pid(&mut bystander), checkpointer, "no restart");
+    assert_eq!(cluster.postmaster_pid(), Some(postmaster));
+    let crashes = guarded.crash_lines().unwrap();
+    assert!(crashes.is_empty(), "the server crashed:\n{crashes:#?}");
+    let log = cluster.log_text().unwrap();
+    assert!(
+        log.contains("out of memory"),
+        "PostgreSQL logged the errors"
+    );
+    assert!(
+        log.contains("refused malloc"),
+        "the guard logged its refusals"
+    );
+
+    drop(hog);
+    drop(bystander);
+    let mut guarded = guarded;
+    let outcome = guarded.cluster.stop().unwrap();
+    assert!(
+        outcome.clean,
+        "{outcome:?}\n{}",
+        guarded.cluster.log_tail(30)
+    );
+}
+
+#[test]
+fn a_server_over_its_limit_from_the_start_still_runs_checkpoints_and_stops_cleanly() {
+    let guarded = GuardedCluster::start(
+        &library_path(),
+        &[("OOM_GUARD_LIMIT", "1"), ("OOM_GUARD_MODE", "enforce")],
+        &[("log_checkpoints", "on")],
+    )
+    .expect("a guarded server starts even when every allocation is over the limit");
+    let cluster = &guarded.cluster;
+    let postmaster = cluster.postmaster_pid().unwrap();
+    // A connection is accepted and authenticated (backend start-up is never refused).
+    let client = cluster.connect().expect("connections are accepted");
+    drop(client);
+    let again = cluster.connect().expect("and accepted again");
+    drop(again);
+
+    let snapshot = guarded.snapshot().unwrap();
+    let kinds: Vec<&str> = snapshot.processes.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&"postmaster"), "{kinds:?}");
+    assert!(kinds.contains(&"postgres auxiliary"), "{kinds:?}");
+    for process in &snapshot.processes {
+        if process.kind != "client backend" {
+            assert_eq!(process.denials, 0, "never refused: {process:#?}");
+        }
+    }
+    assert_eq!(cluster.postmaster_pid(), Some(postmaster));
+
+    let mut guarded = guarded;
+    let outcome = guarded.cluster.stop().unwrap();
+    let log = guarded.cluster.log_text().unwrap();
+    assert!(outcome.clean, "{outcome:?}\n{log}");
+    assert!(
+        log.contains("checkpoint complete"),
+        "the shutdown checkpoint ran:\n{log}"
+    );
+    assert!(log.contains("database system is shut down"), "{log}");
+    let crashes: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            oomguard_cli::demo::CRASH_LOG_LINES
+                .iter()
+                .any(|c| line.contains(c))
+        })
+        .collect();
+    assert!(crashes.is_empty(), "{crashes:#?}");
+}
