@@ -23,7 +23,9 @@ pub const DEFAULT_DIR: &str = "/dev/shm";
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
     /// The directory cannot be listed.
-    #[error("cannot list {dir}: {source} (set OOM_GUARD_DIR or --dir to the guard's segment directory)")]
+    #[error(
+        "cannot list {dir}: {source} (set OOM_GUARD_DIR or --dir to the guard's segment directory)"
+    )]
     Directory {
         /// The directory.
         dir: PathBuf,
@@ -131,7 +133,9 @@ impl Segment {
         match &self.mapping {
             // SAFETY: the raw mapping is valid for its length while `self` lives; the guard
             // changes it only through atomics, which the view reads atomically.
-            Mapping::Writable(raw) => unsafe { std::slice::from_raw_parts(raw.as_ptr(), raw.len()) },
+            Mapping::Writable(raw) => unsafe {
+                std::slice::from_raw_parts(raw.as_ptr(), raw.len())
+            },
             Mapping::ReadOnly(map) => map,
         }
     }
@@ -267,20 +271,19 @@ impl Snapshot {
     }
 }
 
-/// Whether `pid` exists and still has the start time recorded in its slot.
-pub fn process_is_alive(pid: i32, recorded_start: u64) -> bool {
+/// Whether `pid` exists and is still the process that claimed its slot at `claimed_at_ns`.
+pub fn process_is_alive(pid: i32, claimed_at_ns: u64) -> bool {
     // SAFETY: signal 0 only checks existence and permission.
     let exists = unsafe { libc::kill(pid, 0) } == 0
         || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     if !exists {
         return false;
     }
-    match std::fs::read(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| oomguard_core::procstat::start_time(&stat))
-    {
-        Some(start) => recorded_start == 0 || start == recorded_start,
-        None => true,
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !oomguard_core::procstat::started_after(&stat, ticks_per_second, claimed_at_ns),
+        Err(_) => true,
     }
 }
 

@@ -131,9 +131,10 @@ pub struct Slot {
     pub pid: AtomicI32,
     /// A [`ProcessKind`].
     pub kind: AtomicU32,
-    /// The owner's start time in clock ticks since boot (`/proc/PID/stat` field 22): with `pid` it
-    /// tells a live owner from a reused pid.
-    pub start_time: AtomicU64,
+    /// `CLOCK_BOOTTIME` in nanoseconds when the owner claimed the slot: a process that holds
+    /// this pid but started later is not the owner (the pid was reused). Taken from the vDSO, so
+    /// claiming a slot costs a forked child no system call.
+    pub claimed_at_ns: AtomicU64,
     /// Bytes this process has reserved from the pool (its allocations plus its threads' unused
     /// reservations). Signed: a forked child frees memory it inherited.
     pub bytes: AtomicI64,

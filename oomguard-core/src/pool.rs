@@ -114,7 +114,7 @@ impl<'a> Pool<'a> {
         slot.overlimit_reports.fetch_add(1, Relaxed);
     }
 
-    /// Takes a slot for process `pid` started at `start_time`.
+    /// Takes a slot for process `pid`, claimed at `claimed_at_ns` (`CLOCK_BOOTTIME`).
     ///
     /// A new process image (`replaces_image`: not a forked child) first looks for a slot already
     /// held by its pid: it belongs to the image this process replaced with `exec` (or to a dead
@@ -122,13 +122,13 @@ impl<'a> Pool<'a> {
     /// forked child skips that scan (its pid is new; an orphan with a reused pid is reaped by its
     /// start time). Otherwise the first free slot from the hint on is taken. With every slot taken
     /// the process is accounted in [`Header::overflow`], which is shared and never reaped.
-    pub fn claim(&self, pid: i32, start_time: u64, replaces_image: bool) -> &'a Slot {
+    pub fn claim(&self, pid: i32, claimed_at_ns: u64, replaces_image: bool) -> &'a Slot {
         let slots = self.view.slots;
         if replaces_image {
             for slot in slots {
                 if slot.pid.load(Relaxed) == pid && self.take_over(slot, pid) {
                     self.reclaim(slot);
-                    return self.fill(slot, pid, start_time);
+                    return self.fill(slot, pid, claimed_at_ns);
                 }
             }
         }
@@ -138,20 +138,20 @@ impl<'a> Pool<'a> {
             let slot = &slots[index];
             if slot.pid.load(Relaxed) == PID_FREE && self.take_over(slot, PID_FREE) {
                 hint.store(index as u64 + 1, Relaxed);
-                return self.fill(slot, pid, start_time);
+                return self.fill(slot, pid, claimed_at_ns);
             }
         }
         self.view.header.stats.slot_overflows.fetch_add(1, Relaxed);
         &self.view.header.overflow
     }
 
-    /// Frees the slots whose owner is gone (`is_alive(pid, start_time)` false), returning their
+    /// Frees the slots whose owner is gone (`is_alive(pid, claimed_at_ns)` false), returning their
     /// bytes to the pool. Returns how many slots were reaped.
     pub fn reap_dead(&self, mut is_alive: impl FnMut(i32, u64) -> bool) -> u32 {
         let mut reaped = 0;
         for slot in self.view.slots {
             let pid = slot.pid.load(Acquire);
-            if pid <= 0 || is_alive(pid, slot.start_time.load(Relaxed)) {
+            if pid <= 0 || is_alive(pid, slot.claimed_at_ns.load(Relaxed)) {
                 continue;
             }
             if self.take_over(slot, pid) {
@@ -214,9 +214,9 @@ impl<'a> Pool<'a> {
         }
     }
 
-    fn fill(&self, slot: &'a Slot, pid: i32, start_time: u64) -> &'a Slot {
+    fn fill(&self, slot: &'a Slot, pid: i32, claimed_at_ns: u64) -> &'a Slot {
         slot.kind.store(ProcessKind::Unclassified as u32, Relaxed);
-        slot.start_time.store(start_time, Relaxed);
+        slot.claimed_at_ns.store(claimed_at_ns, Relaxed);
         slot.bytes.store(0, Relaxed);
         slot.peak.store(0, Relaxed);
         for counter in [

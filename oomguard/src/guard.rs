@@ -143,52 +143,65 @@ fn pool() -> Pool<'static> {
     Pool::new(view)
 }
 
+/// This process's slot, claimed on first use in a forked child (a child that execs or exits
+/// at once never touches the segment).
 fn my_slot() -> &'static Slot {
-    // SAFETY: set by `claim_slot` before the state became ACTIVE (and again in a forked child),
-    // pointing into the never-unmapped segment.
-    unsafe { &*SLOT.load(Relaxed) }
+    let mut slot = SLOT.load(Relaxed);
+    if slot.is_null() {
+        claim_slot(false);
+        slot = SLOT.load(Relaxed);
+    }
+    // SAFETY: `claim_slot` always stores a pointer into the never-unmapped segment.
+    unsafe { &*slot }
 }
 
 /// Takes this process's slot; `replaces_image` when it is a new image rather than a forked child.
 fn claim_slot(replaces_image: bool) {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    let start = start_time(pid).unwrap_or(0);
-    let slot = pool().claim(pid, start, replaces_image);
+    let pool = pool();
+    let claimed_at = clock_ns(libc::CLOCK_BOOTTIME);
+    let mut slot = pool.claim(pid, claimed_at, replaces_image);
+    if core::ptr::eq(slot, &pool.header().overflow) && pool.reap_dead(is_alive) > 0 {
+        // Every slot was taken, some by processes that died without cleaning up (_exit, SIGKILL).
+        slot = pool.claim(pid, claimed_at, false);
+    }
     SLOT.store(slot as *const Slot as *mut Slot, Relaxed);
 }
 
-/// Start time of `pid` in clock ticks since boot, field 22 of `/proc/PID/stat`.
-fn start_time(pid: i32) -> Option<u64> {
-    let mut path = [0u8; 32];
-    let mut writer = crate::report::Buffer::new(&mut path);
-    let _ = write!(writer, "/proc/{pid}/stat\0");
-    let path = core::ffi::CStr::from_bytes_until_nul(&path).ok()?;
-    let mut stat = [0u8; 1024];
-    let len = segment::read_file(path, &mut stat)?;
-    oomguard_core::procstat::start_time(&stat[..len])
-}
-
-/// Whether process `pid` with the recorded start time still exists.
-fn is_alive(pid: i32, recorded_start: u64) -> bool {
+/// Whether process `pid` is still the one that claimed its slot at `claimed_at_ns`.
+fn is_alive(pid: i32, claimed_at_ns: u64) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
     let exists = unsafe { libc::kill(pid, 0) } == 0 || errno::get() == libc::EPERM;
     if !exists {
         return false;
     }
-    // A reused pid has another start time; an unreadable /proc entry counts as alive.
-    match start_time(pid) {
-        Some(start) => recorded_start == 0 || start == recorded_start,
-        None => true,
-    }
+    let mut path = [0u8; 32];
+    let mut writer = crate::report::Buffer::new(&mut path);
+    let _ = write!(writer, "/proc/{pid}/stat\0");
+    let Ok(path) = core::ffi::CStr::from_bytes_until_nul(&path) else {
+        return true;
+    };
+    let mut stat = [0u8; 1024];
+    let Some(len) = segment::read_file(path, &mut stat) else {
+        return true;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    !oomguard_core::procstat::started_after(&stat[..len], ticks_per_second, claimed_at_ns)
+}
+
+/// A clock read through the vDSO (no system call), in nanoseconds.
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    // SAFETY: an all-zero timespec is valid.
+    let mut now: libc::timespec = unsafe { core::mem::zeroed() };
+    // SAFETY: `now` is writable.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn now_ns() -> u64 {
-    // SAFETY: an all-zero timespec is valid; CLOCK_MONOTONIC_COARSE is served by the vDSO.
-    let mut now: libc::timespec = unsafe { core::mem::zeroed() };
-    // SAFETY: `now` is writable.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// Whether at least `interval` passed since `last`, claiming the slot if so.
@@ -378,8 +391,8 @@ unsafe fn settle(thread: *mut ThreadState) {
     }
 }
 
-/// In a forked child: its own slot from zero. The credit the forking thread held belongs to the
-/// parent, which still holds it.
+/// In a forked child: its own slot from zero, claimed when first needed. The credit the forking
+/// thread held belongs to the parent, which still holds it.
 extern "C" fn forked_child() {
     if !is_active() {
         return;
@@ -394,7 +407,7 @@ extern "C" fn forked_child() {
     LAST_REAP_NS.store(0, Relaxed);
     LAST_REPORT_NS.store(0, Relaxed);
     UNREPORTED_REFUSALS.store(0, Relaxed);
-    claim_slot(false);
+    SLOT.store(core::ptr::null_mut(), Relaxed);
 }
 
 /// At a clean exit: give the slot back, so only killed processes need reaping. Frees that run
@@ -406,9 +419,12 @@ extern "C" fn process_exiting() {
     {
         return;
     }
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    pool().vacate(my_slot(), pid);
+    let slot = SLOT.load(Relaxed);
+    if !slot.is_null() {
+        // SAFETY: getpid has no preconditions; `slot` points into the segment.
+        let pid = unsafe { libc::getpid() };
+        pool().vacate(unsafe { &*slot }, pid);
+    }
 }
 
 #[used]
