@@ -75,8 +75,11 @@ pub fn start() -> bool {
     // SAFETY: our own thread's state; `busy` lets allocations made while starting through.
     unsafe { (*thread).busy = true };
     let state = if initialise() { ACTIVE } else { PASS_THROUGH };
-    // SAFETY: as above.
-    unsafe { (*thread).busy = false };
+    // SAFETY: as above. Frees before the start credited the thread without a reservation.
+    unsafe {
+        (*thread).busy = false;
+        (*thread).credit = 0;
+    }
     STATE.store(state, Release);
     errno::set(saved);
     state == ACTIVE
@@ -321,12 +324,17 @@ fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str
 /// Returns the credit above [`BATCH`] to the pool.
 ///
 /// # Safety
-/// `thread` must be the calling thread's state and the guard active.
+/// `thread` must be the calling thread's state.
 #[cold]
 #[inline(never)]
 pub unsafe fn release_excess(thread: *mut ThreadState) {
     // SAFETY: the caller passes the calling thread's state.
     unsafe {
+        if !is_active() {
+            // Frees credit every thread, accounted or not: keep the unused credit at zero.
+            (*thread).credit = 0;
+            return;
+        }
         if (*thread).busy {
             return;
         }

@@ -14,10 +14,12 @@ use core::ptr::null_mut;
 use crate::guard::{self, RELEASE_ABOVE};
 use crate::{errno, real, tls};
 
-/// Whether `credit` covers `request` bytes.
+/// Whether `credit` covers `request` bytes. One signed compare: a request of 2^63 bytes or more
+/// wraps negative and reads as covered, which is harmless because glibc refuses it anyway (and a
+/// refused call charges nothing).
 #[inline(always)]
 fn covered(credit: i64, request: usize) -> bool {
-    credit >= 0 && request as u64 <= credit as u64
+    credit >= request as i64
 }
 
 /// Whether the guard is accounting in this process, starting it on first use.
@@ -27,8 +29,48 @@ fn accounting() -> bool {
 }
 
 /// Accounts one allocation of `request` bytes made by `allocate`.
+///
+/// The fast path keeps nothing live across the call into glibc (it looks the thread's state up
+/// again afterwards, two instructions) so that it needs few saved registers; everything else is in
+/// [`allocate_slowly`].
 #[inline(always)]
 fn allocate(
+    request: usize,
+    call: &'static str,
+    allocate: impl FnOnce() -> *mut c_void,
+) -> *mut c_void {
+    let thread = tls::current();
+    // SAFETY: `thread` is this thread's state.
+    let covered = unsafe { covered((*thread).credit, request) };
+    if !guard::is_active() || !covered {
+        return allocate_slowly(request, call, allocate);
+    }
+    let block = allocate();
+    if !block.is_null() {
+        // SAFETY: a live block from glibc, the guard active.
+        unsafe { charge(block) };
+    }
+    block
+}
+
+/// Charges a block glibc just handed out to the calling thread's credit.
+///
+/// # Safety
+/// `block` must be a live, non-null glibc block and the guard active.
+#[inline(always)]
+unsafe fn charge(block: *mut c_void) {
+    let thread = tls::current();
+    // SAFETY: forwarded contract; `thread` is this thread's state.
+    unsafe {
+        (*thread).credit -= real::block_size(block) as i64;
+        (*thread).pending_allocations += 1;
+    }
+}
+
+/// An allocation the credit does not cover, or one made before the guard started or in off mode.
+#[cold]
+#[inline(never)]
+fn allocate_slowly(
     request: usize,
     call: &'static str,
     allocate: impl FnOnce() -> *mut c_void,
@@ -46,29 +88,23 @@ fn allocate(
         }
         let block = allocate();
         if !block.is_null() {
-            (*thread).credit -= real::block_size(block) as i64;
-            (*thread).pending_allocations += 1;
+            charge(block);
         }
         block
     }
 }
 
-/// Credits a block that is about to be freed.
+/// Frees a block after its credit pushed the thread past [`RELEASE_ABOVE`].
 ///
 /// # Safety
-/// `block` must be a live glibc block.
-#[inline(always)]
-unsafe fn credit_freed(block: *mut c_void) {
-    if !guard::is_active() {
-        return;
-    }
-    let thread = tls::current();
-    // SAFETY: as in `allocate`; the block is live until the caller frees it.
+/// `block` must be a live glibc block, `thread` the calling thread's state.
+#[cold]
+#[inline(never)]
+unsafe fn free_and_release(thread: *mut tls::ThreadState, block: *mut c_void) {
+    // SAFETY: forwarded contract.
     unsafe {
-        (*thread).credit += real::block_size(block) as i64;
-        if (*thread).credit > RELEASE_ABOVE {
-            guard::release_excess(thread);
-        }
+        guard::release_excess(thread);
+        real::free(block);
     }
 }
 
@@ -87,9 +123,16 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    // SAFETY: the caller passes a live block, freed right after.
+    // No check of the guard's state: crediting a thread that is not accounting is harmless
+    // (`release_excess` resets it), and the check would cost every free two instructions.
+    let thread = tls::current();
+    // SAFETY: the caller passes a live block, freed right after; `thread` is this thread's state.
     unsafe {
-        credit_freed(ptr);
+        let credit = (*thread).credit + real::block_size(ptr) as i64;
+        (*thread).credit = credit;
+        if credit > RELEASE_ABOVE {
+            return free_and_release(thread, ptr);
+        }
         real::free(ptr);
     }
 }
