@@ -49,14 +49,22 @@ impl GuardedCluster {
         std::fs::create_dir_all(&segment_dir)?;
         let user = cluster.server_user().clone();
         if user.switch {
-            std::os::unix::fs::chown(&segment_dir, Some(user.uid), Some(user.gid))
-                .with_context(|| format!("could not give {} to {}", segment_dir.display(), user.name))?;
+            std::os::unix::fs::chown(&segment_dir, Some(user.uid), Some(user.gid)).with_context(
+                || format!("could not give {} to {}", segment_dir.display(), user.name),
+            )?;
         }
         let mut env = vec![
             ("LD_PRELOAD".to_owned(), staged.display().to_string()),
-            ("OOM_GUARD_DIR".to_owned(), segment_dir.display().to_string()),
+            (
+                "OOM_GUARD_DIR".to_owned(),
+                segment_dir.display().to_string(),
+            ),
         ];
-        env.extend(guard_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env.extend(
+            guard_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let settings: Vec<(String, String)> = settings
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -82,7 +90,10 @@ impl GuardedCluster {
     pub fn segment(&self) -> Result<Segment> {
         let paths = segment::find(&self.segment_dir)?;
         let [path] = paths.as_slice() else {
-            bail!("expected one segment in {}, found {paths:?}", self.segment_dir.display());
+            bail!(
+                "expected one segment in {}, found {paths:?}",
+                self.segment_dir.display()
+            );
         };
         Ok(Segment::open(path)?)
     }
@@ -120,10 +131,19 @@ fn check_interrupt() -> Result<()> {
 pub fn run(library: &Path, limit: &str) -> Result<()> {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
     }
-    println!("Starting a throwaway PostgreSQL cluster under {}", library.display());
+    println!(
+        "Starting a throwaway PostgreSQL cluster under {}",
+        library.display()
+    );
     println!("  OOM_GUARD_LIMIT={limit} OOM_GUARD_MODE=enforce (client backends may be refused)");
     let guarded = GuardedCluster::start(
         library,
@@ -134,7 +154,10 @@ pub fn run(library: &Path, limit: &str) -> Result<()> {
     let postmaster = cluster.postmaster_pid().unwrap_or(0);
     println!(
         "  {} in {}, running as `{}`, postmaster pid {postmaster}, guard mapped: yes\n",
-        cluster.binaries().version().unwrap_or_else(|_| "PostgreSQL".into()),
+        cluster
+            .binaries()
+            .version()
+            .unwrap_or_else(|_| "PostgreSQL".into()),
         cluster.base_dir().display(),
         cluster.server_user().name,
     );
@@ -168,7 +191,9 @@ pub fn run(library: &Path, limit: &str) -> Result<()> {
 
     let one: i32 = hog.query_one("SELECT 1", &[])?.get(0);
     println!("  Session B is still connected: SELECT 1 -> {one}");
-    let count: i64 = bystander.query_one("SELECT count(*) FROM pg_class", &[])?.get(0);
+    let count: i64 = bystander
+        .query_one("SELECT count(*) FROM pg_class", &[])?
+        .get(0);
     println!("  Session A never noticed: SELECT count(*) FROM pg_class -> {count}");
     let crashes = guarded.crash_lines()?;
     if crashes.is_empty() {
@@ -190,7 +215,11 @@ pub fn run(library: &Path, limit: &str) -> Result<()> {
     let outcome = guarded.cluster.stop()?;
     println!(
         "\nStopped the cluster ({}) and removed it.",
-        if outcome.clean { "clean shutdown" } else { "forced shutdown" }
+        if outcome.clean {
+            "clean shutdown"
+        } else {
+            "forced shutdown"
+        }
     );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The `oomguard` command line: argument parsing and dispatch only; the work lives in the
-//! library modules ([`oomguard_cli::run`], [`oomguard_cli::pgcluster`]).
+//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::demo`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -35,15 +35,72 @@ enum Cmd {
         )]
         command: Vec<OsString>,
     },
-    /// Show the guard's limit, usage and denials (not implemented yet).
-    Status,
-    /// Demonstrate the guard on a throwaway PostgreSQL cluster (not implemented yet).
-    Demo,
+    /// Show each guard domain: mode, limit, total, peak, refusals, and its processes by usage.
+    /// Slots of processes that died without cleaning up are reaped first.
+    Status {
+        /// Directory holding the guard's segments.
+        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Demonstrate the guard: a throwaway PostgreSQL cluster under a small limit, a query that
+    /// fails with `ERROR: out of memory` while the server and other sessions carry on.
+    Demo {
+        /// The guard's limit for the demo cluster (an OOM_GUARD_LIMIT value).
+        #[arg(long, default_value = "256Mi")]
+        limit: String,
+        /// The preload library [default: as for `run`].
+        #[arg(long, value_name = "PATH")]
+        library: Option<PathBuf>,
+    },
 }
 
-fn not_implemented(name: &str) -> ExitCode {
-    eprintln!("oomguard {name}: not implemented yet");
-    ExitCode::from(2)
+fn status(dir: &std::path::Path, json: bool) -> ExitCode {
+    match oomguard_cli::status::collect(dir) {
+        Ok(domains) if json => match serde_json::to_string_pretty(&domains) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("oomguard status: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(domains) => {
+            let reports: Vec<String> = domains.iter().map(oomguard_cli::status::render).collect();
+            println!("{}", reports.join("\n"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("oomguard status: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(limit: &str, library: Option<&std::path::Path>) -> ExitCode {
+    let outcome = oomguard_cli::run::validate_guard_env(|name| {
+        (name == oomguard_cli::run::LIMIT_ENV).then(|| limit.into())
+    })
+    .map_err(anyhow::Error::from)
+    .and_then(|()| {
+        let library = oomguard_cli::run::locate_library(
+            library,
+            std::env::var_os(oomguard_cli::run::LIBRARY_ENV).as_deref(),
+            &oomguard_cli::run::default_search_paths(),
+        )?;
+        oomguard_cli::demo::run(&library, limit)
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("oomguard demo: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,7 +119,7 @@ fn main() -> ExitCode {
                 _ => ExitCode::from(126),
             }
         }
-        Cmd::Status => not_implemented("status"),
-        Cmd::Demo => not_implemented("demo"),
+        Cmd::Status { dir, json } => status(&dir, json),
+        Cmd::Demo { limit, library } => demo(&limit, library.as_deref()),
     }
 }

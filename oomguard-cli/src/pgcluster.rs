@@ -67,6 +67,8 @@ pub enum BinSource {
     Path,
     /// The highest-versioned `/usr/lib/postgresql/*/bin`.
     VersionedDir,
+    /// Given by the caller ([`PgBinaries::from_bindir`]).
+    Explicit,
 }
 
 /// The PostgreSQL server programs a [`Cluster`] needs, all from one directory.
@@ -186,7 +188,7 @@ impl PgBinaries {
     /// Uses the programs in `dir`, which must hold all three.
     pub fn from_bindir(dir: &Path) -> Result<Self> {
         match missing_program(dir) {
-            None => Ok(Self::in_dir(dir.to_path_buf(), BinSource::Env)),
+            None => Ok(Self::in_dir(dir.to_path_buf(), BinSource::Explicit)),
             Some(missing) => bail!("{} has no executable `{missing}`", dir.display()),
         }
     }
@@ -1300,9 +1302,10 @@ mod tests {
         if euid() != 0 {
             return; // Only root switches users.
         }
-        let root = tempfile::tempdir().unwrap(); // mode 0700, owned by root
-        let err = Cluster::create(&root.path().join("base"), &fake_options(root.path()))
-            .unwrap_err();
+        let root = tempfile::tempdir().unwrap();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let err =
+            Cluster::create(&root.path().join("base"), &fake_options(root.path())).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("cannot reach"), "{text}");
         assert!(text.contains("/tmp"), "{text}");

@@ -256,59 +256,8 @@ pub fn preload_value(existing: Option<&OsStr>, lib: &Path) -> Result<Preload, Ru
 // Guard settings
 // ---------------------------------------------------------------------------------------------
 
-const SIZE_FORMS: &str = "a whole number of bytes (1073741824), a binary size (512Mi, 512MiB, \
-                          1Gi, 1GiB) or a decimal Kubernetes quantity (500M, 1G = 10^9 bytes)";
-const MODE_FORMS: &str = "enforce, report or off";
-const REFUSE_FORMS: &str = "backends (PostgreSQL client backends only) or all";
-
-// TODO: replace with `oomguard_core::config::parse_size` (and `Mode::parse` /
-// `RefuseScope::parse` below) once oomguard-core's config module is settled; this copy follows
-// the same rules so the CLI and the guard agree.
-fn parse_size(text: &str) -> Result<u64, &'static str> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("it is empty");
-    }
-    let digits_end = text
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return Err("it does not start with a whole number");
-    }
-    let number: u64 = digits.parse().map_err(|_| "it is larger than 2^64 bytes")?;
-    let multiplier: u64 =
-        match suffix {
-            "" => 1,
-            "Ki" | "KiB" => 1 << 10,
-            "Mi" | "MiB" => 1 << 20,
-            "Gi" | "GiB" => 1 << 30,
-            "Ti" | "TiB" => 1 << 40,
-            "k" | "K" => 1_000,
-            "M" => 1_000_000,
-            "G" => 1_000_000_000,
-            "T" => 1_000_000_000_000,
-            "kB" | "KB" | "MB" | "GB" | "TB" => return Err(
-                "its unit is ambiguous (GB is 2^30 in PostgreSQL but 10^9 in Kubernetes): write \
-                 Gi or G",
-            ),
-            s if s.starts_with('.') => return Err("it is not a whole number"),
-            _ => return Err("its unit is unknown"),
-        };
-    let bytes = number
-        .checked_mul(multiplier)
-        .ok_or("it is larger than 2^64 bytes")?;
-    if bytes == 0 {
-        return Err("it is zero");
-    }
-    Ok(bytes)
-}
-
-fn one_of(text: &str, names: &[&str]) -> bool {
-    let text = text.trim();
-    names.iter().any(|n| text.eq_ignore_ascii_case(n))
-}
+use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS, SIZE_FORMS};
+use oomguard_core::{Mode, RefuseScope};
 
 /// Checks `OOM_GUARD_LIMIT`, `OOM_GUARD_MODE` and `OOM_GUARD_REFUSE` as read by `get` (unset is
 /// fine: the guard has defaults). A set but invalid value is an error naming the variable and
@@ -317,21 +266,20 @@ pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), 
     type Check = fn(&str) -> Result<(), String>;
     let checks: [(&'static str, &'static str, Check); 3] = [
         (LIMIT_ENV, SIZE_FORMS, |v| {
-            parse_size(v).map(drop).map_err(str::to_string)
+            if limit_is_auto(v) {
+                return Ok(());
+            }
+            parse_size(v).map(drop).map_err(|e| e.reason().to_string())
         }),
         (MODE_ENV, MODE_FORMS, |v| {
-            if one_of(v, &["enforce", "report", "off"]) {
-                Ok(())
-            } else {
-                Err("it is not a known mode".to_string())
-            }
+            Mode::parse(v)
+                .map(drop)
+                .ok_or_else(|| "it is not a known mode".to_string())
         }),
         (REFUSE_ENV, REFUSE_FORMS, |v| {
-            if one_of(v, &["backends", "all"]) {
-                Ok(())
-            } else {
-                Err("it is not a known refusal scope".to_string())
-            }
+            RefuseScope::parse(v)
+                .map(drop)
+                .ok_or_else(|| "it is not a known refusal scope".to_string())
         }),
     ];
     for (var, accepted, check) in checks {
@@ -395,6 +343,9 @@ pub fn exec_command(mut cmd: Command) -> RunError {
             " (is it installed and on PATH?)"
         }
         io::ErrorKind::NotFound => " (check the path)",
+        io::ErrorKind::PermissionDenied if !program.as_bytes().contains(&b'/') => {
+            " (it is not executable, or a directory on PATH is not searchable by this user)"
+        }
         io::ErrorKind::PermissionDenied => " (is it an executable file you may run?)",
         _ => "",
     };
@@ -578,46 +529,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sizes() {
-        let ok = [
-            ("1073741824", 1 << 30),
-            ("512MiB", 512 << 20),
-            ("512Mi", 512 << 20),
-            ("1GiB", 1 << 30),
-            ("1Gi", 1 << 30),
-            ("2Ti", 2 << 40),
-            ("64Ki", 64 << 10),
-            ("1G", 1_000_000_000),
-            ("500M", 500_000_000),
-            ("3k", 3000),
-            ("3K", 3000),
-            ("1T", 1_000_000_000_000),
-            (" 1Gi ", 1 << 30),
-        ];
-        for (text, want) in ok {
-            assert_eq!(parse_size(text), Ok(want), "{text}");
-        }
-        for bad in [
-            "",
-            " ",
-            "Gi",
-            "1.5Gi",
-            "1GB",
-            "512MB",
-            "1 Gi",
-            "1gi",
-            "-1",
-            "0",
-            "0Gi",
-            "1Pi",
-            "99999999999999999999",
-            "20000000Ti",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
         let map: HashMap<String, OsString> = pairs
             .iter()
@@ -658,15 +569,21 @@ mod tests {
         assert!(err.contains("OOM_GUARD_REFUSE"), "{err}");
         assert!(err.contains("backends"), "{err}");
 
-        let err = validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "")]))
+        // Empty and `auto` ask for the derived limit, as in the guard itself.
+        assert!(validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "")])).is_ok());
+        assert!(validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "auto")])).is_ok());
+        let err = validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "lots")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("empty"), "{err}");
+        assert!(err.contains("whole number"), "{err}");
     }
 
     #[test]
     fn exec_failure_is_explained() {
-        let err = exec_command(Command::new("oomguard-no-such-program-xyz")).to_string();
+        // A PATH we control: an unsearchable PATH entry would turn ENOENT into EACCES.
+        let mut cmd = Command::new("oomguard-no-such-program-xyz");
+        cmd.env("PATH", "/nonexistent-oomguard-dir");
+        let err = exec_command(cmd).to_string();
         assert!(err.contains("oomguard-no-such-program-xyz"), "{err}");
         assert!(err.contains("PATH"), "{err}");
     }

@@ -45,6 +45,14 @@ pub fn human_bytes(bytes: i64) -> String {
     format!("{sign}{value} B")
 }
 
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// The human-readable report of one domain.
 pub fn render(status: &DomainStatus) -> String {
     let s = &status.snapshot;
@@ -106,7 +114,7 @@ pub fn render(status: &DomainStatus) -> String {
             human_bytes(p.bytes),
             human_bytes(p.peak_bytes),
             p.denials,
-            p.title
+            shorten(&p.title, 72)
         );
     }
     if s.processes.is_empty() {
@@ -125,5 +133,14 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(256 << 20), "256.0 MiB");
         assert_eq!(human_bytes(-(3 << 30)), "-3.0 GiB");
+    }
+
+    #[test]
+    fn long_titles_are_cut() {
+        assert_eq!(
+            shorten("postgres: checkpointer", 72),
+            "postgres: checkpointer"
+        );
+        assert_eq!(shorten("abcdef", 3), "abc…");
     }
 }

@@ -29,9 +29,10 @@ pub enum SizeError {
     Zero,
 }
 
-impl fmt::Display for SizeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let why = match self {
+impl SizeError {
+    /// Why the value was rejected, without the list of accepted forms.
+    pub fn reason(&self) -> &'static str {
+        match self {
             SizeError::Empty => "it is empty",
             SizeError::NotANumber => "it does not start with a whole number",
             SizeError::UnknownSuffix => "its unit is unknown",
@@ -40,9 +41,20 @@ impl fmt::Display for SizeError {
             }
             SizeError::TooLarge => "it is larger than 2^64 bytes",
             SizeError::Zero => "it is zero",
-        };
-        write!(f, "{why}; accepted forms are {SIZE_FORMS}")
+        }
     }
+}
+
+impl fmt::Display for SizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; accepted forms are {SIZE_FORMS}", self.reason())
+    }
+}
+
+/// Whether an `OOM_GUARD_LIMIT` value asks for the derived limit (`auto`, or empty).
+pub fn limit_is_auto(text: &str) -> bool {
+    let text = text.trim();
+    text.is_empty() || text.eq_ignore_ascii_case("auto")
 }
 
 /// Parses a size such as `1073741824`, `512MiB`, `1Gi` or `1G` into bytes. Surrounding blanks are

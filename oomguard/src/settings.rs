@@ -7,7 +7,7 @@
 use core::ffi::{c_char, CStr};
 use core::fmt::Write;
 
-use oomguard_core::config::{parse_size, MODE_FORMS, REFUSE_FORMS};
+use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS};
 use oomguard_core::{Mode, RefuseScope};
 
 use crate::report::Line;
@@ -64,8 +64,7 @@ impl Settings {
             }
         }
         if let Some(value) = text(c"OOM_GUARD_LIMIT") {
-            let value_trimmed = value.trim();
-            if !value_trimmed.is_empty() && !value_trimmed.eq_ignore_ascii_case("auto") {
+            if !limit_is_auto(value) {
                 match parse_size(value) {
                     Ok(bytes) => settings.limit = Some(bytes),
                     Err(error) => {
