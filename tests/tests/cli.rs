@@ -1,0 +1,219 @@
+//! The `oomguard` binary as a user runs it: `status` against segments written by real guarded
+//! processes, `run` putting the guard in front of a real program, `demo` end to end, and clear
+//! errors with non-zero exits for bad input.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use oomguard_tests::{guarded, library_path, plain, probe, workspace_root};
+
+fn oomguard() -> Command {
+    let binary: PathBuf = workspace_root().join("target/release/oomguard");
+    assert!(
+        binary.is_file(),
+        "{} not found: run `cargo build --release` first",
+        binary.display()
+    );
+    let mut command = Command::new(binary);
+    plain(&mut command);
+    command
+}
+
+fn output(command: &mut Command) -> (Output, String, String) {
+    let output = command.output().expect("run oomguard");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+/// Runs `hold 1 MiB x 8` under the guard in `dir`, calls `inspect` while it holds, then lets it
+/// finish.
+fn while_holding(dir: &Path, inspect: impl FnOnce(u32)) {
+    let mut command = Command::new(probe("accounting"));
+    guarded(&mut command, dir, &[("OOM_GUARD_LIMIT", "512Mi")])
+        .args(["hold", "1048576", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "held\n");
+    inspect(child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\ngo\n").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn status_shows_a_live_guarded_process() {
+    let dir = tempfile::tempdir().unwrap();
+    while_holding(dir.path(), |pid| {
+        let (out, stdout, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("mode     enforce"), "{stdout}");
+        assert!(
+            stdout.contains("limit    512.0 MiB (from OOM_GUARD_LIMIT)"),
+            "{stdout}"
+        );
+        let row = stdout
+            .lines()
+            .find(|line| line.trim_start().starts_with(&pid.to_string()))
+            .unwrap_or_else(|| panic!("no row for pid {pid}:\n{stdout}"));
+        assert!(
+            row.contains(" 8.") && row.contains(" MiB"),
+            "8 MiB and change: {row}"
+        );
+
+        let (out, stdout, _) = output(
+            oomguard()
+                .args(["status", "--json"])
+                .env("OOM_GUARD_DIR", dir.path()),
+        );
+        assert!(out.status.success());
+        let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+        let domain = &json[0];
+        assert_eq!(domain["limit_bytes"], 512 << 20);
+        let process = domain["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .expect("the probe in the JSON");
+        assert!(process["bytes"].as_i64().unwrap() >= 8 << 20, "{process}");
+        let title = process["title"].as_str().unwrap();
+        assert!(title.ends_with("accounting hold 1048576 8"), "{title}");
+    });
+}
+
+#[test]
+fn status_reaps_and_reports_a_killed_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(probe("accounting"));
+    guarded(&mut command, dir.path(), &[])
+        .args(["hold", "1048576", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (out, stdout, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("1 dead processes reaped now"), "{stdout}");
+    assert!(stdout.contains("(no live guarded process)"), "{stdout}");
+    assert!(stdout.contains("total    0 B"), "{stdout}");
+}
+
+#[test]
+fn status_without_a_segment_or_with_a_foreign_one_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("no oomguard segment"), "{stderr}");
+    assert!(stderr.contains("OOM_GUARD_DIR"), "{stderr}");
+
+    std::fs::write(dir.path().join("oomguard-0-feed"), b"not a segment at all").unwrap();
+    let (out, _, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("oomguard-0-feed"), "{stderr}");
+    assert!(stderr.contains("truncated"), "{stderr}");
+
+    let (out, _, stderr) = output(oomguard().args(["status", "--dir", "/nonexistent/dir"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("/nonexistent/dir"), "{stderr}");
+}
+
+#[test]
+fn run_preloads_the_guard_and_keeps_an_existing_preload() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = library_path();
+    let (out, stdout, stderr) = output(
+        oomguard()
+            .args(["run", "--library"])
+            .arg(&library)
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg("echo \"$LD_PRELOAD\"; cat /proc/self/maps | grep -c liboomguard")
+            .env("LD_PRELOAD", "/lib/x86_64-linux-gnu/libm.so.6")
+            .env("OOM_GUARD_DIR", dir.path()),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let mut lines = stdout.lines();
+    let preload = lines.next().unwrap();
+    assert!(preload.contains("libm.so.6"), "kept: {preload}");
+    assert!(
+        preload.contains(library.to_str().unwrap()),
+        "added: {preload}"
+    );
+    let mapped: u32 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(mapped > 0, "the guard is mapped in the command");
+}
+
+#[test]
+fn run_rejects_bad_settings_before_starting_anything() {
+    for (name, value, mentions) in [
+        ("OOM_GUARD_LIMIT", "12GB", "ambiguous"),
+        ("OOM_GUARD_MODE", "strict", "enforce, report or off"),
+        ("OOM_GUARD_REFUSE", "everyone", "backends"),
+    ] {
+        let (out, stdout, stderr) = output(
+            oomguard()
+                .args(["run", "--library"])
+                .arg(library_path())
+                .args(["--", "echo", "started"])
+                .env(name, value),
+        );
+        assert_eq!(out.status.code(), Some(126), "{name}={value}: {stderr}");
+        assert!(stdout.is_empty(), "nothing ran: {stdout}");
+        assert!(
+            stderr.contains(name) && stderr.contains(mentions),
+            "{stderr}"
+        );
+    }
+    let (out, _, stderr) = output(oomguard().args([
+        "run",
+        "--library",
+        "/nonexistent/liboomguard.so",
+        "--",
+        "true",
+    ]));
+    assert_eq!(out.status.code(), Some(126));
+    assert!(stderr.contains("/nonexistent/liboomguard.so"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let (out, _, stderr) = output(oomguard().args(["status", "--frobnicate"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("--frobnicate"), "{stderr}");
+    let (out, _, stderr) = output(oomguard().args(["demo", "--limit", "lots"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("OOM_GUARD_LIMIT") && stderr.contains("lots"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let (out, stdout, stderr) = output(oomguard().arg("demo").arg("--library").arg(library_path()));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ERROR:  out of memory (SQLSTATE 53200)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Session B is still connected: SELECT 1 -> 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Session A never noticed"), "{stdout}");
+    assert!(stdout.contains("refused  1 allocations"), "{stdout}");
+    assert!(stdout.contains("clean shutdown"), "{stdout}");
+}
