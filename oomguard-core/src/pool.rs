@@ -6,6 +6,7 @@
 //! system call: liveness checks are the caller's closure, so the same code serves the preload
 //! library, the CLI and tests.
 
+use core::sync::atomic::AtomicI64;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 use crate::layout::{Header, ProcessKind, SegmentView, Slot, PID_BUSY, PID_FREE};
@@ -82,9 +83,9 @@ impl<'a> Pool<'a> {
 
     fn after_reserve(&self, slot: &Slot, new_total: i64, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
-        self.view.header.stats.peak.fetch_max(new_total, Relaxed);
+        raise_peak(&self.view.header.stats.peak, new_total);
         let slot_bytes = slot.bytes.fetch_add(bytes, Relaxed).saturating_add(bytes);
-        slot.peak.fetch_max(slot_bytes, Relaxed);
+        raise_peak(&slot.peak, slot_bytes);
     }
 
     /// Returns `bytes` from `slot` to the pool.
@@ -230,6 +231,14 @@ impl<'a> Pool<'a> {
         }
         slot.pid.store(pid, Release);
         slot
+    }
+}
+
+/// Raises `peak` to `value`; the plain load first spares the (usual) case of no new peak a
+/// locked read-modify-write on a line other processes read.
+fn raise_peak(peak: &AtomicI64, value: i64) {
+    if value > peak.load(Relaxed) {
+        peak.fetch_max(value, Relaxed);
     }
 }
 

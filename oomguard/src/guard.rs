@@ -254,13 +254,13 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let pool = pool();
     let slot = my_slot();
     let batch = need.saturating_add(BATCH as u64);
-    if pool.try_reserve(slot, batch) {
-        OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
-        return Some(batch);
-    }
-    if pool.try_reserve(slot, need) {
-        OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
-        return Some(need);
+    for bytes in [batch, need] {
+        if pool.try_reserve(slot, bytes) {
+            if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT {
+                OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
+            }
+            return Some(bytes);
+        }
     }
     // Over the limit.
     if pool.header().mode.load(Relaxed) != Mode::Enforce as u32 {
@@ -343,11 +343,11 @@ pub unsafe fn release_excess(thread: *mut ThreadState) {
             (*thread).credit = BATCH;
             pool().release(my_slot(), excess as u64);
         }
-        flush_allocations(thread);
     }
 }
 
-/// Adds the thread's counted allocations to the process slot.
+/// Adds the thread's counted allocations to the process slot (at reservations and thread exit,
+/// so the slot's count lags by at most one batch of allocations per thread).
 unsafe fn flush_allocations(thread: *mut ThreadState) {
     // SAFETY: forwarded contract.
     unsafe {

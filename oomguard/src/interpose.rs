@@ -30,9 +30,11 @@ fn accounting() -> bool {
 
 /// Accounts one allocation of `request` bytes made by `allocate`.
 ///
-/// The fast path keeps nothing live across the call into glibc (it looks the thread's state up
-/// again afterwards, two instructions) so that it needs few saved registers; everything else is in
-/// [`allocate_slowly`].
+/// The fast path reads no global state, only the thread's credit: a thread has credit only from
+/// reservations made while the guard is active, or from frees, and moving the credit of a thread
+/// that is not accounting (off mode, before start, after exit) touches nothing shared. It keeps
+/// nothing live across the call into glibc (it looks the thread's state up again afterwards, two
+/// instructions) so that it needs no saved registers; everything else is in [`allocate_slowly`].
 #[inline(always)]
 fn allocate(
     request: usize,
@@ -41,13 +43,12 @@ fn allocate(
 ) -> *mut c_void {
     let thread = tls::current();
     // SAFETY: `thread` is this thread's state.
-    let covered = unsafe { covered((*thread).credit, request) };
-    if !guard::is_active() || !covered {
+    if !covered(unsafe { (*thread).credit }, request) {
         return allocate_slowly(request, call, allocate);
     }
     let block = allocate();
     if !block.is_null() {
-        // SAFETY: a live block from glibc, the guard active.
+        // SAFETY: a live block from glibc.
         unsafe { charge(block) };
     }
     block
@@ -56,7 +57,7 @@ fn allocate(
 /// Charges a block glibc just handed out to the calling thread's credit.
 ///
 /// # Safety
-/// `block` must be a live, non-null glibc block and the guard active.
+/// `block` must be a live, non-null glibc block.
 #[inline(always)]
 unsafe fn charge(block: *mut c_void) {
     let thread = tls::current();

@@ -12,12 +12,14 @@ pub struct ThreadState {
     /// Bytes this thread may still allocate without touching shared memory. Goes slightly below
     /// zero when glibc's block is larger than the request; the next slow path covers that.
     pub credit: i64,
-    /// Successful allocations not yet added to the process slot.
-    pub pending_allocations: u64,
     /// Set while the guard's own slow path runs, so allocations it causes pass through.
     pub busy: bool,
     /// Set once the thread-exit destructor that returns the credit is armed.
     pub exit_hook_armed: bool,
+    /// Successful allocations not yet added to the process slot. Not next to `credit` on
+    /// purpose: adjacent, the compiler merges the two updates into five vector instructions
+    /// where apart they are two.
+    pub pending_allocations: u64,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -63,9 +65,9 @@ pub fn current() -> *mut ThreadState {
         static STATE: UnsafeCell<ThreadState> = const {
             UnsafeCell::new(ThreadState {
                 credit: 0,
-                pending_allocations: 0,
                 busy: false,
                 exit_hook_armed: false,
+                pending_allocations: 0,
             })
         };
     }
