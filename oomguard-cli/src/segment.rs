@@ -179,6 +179,8 @@ impl Segment {
             .collect();
         processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
         let limit = header.limit_bytes.load(Relaxed);
+        let cgroup = &header.cgroup;
+        let cgroup_read_at = cgroup.read_at_unix_seconds.load(Relaxed);
         Ok(Snapshot {
             path: self.path.display().to_string(),
             creator_pid: header.creator_pid,
@@ -197,6 +199,14 @@ impl Segment {
             slot_overflows: stats.slot_overflows.load(Relaxed),
             unslotted_bytes: header.overflow.bytes.load(Relaxed),
             slot_count: header.slot_count,
+            cgroup: (cgroup_read_at != 0).then(|| CgroupReading {
+                read_at_unix_seconds: cgroup_read_at,
+                usage_bytes: cgroup.usage_bytes.load(Relaxed),
+                limit_bytes: cgroup.limit_bytes.load(Relaxed),
+                anon_bytes: cgroup.anon_bytes.load(Relaxed),
+                file_bytes: cgroup.file_bytes.load(Relaxed),
+                shmem_bytes: cgroup.shmem_bytes.load(Relaxed),
+            }),
             processes,
         })
     }
@@ -235,8 +245,28 @@ pub struct Snapshot {
     pub unslotted_bytes: i64,
     /// Slots in the segment.
     pub slot_count: u32,
+    /// The cgroup's own numbers as a guarded process last read them; `None` until one has.
+    pub cgroup: Option<CgroupReading>,
     /// Live processes, largest first.
     pub processes: Vec<ProcessSnapshot>,
+}
+
+/// The kernel's view of the guarded processes' cgroup, as published in the segment header by the
+/// guard (a sidecar cannot read the PostgreSQL container's cgroup itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupReading {
+    /// Unix time of the reading, in seconds.
+    pub read_at_unix_seconds: u64,
+    /// `memory.current` (v2) / `memory.usage_in_bytes` (v1).
+    pub usage_bytes: u64,
+    /// The effective memory limit.
+    pub limit_bytes: u64,
+    /// `anon` from memory.stat.
+    pub anon_bytes: u64,
+    /// `file` from memory.stat.
+    pub file_bytes: u64,
+    /// `shmem` from memory.stat.
+    pub shmem_bytes: u64,
 }
 
 /// One guarded process.
@@ -282,7 +312,7 @@ pub fn process_is_alive(pid: i32, claimed_at_ns: u64) -> bool {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !oomguard_core::procstat::started_after(&stat, ticks_per_second, claimed_at_ns),
+        Ok(stat) => !oomguard_core::procstat::owner_gone(&stat, ticks_per_second, claimed_at_ns),
         Err(_) => true,
     }
 }

@@ -52,7 +52,8 @@ static LAST_REPORT_NS: AtomicU64 = AtomicU64::new(0);
 static UNREPORTED_REFUSALS: AtomicU64 = AtomicU64::new(0);
 static THREAD_EXIT_KEY: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Whether allocations are being accounted. One relaxed load: the hot path's only global read.
+/// Whether allocations are being accounted. Read by the slow paths only: the hot path reads no
+/// global state (see `interpose::allocate`).
 #[inline(always)]
 pub fn is_active() -> bool {
     STATE.load(Acquire) == ACTIVE
@@ -191,7 +192,7 @@ fn is_alive(pid: i32, claimed_at_ns: u64) -> bool {
     };
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    !oomguard_core::procstat::started_after(&stat[..len], ticks_per_second, claimed_at_ns)
+    !oomguard_core::procstat::owner_gone(&stat[..len], ticks_per_second, claimed_at_ns)
 }
 
 /// A clock read through the vDSO (no system call), in nanoseconds.
