@@ -11,9 +11,15 @@
 //!   claiming and reaping of dead processes.
 //! - [`config`]: `OOM_GUARD_*` value parsing (sizes, modes, refusal scope) with errors that name
 //!   the accepted forms.
-#![cfg_attr(not(test), no_std)]
+//! - [`cgroup`]: our memory cgroup (v1 or v2), its effective limit and the kernel's usage numbers.
+//! - [`fs`]: the file access those readers go through, so they run on `/` or on fixture trees.
+//!
+//! Feature `std` (for the CLI) adds `fs::RootedFs`, file access with `std::fs`.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod cgroup;
 pub mod config;
+pub mod fs;
 pub mod layout;
 pub mod pool;
 pub mod procstat;
