@@ -5,10 +5,12 @@
 //!   `LD_PRELOAD`, exec.
 //! - [`demo`]: `oomguard demo` and the guarded cluster it and the end-to-end tests run.
 //! - [`status`]: `oomguard status`: reading, reaping and rendering domains.
+//! - [`exporter`]: `oomguard exporter`: the guard's numbers as Prometheus metrics over HTTP.
 //! - [`segment`]: finding, validating and reading the guard's shared segments.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
 
 pub mod demo;
+pub mod exporter;
 pub mod pgcluster;
 pub mod run;
 pub mod segment;

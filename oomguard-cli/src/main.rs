@@ -1,5 +1,6 @@
 //! The `oomguard` command line: argument parsing and dispatch only; the work lives in the
-//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::demo`]).
+//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::exporter`],
+//! [`oomguard_cli::demo`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -45,6 +46,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve every guard domain's metrics for Prometheus on http://ADDR/metrics, read afresh on
+    /// each scrape (dead processes' slots are reaped first). Stops on SIGTERM or SIGINT.
+    Exporter {
+        /// Address to listen on, IP:PORT (0.0.0.0:PORT for all interfaces).
+        #[arg(long, env = oomguard_cli::exporter::LISTEN_ENV, value_name = "ADDR",
+              default_value = oomguard_cli::exporter::DEFAULT_LISTEN)]
+        listen: String,
+        /// Directory holding the guard's segments.
+        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
     /// Demonstrate the guard: a throwaway PostgreSQL cluster under a small limit, a query that
     /// fails with `ERROR: out of memory` while the server and other sessions carry on.
     Demo {
@@ -76,6 +88,23 @@ fn status(dir: &std::path::Path, json: bool) -> ExitCode {
         }
         Err(error) => {
             eprintln!("oomguard status: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exporter(listen: &str, dir: &std::path::Path) -> ExitCode {
+    let listen = match oomguard_cli::exporter::parse_listen(listen) {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("oomguard exporter: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match oomguard_cli::exporter::serve(listen, dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("oomguard exporter: {error}");
             ExitCode::FAILURE
         }
     }
@@ -120,6 +149,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { dir, json } => status(&dir, json),
+        Cmd::Exporter { listen, dir } => exporter(&listen, &dir),
         Cmd::Demo { limit, library } => demo(&limit, library.as_deref()),
     }
 }

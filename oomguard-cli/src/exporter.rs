@@ -1,0 +1,767 @@
+//! `oomguard exporter`: the guard's numbers as Prometheus metrics over HTTP.
+//!
+//! This module owns the exporter end to end: the metric set (names, types, units and help texts;
+//! DESIGN §5), reading every segment of the directory on each scrape, encoding, the HTTP server
+//! (`/metrics`, a small index page at `/`, 404 elsewhere) and shutdown on SIGTERM/SIGINT.
+//!
+//! Nothing is cached between scrapes: each one lists the directory, maps every segment afresh,
+//! reaps dead processes' slots as `oomguard status` does, and encodes what it read through a
+//! `prometheus-client` [`Collector`] of constant gauges and counters. A missing or unreadable
+//! directory or segment is counted in `oomguard_exporter_read_errors_total`, logged to stderr and
+//! shown as `oomguard_up 0`; it never stops the exporter. Domain series carry one label,
+//! `domain` (the segment's file name); there are no per-process series.
+//!
+//! Formats: clients that accept `application/openmetrics-text` (Prometheus does) get the
+//! encoder's OpenMetrics text with its Content-Type; any other client (curl, `promtool check
+//! metrics`, older scrapers) gets the same families in the classic text format 0.0.4, as the Go
+//! client's `promhttp` does. `promtool check metrics` only parses the classic format.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::segment::{self, Segment, Snapshot};
+
+/// Where the exporter listens unless `--listen` or [`LISTEN_ENV`] says otherwise. Port 10187:
+/// Prometheus' exporter port range 9100–9999 is fully allocated, and 9187 is postgres_exporter's,
+/// which usually runs in the same pod (same network namespace) as this exporter.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10187";
+/// Environment variable for `--listen`.
+pub const LISTEN_ENV: &str = "OOM_GUARD_EXPORTER_LISTEN";
+/// Content-Type of the OpenMetrics text that `prometheus-client` encodes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content-Type of the classic Prometheus text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How often the server loop looks at the shutdown flag while idle.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Why the exporter could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    /// `--listen` is not an address.
+    #[error(
+        "invalid --listen / {LISTEN_ENV} value {value:?}: expected IP:PORT, e.g. {DEFAULT_LISTEN} \
+         (this host only) or 0.0.0.0:10187 (all interfaces)"
+    )]
+    BadListen {
+        /// The value given.
+        value: String,
+    },
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr} (--listen / {LISTEN_ENV}): {message}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        message: String,
+    },
+    /// The server failed while waiting for requests.
+    #[error("the HTTP server failed: {0}")]
+    Server(#[from] std::io::Error),
+}
+
+/// Parses a `--listen` value: `IP:PORT` or `[IPv6]:PORT` (port 0 picks a free port).
+pub fn parse_listen(value: &str) -> Result<SocketAddr, ExporterError> {
+    value.trim().parse().map_err(|_| ExporterError::BadListen {
+        value: value.to_owned(),
+    })
+}
+
+/// What one scrape read: every domain that could be read, and what could not.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// Domain name (the segment's file name) and its numbers.
+    pub domains: Vec<(String, Snapshot)>,
+    /// One message per directory or segment that could not be read.
+    pub errors: Vec<String>,
+}
+
+impl Reading {
+    /// Reads every segment in `dir`, reaping dead processes' slots where we may write.
+    pub fn take(dir: &Path) -> Reading {
+        let mut reading = Reading::default();
+        let paths = match segment::find(dir) {
+            Ok(paths) => paths,
+            Err(error) => {
+                reading.errors.push(error.to_string());
+                return reading;
+            }
+        };
+        for path in paths {
+            let snapshot = Segment::open(&path).and_then(|segment| {
+                segment.reap_dead()?;
+                segment.snapshot()
+            });
+            match snapshot {
+                Ok(snapshot) => {
+                    let name = path
+                        .file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| path.display().to_string());
+                    reading.domains.push((name, snapshot));
+                }
+                Err(error) => reading.errors.push(error.to_string()),
+            }
+        }
+        reading
+    }
+}
+
+/// Samples of one family.
+#[derive(Debug)]
+enum Samples {
+    Gauge(Vec<(Labels, i64)>),
+    Counter(Vec<(Labels, u64)>),
+    Info(Labels),
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family. `name` is the OpenMetrics family name without the unit suffix; counters
+/// get `_total` and info metrics `_info` on their samples.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    bytes: bool,
+    samples: Samples,
+}
+
+impl Family {
+    fn is_empty(&self) -> bool {
+        match &self.samples {
+            Samples::Gauge(samples) => samples.is_empty(),
+            Samples::Counter(samples) => samples.is_empty(),
+            Samples::Info(_) => false,
+        }
+    }
+}
+
+/// The families of one scrape, ready to encode: the `prometheus-client` collector.
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+fn gauge(
+    name: &'static str,
+    help: &'static str,
+    bytes: bool,
+    samples: Vec<(Labels, i64)>,
+) -> Family {
+    Family {
+        name,
+        help,
+        bytes,
+        samples: Samples::Gauge(samples),
+    }
+}
+
+fn counter(
+    name: &'static str,
+    help: &'static str,
+    bytes: bool,
+    samples: Vec<(Labels, u64)>,
+) -> Family {
+    Family {
+        name,
+        help,
+        bytes,
+        samples: Samples::Counter(samples),
+    }
+}
+
+fn domain_label(domain: &str) -> Labels {
+    vec![("domain", domain.to_owned())]
+}
+
+impl Families {
+    /// The metric set for `reading`; `read_errors` is the exporter's running error count
+    /// (including this reading's errors).
+    fn new(reading: &Reading, read_errors: u64) -> Families {
+        let up = i64::from(reading.errors.is_empty() && !reading.domains.is_empty());
+        let domains = &reading.domains;
+        let per_domain_i64 = |value: &dyn Fn(&Snapshot) -> Option<i64>| -> Vec<(Labels, i64)> {
+            domains
+                .iter()
+                .filter_map(|(name, s)| value(s).map(|v| (domain_label(name), v)))
+                .collect()
+        };
+        let per_domain_u64 = |value: &dyn Fn(&Snapshot) -> u64| -> Vec<(Labels, u64)> {
+            domains
+                .iter()
+                .map(|(name, s)| (domain_label(name), value(s)))
+                .collect()
+        };
+        let cgroup = |value: &dyn Fn(&segment::CgroupReading) -> u64| {
+            per_domain_i64(&|s| s.cgroup.as_ref().map(|c| saturating_i64(value(c))))
+        };
+        Families(vec![
+            gauge(
+                "oomguard_up",
+                "1 if the segment directory was listed and every segment in it was read on this \
+                 scrape, 0 if not (see oomguard_exporter_read_errors_total and the exporter's \
+                 stderr).",
+                false,
+                vec![(Vec::new(), up)],
+            ),
+            Family {
+                name: "oomguard_build",
+                help: "The oomguard exporter's version.",
+                bytes: false,
+                samples: Samples::Info(vec![("version", env!("CARGO_PKG_VERSION").to_owned())]),
+            },
+            counter(
+                "oomguard_exporter_read_errors",
+                "Scrapes' failures to list the segment directory (or to find a segment in it) \
+                 and to read a segment file.",
+                false,
+                vec![(Vec::new(), read_errors)],
+            ),
+            gauge(
+                "oomguard_limit",
+                "The guard's limit: allocations past it are refused (enforce mode) or reported. \
+                 Absent when the guard only accounts.",
+                true,
+                per_domain_i64(&|s| s.limit_bytes.map(saturating_i64)),
+            ),
+            gauge(
+                "oomguard_allocated",
+                "Bytes reserved by all guarded processes of the domain: the number compared with \
+                 the limit.",
+                true,
+                per_domain_i64(&|s| Some(s.total_bytes)),
+            ),
+            gauge(
+                "oomguard_allocated_peak",
+                "Highest oomguard_allocated_bytes since the domain's segment was created.",
+                true,
+                per_domain_i64(&|s| Some(s.peak_bytes)),
+            ),
+            gauge(
+                "oomguard_process_allocated_max",
+                "Bytes reserved by the largest live guarded process of the domain.",
+                true,
+                per_domain_i64(&|s| Some(s.processes.iter().map(|p| p.bytes).max().unwrap_or(0))),
+            ),
+            gauge(
+                "oomguard_tracked_processes",
+                "Live guarded processes with a slot in the domain's segment (after reaping dead \
+                 ones).",
+                false,
+                per_domain_i64(&|s| Some(s.processes.len() as i64)),
+            ),
+            counter(
+                "oomguard_denied_allocations",
+                "Allocation calls the guard refused (malloc returned NULL; PostgreSQL reports \
+                 ERROR: out of memory).",
+                false,
+                per_domain_u64(&|s| s.denied_allocations),
+            ),
+            counter(
+                "oomguard_denied",
+                "Bytes requested by the refused allocation calls.",
+                true,
+                per_domain_u64(&|s| s.denied_bytes),
+            ),
+            counter(
+                "oomguard_reclaimed_orphan",
+                "Bytes returned to the pool from processes that died without releasing them.",
+                true,
+                per_domain_u64(&|s| s.reclaimed_orphan_bytes),
+            ),
+            gauge(
+                "oomguard_cgroup_memory_usage",
+                "The guarded processes' cgroup memory usage (memory.current / \
+                 memory.usage_in_bytes) as last read by the guard.",
+                true,
+                cgroup(&|c| c.usage_bytes),
+            ),
+            gauge(
+                "oomguard_cgroup_memory_limit",
+                "The guarded processes' effective cgroup memory limit as last read by the guard.",
+                true,
+                cgroup(&|c| c.limit_bytes),
+            ),
+            gauge(
+                "oomguard_cgroup_memory_anon",
+                "anon of the guarded processes' cgroup memory.stat as last read by the guard.",
+                true,
+                cgroup(&|c| c.anon_bytes),
+            ),
+            gauge(
+                "oomguard_cgroup_memory_file",
+                "file of the guarded processes' cgroup memory.stat as last read by the guard.",
+                true,
+                cgroup(&|c| c.file_bytes),
+            ),
+            gauge(
+                "oomguard_cgroup_memory_shmem",
+                "shmem of the guarded processes' cgroup memory.stat as last read by the guard.",
+                true,
+                cgroup(&|c| c.shmem_bytes),
+            ),
+        ])
+    }
+
+    /// OpenMetrics text, through `prometheus-client`.
+    fn openmetrics(self) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+
+    /// The classic Prometheus text format (0.0.4): the same families, with the suffixes in the
+    /// HELP and TYPE names and info metrics as gauges of value 1.
+    fn classic(&self) -> String {
+        let mut out = String::new();
+        for family in self.0.iter().filter(|f| !f.is_empty()) {
+            let unit = if family.bytes { "_bytes" } else { "" };
+            let (suffix, kind) = match family.samples {
+                Samples::Gauge(_) => ("", "gauge"),
+                Samples::Counter(_) => ("_total", "counter"),
+                Samples::Info(_) => ("_info", "gauge"),
+            };
+            let name = format!("{}{unit}{suffix}", family.name);
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(family.help));
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let mut sample = |labels: &Labels, value: &dyn std::fmt::Display| {
+                let _ = write!(out, "{name}");
+                if !labels.is_empty() {
+                    let pairs: Vec<String> = labels
+                        .iter()
+                        .map(|(key, value)| format!("{key}=\"{}\"", escape_label(value)))
+                        .collect();
+                    let _ = write!(out, "{{{}}}", pairs.join(","));
+                }
+                let _ = writeln!(out, " {value}");
+            };
+            match &family.samples {
+                Samples::Gauge(samples) => samples.iter().for_each(|(l, v)| sample(l, v)),
+                Samples::Counter(samples) => samples.iter().for_each(|(l, v)| sample(l, v)),
+                Samples::Info(labels) => sample(labels, &1),
+            }
+        }
+        out
+    }
+}
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in self.0.iter().filter(|f| !f.is_empty()) {
+            let unit = family.bytes.then_some(Unit::Bytes);
+            match &family.samples {
+                Samples::Gauge(samples) => {
+                    let samples = samples.iter().map(|(l, v)| (l, ConstGauge::new(*v)));
+                    encode_samples(&mut encoder, family, unit.as_ref(), samples)?;
+                }
+                Samples::Counter(samples) => {
+                    let samples = samples.iter().map(|(l, v)| (l, ConstCounter::new(*v)));
+                    encode_samples(&mut encoder, family, unit.as_ref(), samples)?;
+                }
+                Samples::Info(labels) => {
+                    let info = Info::new(labels.clone());
+                    let metric = encoder.encode_descriptor(
+                        family.name,
+                        family.help,
+                        unit.as_ref(),
+                        info.metric_type(),
+                    )?;
+                    info.encode(metric)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes one family of constant metrics: a lone unlabelled sample as is (`name value`), any
+/// other sample under its label set.
+fn encode_samples<'l, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    family: &Family,
+    unit: Option<&Unit>,
+    samples: impl Iterator<Item = (&'l Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut samples = samples.peekable();
+    let Some((_, first)) = samples.peek() else {
+        return Ok(());
+    };
+    let mut metric =
+        encoder.encode_descriptor(family.name, family.help, unit, first.metric_type())?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            return value.encode(metric);
+        }
+        value.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (a media range
+/// `application/openmetrics-text` without `q=0`).
+pub fn accepts_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        media.eq_ignore_ascii_case("application/openmetrics-text")
+            && !parts.any(|param| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
+}
+
+/// The exporter: a segment directory, the running count of read errors, and the errors of the
+/// last scrape (logged again only when they change, so a sidecar waiting for PostgreSQL does not
+/// repeat itself every scrape).
+#[derive(Debug)]
+pub struct Exporter {
+    dir: PathBuf,
+    read_errors: AtomicU64,
+    last_errors: Mutex<Vec<String>>,
+}
+
+/// A rendered scrape: body and Content-Type.
+#[derive(Debug)]
+pub struct Exposition {
+    /// The metrics text.
+    pub body: String,
+    /// Its Content-Type.
+    pub content_type: &'static str,
+}
+
+impl Exporter {
+    /// An exporter of the segments in `dir`.
+    pub fn new(dir: &Path) -> Exporter {
+        Exporter {
+            dir: dir.to_owned(),
+            read_errors: AtomicU64::new(0),
+            last_errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Reads the segments now and renders them, as OpenMetrics when `openmetrics`, else in the
+    /// classic text format. Read errors are counted, and logged to stderr when they differ from
+    /// the previous scrape's.
+    pub fn scrape(&self, openmetrics: bool) -> Exposition {
+        let reading = Reading::take(&self.dir);
+        let mut last_errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if *last_errors != reading.errors {
+            for error in &reading.errors {
+                eprintln!("oomguard exporter: {error}");
+            }
+            if reading.errors.is_empty() {
+                eprintln!("oomguard exporter: every segment read again");
+            }
+            last_errors.clone_from(&reading.errors);
+        }
+        drop(last_errors);
+        let errors = self
+            .read_errors
+            .fetch_add(reading.errors.len() as u64, Ordering::Relaxed)
+            + reading.errors.len() as u64;
+        let families = Families::new(&reading, errors);
+        if openmetrics {
+            // Writing to a String cannot fail, and the collector itself never returns an error.
+            let body = families.openmetrics().unwrap_or_default();
+            Exposition {
+                body,
+                content_type: OPENMETRICS_CONTENT_TYPE,
+            }
+        } else {
+            Exposition {
+                body: families.classic(),
+                content_type: TEXT_CONTENT_TYPE,
+            }
+        }
+    }
+
+    fn handle(&self, request: tiny_http::Request) {
+        let path = request.url().split('?').next().unwrap_or("").to_owned();
+        let method_ok = matches!(
+            request.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        );
+        let (status, body, content_type) = match path.as_str() {
+            "/metrics" | "/" if !method_ok => (
+                405,
+                "only GET and HEAD are served\n".to_owned(),
+                "text/plain; charset=utf-8",
+            ),
+            "/metrics" => {
+                let openmetrics = request
+                    .headers()
+                    .iter()
+                    .filter(|h| h.field.equiv("Accept"))
+                    .any(|h| accepts_openmetrics(h.value.as_str()));
+                let exposition = self.scrape(openmetrics);
+                (200, exposition.body, exposition.content_type)
+            }
+            "/" => (200, INDEX_HTML.to_owned(), "text/html; charset=utf-8"),
+            _ => (
+                404,
+                "not found: metrics are at /metrics\n".to_owned(),
+                "text/plain; charset=utf-8",
+            ),
+        };
+        let header = tiny_http::Header::from_bytes("Content-Type", content_type)
+            .expect("a static, valid header");
+        let response = tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header);
+        if let Err(error) = request.respond(response) {
+            eprintln!("oomguard exporter: could not send a response: {error}");
+        }
+    }
+}
+
+const INDEX_HTML: &str = "<!DOCTYPE html>
+<html><head><title>oomguard exporter</title></head>
+<body><h1>oomguard exporter</h1>
+<p>The guard's accounting, limits and refusals as Prometheus metrics: <a href=\"/metrics\">/metrics</a></p>
+</body></html>
+";
+
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_shutdown_signal(_: libc::c_int) {
+    SHUTDOWN.store(true, Ordering::SeqCst);
+}
+
+/// Serves `dir`'s metrics on `listen` until SIGTERM or SIGINT. Prints
+/// `listening on http://ADDR/metrics` (the bound address, also when port 0 was asked for) to
+/// stderr once ready.
+pub fn serve(listen: SocketAddr, dir: &Path) -> Result<(), ExporterError> {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and the
+        // function pointer has the signature signal(2) expects.
+        unsafe {
+            libc::signal(
+                signal,
+                on_shutdown_signal as *const () as libc::sighandler_t,
+            );
+        }
+    }
+    let server = tiny_http::Server::http(listen).map_err(|error| ExporterError::Bind {
+        addr: listen,
+        message: error.to_string(),
+    })?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .map(|addr| addr.to_string())
+        .unwrap_or_else(|| listen.to_string());
+    eprintln!(
+        "oomguard exporter: listening on http://{bound}/metrics (segments in {})",
+        dir.display()
+    );
+    let exporter = Exporter::new(dir);
+    while !SHUTDOWN.load(Ordering::SeqCst) {
+        match server.recv_timeout(POLL) {
+            Ok(Some(request)) => exporter.handle(request),
+            Ok(None) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    eprintln!("oomguard exporter: shutting down on signal");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use oomguard_core::layout::{initialise, segment_size, SegmentView};
+
+    /// A real segment file in `dir` with a few numbers set, as the guard would leave it.
+    fn write_segment(dir: &Path, name: &str, cgroup_read: bool) {
+        let path = dir.join(name);
+        let file = std::fs::File::create_new(&path).unwrap();
+        file.set_len(segment_size(4) as u64).unwrap();
+        // SAFETY: the file was just created in a private temporary directory; nothing else maps
+        // or truncates it while this mapping lives.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+        // SAFETY: a fresh, zeroed, page-aligned mapping of segment_size(4) bytes that no one else
+        // has mapped yet.
+        unsafe { initialise(map.as_mut_ptr(), 4, std::process::id()) };
+        let view = SegmentView::new(&map).unwrap();
+        let header = view.header;
+        header.limit_bytes.store(256 << 20, Relaxed);
+        header.total.store(5 << 20, Relaxed);
+        header.stats.peak.store(7 << 20, Relaxed);
+        header.stats.denied_allocations.store(3, Relaxed);
+        header.stats.denied_bytes.store(1200, Relaxed);
+        // Owned by this test process, claimed now: the reaping at each scrape keeps it.
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) },
+            0
+        );
+        let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        view.slots[0].claimed_at_ns.store(now_ns, Relaxed);
+        view.slots[0].pid.store(std::process::id() as i32, Relaxed);
+        view.slots[0].bytes.store(4 << 20, Relaxed);
+        if cgroup_read {
+            header
+                .cgroup
+                .read_at_unix_seconds
+                .store(1_700_000_000, Relaxed);
+            header.cgroup.usage_bytes.store(100 << 20, Relaxed);
+            header.cgroup.limit_bytes.store(512 << 20, Relaxed);
+            header.cgroup.anon_bytes.store(60 << 20, Relaxed);
+            header.cgroup.file_bytes.store(30 << 20, Relaxed);
+            header.cgroup.shmem_bytes.store(10 << 20, Relaxed);
+        }
+        map.flush().unwrap();
+    }
+
+    #[test]
+    fn listen_values_are_addresses_and_errors_name_the_flag() {
+        assert_eq!(
+            parse_listen(DEFAULT_LISTEN).unwrap().to_string(),
+            DEFAULT_LISTEN
+        );
+        assert!(parse_listen("[::1]:0").is_ok());
+        for bad in [
+            "",
+            "localhost",
+            "9187",
+            "127.0.0.1",
+            "1.2.3.4:99999",
+            ":9187",
+        ] {
+            let message = parse_listen(bad).unwrap_err().to_string();
+            assert!(
+                message.contains("--listen") && message.contains(LISTEN_ENV),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn openmetrics_is_negotiated_like_promhttp() {
+        assert!(accepts_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!accepts_openmetrics("*/*"));
+        assert!(!accepts_openmetrics("text/plain"));
+        assert!(!accepts_openmetrics("application/openmetrics-text; q=0"));
+    }
+
+    #[test]
+    fn an_empty_directory_is_up_0_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let exporter = Exporter::new(dir.path());
+        let first = exporter.scrape(true);
+        assert_eq!(first.content_type, OPENMETRICS_CONTENT_TYPE);
+        assert!(first.body.contains("\noomguard_up 0\n"), "{}", first.body);
+        assert!(first
+            .body
+            .contains("oomguard_exporter_read_errors_total 1\n"));
+        assert!(!first.body.contains("domain="), "{}", first.body);
+        assert!(first.body.ends_with("# EOF\n"));
+        let second = exporter.scrape(false);
+        assert_eq!(second.content_type, TEXT_CONTENT_TYPE);
+        assert!(second
+            .body
+            .contains("oomguard_exporter_read_errors_total 2\n"));
+        assert!(second.body.contains("\noomguard_up 0\n"));
+    }
+
+    #[test]
+    fn domains_are_labelled_and_cgroup_gauges_appear_once_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), "oomguard-0-a", false);
+        write_segment(dir.path(), "oomguard-0-b", true);
+        let exporter = Exporter::new(dir.path());
+        let om = exporter.scrape(true).body;
+        for line in [
+            "oomguard_up 1",
+            "oomguard_build_info{version=\"0.1.0\"} 1",
+            "# TYPE oomguard_limit_bytes gauge",
+            "# UNIT oomguard_limit_bytes bytes",
+            "oomguard_limit_bytes{domain=\"oomguard-0-a\"} 268435456",
+            "oomguard_allocated_bytes{domain=\"oomguard-0-b\"} 5242880",
+            "oomguard_allocated_peak_bytes{domain=\"oomguard-0-a\"} 7340032",
+            "oomguard_process_allocated_max_bytes{domain=\"oomguard-0-a\"} 4194304",
+            "oomguard_tracked_processes{domain=\"oomguard-0-a\"} 1",
+            "# TYPE oomguard_denied_allocations counter",
+            "oomguard_denied_allocations_total{domain=\"oomguard-0-a\"} 3",
+            "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
+            "oomguard_reclaimed_orphan_bytes_total{domain=\"oomguard-0-a\"} 0",
+            "oomguard_exporter_read_errors_total 0",
+            "oomguard_cgroup_memory_usage_bytes{domain=\"oomguard-0-b\"} 104857600",
+            "oomguard_cgroup_memory_limit_bytes{domain=\"oomguard-0-b\"} 536870912",
+            "oomguard_cgroup_memory_anon_bytes{domain=\"oomguard-0-b\"} 62914560",
+            "oomguard_cgroup_memory_file_bytes{domain=\"oomguard-0-b\"} 31457280",
+            "oomguard_cgroup_memory_shmem_bytes{domain=\"oomguard-0-b\"} 10485760",
+        ] {
+            assert!(om.lines().any(|l| l == line), "{line} missing in\n{om}");
+        }
+        assert!(
+            !om.contains("oomguard_cgroup_memory_usage_bytes{domain=\"oomguard-0-a\"}"),
+            "a domain whose cgroup was never read has no cgroup series:\n{om}"
+        );
+        let classic = exporter.scrape(false).body;
+        for line in [
+            "# TYPE oomguard_denied_allocations_total counter",
+            "# HELP oomguard_denied_bytes_total Bytes requested by the refused allocation calls.",
+            "# TYPE oomguard_build_info gauge",
+            "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
+        ] {
+            assert!(
+                classic.lines().any(|l| l == line),
+                "{line} missing in\n{classic}"
+            );
+        }
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+
+    #[test]
+    fn a_bad_segment_is_counted_and_the_good_ones_still_served() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), "oomguard-0-good", false);
+        std::fs::write(dir.path().join("oomguard-0-junk"), b"not a segment").unwrap();
+        let body = Exporter::new(dir.path()).scrape(true).body;
+        assert!(body.contains("\noomguard_up 0\n"), "{body}");
+        assert!(body.contains("oomguard_exporter_read_errors_total 1\n"));
+        assert!(body.contains("oomguard_allocated_bytes{domain=\"oomguard-0-good\"} 5242880"));
+        assert!(!body.contains("oomguard-0-junk"));
+    }
+}
