@@ -9,7 +9,8 @@
 
 use core::fmt;
 use core::mem::{align_of, size_of};
-use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"OOMGUARD";
@@ -67,10 +68,9 @@ impl LimitSource {
     }
 }
 
-/// The inputs a derived limit was computed from, recorded so `oomguard limit` can explain it.
-/// Zero means "not known".
+/// The inputs a derived limit was computed from, recorded so `oomguard limit` can explain it, and
+/// where the guarded processes find their cgroup's files. Zero means "not known".
 #[repr(C)]
-#[derive(Default)]
 pub struct LimitInputs {
     /// The cgroup memory limit in effect (minimum up the tree, capped by MemTotal).
     pub cgroup_limit_bytes: AtomicU64,
@@ -78,8 +78,116 @@ pub struct LimitInputs {
     pub shared_memory_bytes: AtomicU64,
     /// Reserve for page tables, idle backends and other processes.
     pub reserve_bytes: AtomicU64,
+    /// `MemTotal` of the machine, the cap of `cgroup_limit_bytes`.
+    pub mem_total_bytes: AtomicU64,
+    /// A [`CgroupState`].
+    pub cgroup_state: AtomicU32,
+    /// Where `cgroup_limit_bytes` came from: 0 our cgroup's or an ancestor's limit (see
+    /// `cgroup_levels_up`), 1 v1 `hierarchical_memory_limit`, 2 `MemTotal` (no cgroup limit).
+    pub cgroup_limit_origin: AtomicU32,
+    /// How many levels above ours the cgroup whose limit applies is.
+    pub cgroup_levels_up: AtomicU32,
+    /// A [`SharedMemorySource`].
+    pub shared_memory_source: AtomicU32,
     /// Non-zero when shared memory sits in huge pages (charged to hugetlb, not subtracted).
-    pub huge_pages: AtomicU64,
+    pub huge_pages: AtomicU32,
+    /// The reserve as a percentage of the cgroup limit, 0 when given in bytes.
+    pub reserve_percent: AtomicU32,
+    /// 0: the default reserve; 1: `OOM_GUARD_RESERVE`.
+    pub reserve_from_env: AtomicU32,
+    /// Length of `cgroup_dir` (valid once `cgroup_state` is v1 or v2).
+    pub cgroup_dir_len: AtomicU32,
+    /// Our cgroup's directory (within `OOM_GUARD_CGROUP_ROOT`), so every guarded process can
+    /// read the kernel's numbers without discovering it again.
+    pub cgroup_dir: [AtomicU8; CGROUP_DIR_CAPACITY],
+}
+
+/// Capacity of [`LimitInputs::cgroup_dir`]: a Kubernetes container scope is about 220 bytes.
+pub const CGROUP_DIR_CAPACITY: usize = 320;
+
+impl LimitInputs {
+    /// Records our cgroup's directory. Fails (leaving nothing recorded) if it does not fit.
+    pub fn set_cgroup_dir(&self, dir: &[u8]) -> bool {
+        if dir.len() > CGROUP_DIR_CAPACITY {
+            return false;
+        }
+        for (cell, &byte) in self.cgroup_dir.iter().zip(dir) {
+            cell.store(byte, Relaxed);
+        }
+        self.cgroup_dir_len.store(dir.len() as u32, Release);
+        true
+    }
+
+    /// Copies the recorded cgroup directory into `buffer`, returning its length.
+    pub fn cgroup_dir(&self, buffer: &mut [u8; CGROUP_DIR_CAPACITY]) -> usize {
+        let len = (self.cgroup_dir_len.load(Acquire) as usize).min(CGROUP_DIR_CAPACITY);
+        for (byte, cell) in buffer.iter_mut().zip(&self.cgroup_dir).take(len) {
+            *byte = cell.load(Relaxed);
+        }
+        len
+    }
+}
+
+/// How far the guard got in finding the domain's cgroup (`LimitInputs::cgroup_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CgroupState {
+    /// Nobody looked yet.
+    Unknown = 0,
+    /// A process is looking now.
+    Discovering = 1,
+    /// Found, cgroup v1.
+    V1 = 2,
+    /// Found, cgroup v2.
+    V2 = 3,
+    /// Discovery failed (the guard said why on stderr); no derived limit, no kernel readings.
+    Failed = 4,
+}
+
+impl CgroupState {
+    /// Decodes the header value.
+    pub fn from_raw(raw: u32) -> CgroupState {
+        match raw {
+            1 => CgroupState::Discovering,
+            2 => CgroupState::V1,
+            3 => CgroupState::V2,
+            4 => CgroupState::Failed,
+            _ => CgroupState::Unknown,
+        }
+    }
+}
+
+/// Where the shared memory subtracted from a derived limit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SharedMemorySource {
+    /// Not known yet (no PostgreSQL postmaster has mapped it).
+    None = 0,
+    /// `OOM_GUARD_SHARED_MEMORY`.
+    Environment = 1,
+    /// The largest shared anonymous mapping a guarded process made (the postmaster's main
+    /// shared memory segment).
+    Observed = 2,
+}
+
+impl SharedMemorySource {
+    /// Decodes the header value.
+    pub fn from_raw(raw: u32) -> SharedMemorySource {
+        match raw {
+            1 => SharedMemorySource::Environment,
+            2 => SharedMemorySource::Observed,
+            _ => SharedMemorySource::None,
+        }
+    }
+
+    /// The name used by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            SharedMemorySource::None => "not seen yet",
+            SharedMemorySource::Environment => "OOM_GUARD_SHARED_MEMORY",
+            SharedMemorySource::Observed => "observed mapping",
+        }
+    }
 }
 
 /// What kind of process a slot belongs to, as far as the guard has classified it.
@@ -210,6 +318,14 @@ pub struct HeaderStats {
     /// Where the search for a free slot starts: keeps a forked child from touching (and
     /// page-faulting on) every slot before the free ones.
     pub free_slot_hint: AtomicU64,
+    /// Bytes of PostgreSQL dynamic shared memory (files in tmpfs sized with `ftruncate` /
+    /// `posix_fallocate`) charged to the total and not yet released by `shm_unlink`.
+    pub dynamic_shared_bytes: AtomicI64,
+    /// Refusals made because the kernel's numbers showed no headroom (see
+    /// [`CgroupSnapshot::tight`]), included in `denied_allocations`.
+    pub kernel_denials: AtomicU64,
+    /// Refused dynamic shared memory requests (ENOSPC), included in `denied_allocations`.
+    pub dynamic_shared_denials: AtomicU64,
 }
 
 /// The cgroup's own numbers as last read by a guarded process (0 = not read yet).
@@ -228,6 +344,18 @@ pub struct CgroupSnapshot {
     pub file_bytes: AtomicU64,
     /// `shmem` from memory.stat.
     pub shmem_bytes: AtomicU64,
+    /// `CLOCK_BOOTTIME` (ns) before which no process reads again: one reader per interval for the
+    /// whole domain, chosen by compare-and-swap.
+    pub next_read_ns: AtomicU64,
+    /// Non-zero while the kernel's unreclaimable memory (anon + shmem) is within the reserve of
+    /// the cgroup limit: growth of refusable processes is refused even below the guard's limit.
+    pub tight: AtomicU32,
+    /// Readings that failed (the cgroup's files vanished or changed format).
+    pub read_errors: AtomicU32,
+    /// Times the cgroup hit its limit (`memory.events` max / v1 `failcnt`).
+    pub max_events: AtomicU64,
+    /// OOM kills in the cgroup (`memory.events` oom_kill / v1 `oom_control`), if reported.
+    pub oom_kill_events: AtomicU64,
 }
 
 /// Size in bytes of a segment with `slot_count` slots.
@@ -387,7 +515,7 @@ pub(crate) mod tests {
     fn geometry_is_what_readers_expect() {
         assert_eq!(size_of::<Slot>(), 128);
         assert_eq!(size_of::<Header>() % 128, 0);
-        assert!(size_of::<Header>() <= 1024, "{}", size_of::<Header>());
+        assert!(size_of::<Header>() <= 2048, "{}", size_of::<Header>());
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   claiming and reaping of dead processes.
 //! - [`config`]: `OOM_GUARD_*` value parsing (sizes, modes, refusal scope) with errors that name
 //!   the accepted forms.
+//! - [`limit`]: the derived limit (cgroup limit − shared memory − reserve) and its inputs.
+//! - [`procstat`]: telling a slot's live owner from a zombie or a reused pid.
 //! - [`cgroup`]: our memory cgroup (v1 or v2), its effective limit and the kernel's usage numbers.
 //! - [`fs`]: the file access those readers go through, so they run on `/` or on fixture trees.
 //!
@@ -21,6 +23,7 @@ pub mod cgroup;
 pub mod config;
 pub mod fs;
 pub mod layout;
+pub mod limit;
 pub mod pool;
 pub mod procstat;
 

@@ -88,6 +88,40 @@ impl<'a> Pool<'a> {
         raise_peak(&slot.peak, slot_bytes);
     }
 
+    /// Charges `bytes` of dynamic shared memory to the pool (not to a slot: the segment outlives
+    /// the process that sized it and is released by whichever process unlinks it), only if the
+    /// total stays within the limit, or `regardless`. Returns whether it did.
+    pub fn reserve_shared(&self, bytes: u64, regardless: bool) -> bool {
+        let limit = self.limit();
+        let header = self.view.header;
+        let delta = clamp_to_i64(bytes);
+        let mut total = header.total.load(Relaxed);
+        loop {
+            let new_total = total.saturating_add(delta);
+            if !regardless && limit != 0 && new_total > 0 && new_total as u64 > limit {
+                return false;
+            }
+            match header
+                .total
+                .compare_exchange_weak(total, new_total, AcqRel, Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => total = seen,
+            }
+        }
+        header.stats.dynamic_shared_bytes.fetch_add(delta, Relaxed);
+        raise_peak(&header.stats.peak, total.saturating_add(delta));
+        true
+    }
+
+    /// Returns `bytes` of dynamic shared memory to the pool.
+    pub fn release_shared(&self, bytes: u64) {
+        let bytes = clamp_to_i64(bytes);
+        let header = self.view.header;
+        header.stats.dynamic_shared_bytes.fetch_sub(bytes, Relaxed);
+        header.total.fetch_sub(bytes, AcqRel);
+    }
+
     /// Returns `bytes` from `slot` to the pool.
     pub fn release(&self, slot: &Slot, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
@@ -382,6 +416,25 @@ mod tests {
             pool.vacate(slot, 5);
             assert_eq!(slot.pid.load(Relaxed), PID_FREE);
             assert_eq!(pool.header().total.load(Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn dynamic_shared_memory_counts_in_the_total_without_a_slot() {
+        with_pool(2, 1000, |pool| {
+            let slot = pool.claim(5, 1, true);
+            assert!(pool.try_reserve(slot, 600));
+            assert!(pool.reserve_shared(400, false));
+            assert!(!pool.reserve_shared(1, false));
+            assert!(
+                pool.reserve_shared(50, true),
+                "a process that may not be refused"
+            );
+            assert_eq!(pool.header().total.load(Relaxed), 1050);
+            assert_eq!(slot.bytes.load(Relaxed), 600);
+            pool.release_shared(450);
+            assert_eq!(pool.header().stats.dynamic_shared_bytes.load(Relaxed), 0);
+            assert_eq!(pool.header().total.load(Relaxed), 600);
         });
     }
 

@@ -21,7 +21,7 @@ use oomguard_core::{Mode, ProcessKind, RefuseScope};
 use crate::report::{Bytes, Line};
 use crate::settings::Settings;
 use crate::tls::ThreadState;
-use crate::{errno, policy, segment};
+use crate::{errno, kernel, policy, segment};
 
 /// Bytes a thread reserves beyond what a request needs, so the next allocations are local.
 pub const BATCH: i64 = 128 << 10;
@@ -105,9 +105,19 @@ fn initialise() -> bool {
         header
             .limit_source
             .store(LimitSource::Environment as u32, Relaxed);
+    } else if !settings.malformed {
+        header
+            .limit_source
+            .store(LimitSource::Derived as u32, Relaxed);
+        oomguard_core::limit::apply_derived(header);
     }
+    kernel::discover(header, &settings);
     match mode {
         Some(mode) => header.mode.store(mode as u32, Relaxed),
+        // A limit is known (given or derived): enforce it, as documented.
+        None if header.limit_bytes.load(Relaxed) != 0 => {
+            header.mode.store(Mode::Enforce as u32, Relaxed)
+        }
         None => {
             // Keep what the domain already runs in; a new segment without a limit only reports.
             let _ = header
@@ -254,33 +264,33 @@ pub unsafe fn reserve(thread: *mut ThreadState, request: usize, call: &'static s
 fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let pool = pool();
     let slot = my_slot();
+    kernel::refresh(pool.header(), clock_ns(libc::CLOCK_BOOTTIME));
+    let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let batch = need.saturating_add(BATCH as u64);
-    for bytes in [batch, need] {
-        if pool.try_reserve(slot, bytes) {
-            if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT {
-                OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
+    if !tight {
+        for bytes in [batch, need] {
+            if pool.try_reserve(slot, bytes) {
+                if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT {
+                    OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
+                }
+                return Some(bytes);
             }
-            return Some(bytes);
         }
     }
-    // Over the limit.
+    // Over the limit, or the kernel sees no headroom.
     if pool.header().mode.load(Relaxed) != Mode::Enforce as u32 {
         pool.record_overlimit_report(slot);
         pool.reserve_regardless(slot, need);
         return Some(need);
     }
-    let scope = if SCOPE_ALL.load(Relaxed) != 0 {
-        RefuseScope::All
-    } else {
-        RefuseScope::Backends
-    };
-    let (kind, refusable) = policy::classify(scope);
+    let (kind, refusable) = classify();
     slot.kind.store(kind as u32, Relaxed);
     if !refusable {
         pool.reserve_regardless(slot, need);
         return Some(need);
     }
-    if due(&LAST_REAP_NS, REAP_INTERVAL_NS)
+    if !tight
+        && due(&LAST_REAP_NS, REAP_INTERVAL_NS)
         && pool.reap_dead(is_alive) > 0
         && pool.try_reserve(slot, need)
     {
@@ -297,16 +307,100 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     }
     OVERDRAFT_LEFT.store(0, Relaxed);
     pool.record_denial(slot, request as u64);
-    report_refusal(&pool, kind, request, call);
+    if tight {
+        pool.header().stats.kernel_denials.fetch_add(1, Relaxed);
+    }
+    report_refusal(&pool, kind, request, call, tight);
     None
 }
 
-fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str) {
+/// What this process is and whether it may be refused right now.
+fn classify() -> (ProcessKind, bool) {
+    let scope = if SCOPE_ALL.load(Relaxed) != 0 {
+        RefuseScope::All
+    } else {
+        RefuseScope::Backends
+    };
+    policy::classify(scope)
+}
+
+/// Charges `bytes` of PostgreSQL dynamic shared memory (a tmpfs file grown by `call`) to the
+/// pool, under the same policy as malloc. Returns false when refused (the caller fails with
+/// ENOSPC).
+pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
+    if !is_active() {
+        return true;
+    }
+    let pool = pool();
+    kernel::refresh(pool.header(), clock_ns(libc::CLOCK_BOOTTIME));
+    let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
+    if !tight && pool.reserve_shared(bytes, false) {
+        return true;
+    }
+    let slot = my_slot();
+    if pool.header().mode.load(Relaxed) != Mode::Enforce as u32 {
+        pool.record_overlimit_report(slot);
+        return pool.reserve_shared(bytes, true);
+    }
+    let (kind, refusable) = classify();
+    slot.kind.store(kind as u32, Relaxed);
+    if !refusable {
+        return pool.reserve_shared(bytes, true);
+    }
+    if !tight
+        && due(&LAST_REAP_NS, REAP_INTERVAL_NS)
+        && pool.reap_dead(is_alive) > 0
+        && pool.reserve_shared(bytes, false)
+    {
+        return true;
+    }
+    pool.record_denial(slot, bytes);
+    let stats = &pool.header().stats;
+    stats.dynamic_shared_denials.fetch_add(1, Relaxed);
+    if tight {
+        stats.kernel_denials.fetch_add(1, Relaxed);
+    }
+    report_refusal(&pool, kind, bytes as usize, call, tight);
+    false
+}
+
+/// Returns `bytes` of dynamic shared memory to the pool.
+pub fn release_shared(bytes: u64) {
+    if is_active() {
+        pool().release_shared(bytes);
+    }
+}
+
+/// Notes a shared anonymous mapping (PostgreSQL's main shared memory) for the derived limit.
+pub fn observe_shared_mapping(bytes: u64, huge_pages: bool) {
+    if is_active() {
+        oomguard_core::limit::observe_shared_memory(pool().header(), bytes, huge_pages);
+    }
+}
+
+fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str, tight: bool) {
     if !due(&LAST_REPORT_NS, REPORT_INTERVAL_NS) {
         UNREPORTED_REFUSALS.fetch_add(1, Relaxed);
         return;
     }
     let mut line = Line::new();
+    if tight {
+        let cgroup = &pool.header().cgroup;
+        let inputs = &pool.header().limit_inputs;
+        let _ = write!(
+            line,
+            "refused {call}({request} bytes) in a process of kind '{}': the kernel counts {} \
+             anon + {} shmem in the cgroup, within the reserve {} of its limit {} \
+             (OOM_GUARD_MODE=enforce)",
+            kind.name(),
+            Bytes(cgroup.anon_bytes.load(Relaxed) as i64),
+            Bytes(cgroup.shmem_bytes.load(Relaxed) as i64),
+            Bytes(inputs.reserve_bytes.load(Relaxed) as i64),
+            Bytes(inputs.cgroup_limit_bytes.load(Relaxed) as i64),
+        );
+        line.emit();
+        return;
+    }
     let _ = write!(
         line,
         "refused {call}({request} bytes) in a process of kind '{}': guarded total {} + request would pass the limit {} \

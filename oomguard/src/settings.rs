@@ -8,6 +8,7 @@ use core::ffi::{c_char, CStr};
 use core::fmt::Write;
 
 use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS};
+use oomguard_core::limit::Reserve;
 use oomguard_core::{Mode, RefuseScope};
 
 use crate::report::Line;
@@ -26,9 +27,18 @@ pub struct Settings {
     pub dir: &'static CStr,
     /// `OOM_GUARD_DOMAIN`: the segment's name, when the default (per user and cgroup) won't do.
     pub domain: Option<&'static CStr>,
+    /// `OOM_GUARD_RESERVE`, when given and valid (default: [`oomguard_core::limit::default_reserve`]).
+    pub reserve: Option<Reserve>,
+    /// `OOM_GUARD_SHARED_MEMORY`, when given and valid (default: observed at run time).
+    pub shared_memory: Option<u64>,
+    /// `OOM_GUARD_CGROUP_ROOT`: where `/proc` and `/sys/fs/cgroup` are read from (default `/`;
+    /// tests point it at fixture trees). Only valid during start-up: PostgreSQL later overwrites
+    /// the environment's memory with its process titles, so keep a copy.
+    pub cgroup_root: &'static CStr,
 }
 
 const DEFAULT_DIR: &CStr = c"/dev/shm";
+const DEFAULT_CGROUP_ROOT: &CStr = c"/";
 
 /// The value of an environment variable, if set. `getenv` does not allocate.
 fn var(name: &CStr) -> Option<&'static CStr> {
@@ -56,6 +66,11 @@ impl Settings {
                 .filter(|dir| !dir.is_empty())
                 .unwrap_or(DEFAULT_DIR),
             domain: var(c"OOM_GUARD_DOMAIN").filter(|name| !name.is_empty()),
+            reserve: None,
+            shared_memory: None,
+            cgroup_root: var(c"OOM_GUARD_CGROUP_ROOT")
+                .filter(|root| !root.is_empty())
+                .unwrap_or(DEFAULT_CGROUP_ROOT),
         };
         if let Some(value) = text(c"OOM_GUARD_MODE") {
             match Mode::parse(value) {
@@ -81,6 +96,29 @@ impl Settings {
                 None => settings.complain("OOM_GUARD_REFUSE", value, REFUSE_FORMS),
             }
         }
+        if let Some(value) = text(c"OOM_GUARD_RESERVE") {
+            match Reserve::parse(value) {
+                Ok(reserve) => settings.reserve = Some(reserve),
+                Err(error) => {
+                    let mut line = Line::new();
+                    let _ = write!(line, "OOM_GUARD_RESERVE={value:?} is not valid: {error}");
+                    settings.fall_back(line);
+                }
+            }
+        }
+        if let Some(value) = text(c"OOM_GUARD_SHARED_MEMORY") {
+            match parse_size(value) {
+                Ok(bytes) => settings.shared_memory = Some(bytes),
+                Err(error) => {
+                    let mut line = Line::new();
+                    let _ = write!(
+                        line,
+                        "OOM_GUARD_SHARED_MEMORY={value:?} is not a size: {error}"
+                    );
+                    settings.fall_back(line);
+                }
+            }
+        }
         settings
     }
 
@@ -103,7 +141,8 @@ impl Settings {
     }
 
     /// The mode this process runs in: malformed settings force report mode; without an explicit
-    /// mode, enforce when a limit is given.
+    /// mode, enforce when a limit is given (a derived limit switches to enforce later, once it is
+    /// known: see `kernel::derive_limit`).
     pub fn effective_mode(&self) -> Option<Mode> {
         if self.malformed {
             if self.mode == Some(Mode::Off) {
