@@ -59,6 +59,12 @@ pub fn is_active() -> bool {
     STATE.load(Acquire) == ACTIVE
 }
 
+/// Whether the guard accounts in this process, starting it if nothing did yet (for the shared
+/// memory calls, which may come before any allocation).
+pub fn active_or_started() -> bool {
+    is_active() || start()
+}
+
 /// Starts the guard on the first allocation of a process image. Returns whether it is active.
 /// Allocations made by other threads while one thread starts it pass through unaccounted (their
 /// later frees make the count a few bytes lower, never higher).
@@ -328,7 +334,7 @@ fn classify() -> (ProcessKind, bool) {
 /// pool, under the same policy as malloc. Returns false when refused (the caller fails with
 /// ENOSPC).
 pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
-    if !is_active() {
+    if !active_or_started() {
         return true;
     }
     let pool = pool();
@@ -373,7 +379,7 @@ pub fn release_shared(bytes: u64) {
 
 /// Notes a shared anonymous mapping (PostgreSQL's main shared memory) for the derived limit.
 pub fn observe_shared_mapping(bytes: u64, huge_pages: bool) {
-    if is_active() {
+    if active_or_started() {
         oomguard_core::limit::observe_shared_memory(pool().header(), bytes, huge_pages);
     }
 }

@@ -22,12 +22,6 @@ fn covered(credit: i64, request: usize) -> bool {
     credit >= request as i64
 }
 
-/// Whether the guard is accounting in this process, starting it on first use.
-#[inline(always)]
-fn accounting() -> bool {
-    guard::is_active() || guard::start()
-}
-
 /// Accounts one allocation of `request` bytes made by `allocate`.
 ///
 /// The fast path reads no global state, only the thread's credit: a thread has credit only from
@@ -76,7 +70,7 @@ fn allocate_slowly(
     call: &'static str,
     allocate: impl FnOnce() -> *mut c_void,
 ) -> *mut c_void {
-    if !accounting() {
+    if !guard::active_or_started() {
         return allocate();
     }
     let thread = tls::current();
@@ -158,7 +152,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         // SAFETY: realloc(NULL, n) is malloc(n).
         return unsafe { malloc(size) };
     }
-    if !accounting() {
+    if !guard::active_or_started() {
         // SAFETY: forwarded contract.
         return unsafe { real::realloc(ptr, size) };
     }

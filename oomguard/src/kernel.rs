@@ -40,6 +40,13 @@ pub fn discover(header: &Header, settings: &Settings) {
         line.emit();
     }
     let inputs = &header.limit_inputs;
+    if let Some(bytes) = settings.shared_memory {
+        inputs.shared_memory_bytes.store(bytes, Relaxed);
+        inputs
+            .shared_memory_source
+            .store(SharedMemorySource::Environment as u32, Relaxed);
+        apply_derived(header);
+    }
     if inputs
         .cgroup_state
         .compare_exchange(
@@ -90,12 +97,6 @@ pub fn discover(header: &Header, settings: &Settings) {
     inputs.reserve_bytes.store(reserve, Relaxed);
     inputs.reserve_percent.store(percent, Relaxed);
     inputs.reserve_from_env.store(from_env, Relaxed);
-    if let Some(bytes) = settings.shared_memory {
-        inputs.shared_memory_bytes.store(bytes, Relaxed);
-        inputs
-            .shared_memory_source
-            .store(SharedMemorySource::Environment as u32, Relaxed);
-    }
     let state = match cgroup.version() {
         cgroup::Version::V1 => CgroupState::V1,
         cgroup::Version::V2 => CgroupState::V2,

@@ -108,7 +108,7 @@ fn charge_growth(old: u64, new: u64, call: &'static str) -> Option<u64> {
 #[no_mangle]
 pub unsafe extern "C" fn ftruncate(fd: c_int, length: libc::off_t) -> c_int {
     let saved = errno::get();
-    let Some(old) = (length >= 0 && guard::is_active())
+    let Some(old) = (length >= 0 && guard::active_or_started())
         .then(|| dsm_size(fd))
         .flatten()
     else {
@@ -141,7 +141,7 @@ pub unsafe extern "C" fn posix_fallocate(
     len: libc::off_t,
 ) -> c_int {
     let saved = errno::get();
-    let old = (offset >= 0 && len > 0 && guard::is_active())
+    let old = (offset >= 0 && len > 0 && guard::active_or_started())
         .then(|| dsm_size(fd))
         .flatten();
     errno::set(saved);
