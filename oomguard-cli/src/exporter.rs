@@ -44,6 +44,31 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// Content-Type of the classic Prometheus text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Every sample name the exporter can expose, in the order it encodes them: the classic text
+/// format's names, which are also the OpenMetrics sample names (`_bytes`, `_total` and `_info`
+/// included). Alert rules and dashboards may use these and nothing else
+/// (`packaging/prometheus/oomguard-alerts.yaml` is checked against this list). The test
+/// `metric_names_are_exactly_what_is_encoded` encodes a segment with every optional part present
+/// in both formats and fails if the two differ in either direction.
+pub const METRIC_NAMES: &[&str] = &[
+    "oomguard_up",
+    "oomguard_build_info",
+    "oomguard_exporter_read_errors_total",
+    "oomguard_limit_bytes",
+    "oomguard_allocated_bytes",
+    "oomguard_allocated_peak_bytes",
+    "oomguard_process_allocated_max_bytes",
+    "oomguard_tracked_processes",
+    "oomguard_denied_allocations_total",
+    "oomguard_denied_bytes_total",
+    "oomguard_reclaimed_orphan_bytes_total",
+    "oomguard_cgroup_memory_usage_bytes",
+    "oomguard_cgroup_memory_limit_bytes",
+    "oomguard_cgroup_memory_anon_bytes",
+    "oomguard_cgroup_memory_file_bytes",
+    "oomguard_cgroup_memory_shmem_bytes",
+];
+
 /// How often the server loop looks at the shutdown flag while idle.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -140,6 +165,18 @@ struct Family {
 }
 
 impl Family {
+    /// The name its samples carry: the family name, then `_bytes` for byte families, then
+    /// `_total` for counters or `_info` for info metrics (as `prometheus-client` writes them).
+    fn sample_name(&self) -> String {
+        let unit = if self.bytes { "_bytes" } else { "" };
+        let suffix = match self.samples {
+            Samples::Gauge(_) => "",
+            Samples::Counter(_) => "_total",
+            Samples::Info(_) => "_info",
+        };
+        format!("{}{unit}{suffix}", self.name)
+    }
+
     fn is_empty(&self) -> bool {
         match &self.samples {
             Samples::Gauge(samples) => samples.is_empty(),
@@ -328,13 +365,11 @@ impl Families {
     fn classic(&self) -> String {
         let mut out = String::new();
         for family in self.0.iter().filter(|f| !f.is_empty()) {
-            let unit = if family.bytes { "_bytes" } else { "" };
-            let (suffix, kind) = match family.samples {
-                Samples::Gauge(_) => ("", "gauge"),
-                Samples::Counter(_) => ("_total", "counter"),
-                Samples::Info(_) => ("_info", "gauge"),
+            let kind = match family.samples {
+                Samples::Gauge(_) | Samples::Info(_) => "gauge",
+                Samples::Counter(_) => "counter",
             };
-            let name = format!("{}{unit}{suffix}", family.name);
+            let name = family.sample_name();
             let _ = writeln!(out, "# HELP {name} {}", escape_help(family.help));
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let mut sample = |labels: &Labels, value: &dyn std::fmt::Display| {
@@ -751,6 +786,33 @@ mod tests {
             );
         }
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+
+    /// Sample names in `body`, in order of first appearance.
+    fn sample_names(body: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or("").to_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn metric_names_are_exactly_what_is_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), "oomguard-0-all", true);
+        let exporter = Exporter::new(dir.path());
+        for openmetrics in [true, false] {
+            let body = exporter.scrape(openmetrics).body;
+            assert_eq!(
+                sample_names(&body),
+                METRIC_NAMES,
+                "openmetrics={openmetrics}\n{body}"
+            );
+        }
     }
 
     #[test]
