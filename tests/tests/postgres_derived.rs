@@ -1,0 +1,317 @@
+//! End to end against a real PostgreSQL with only `LD_PRELOAD` (and a cgroup root pointing at a
+//! fixture tree, since this machine's cgroup has no limit): the guard derives its limit from the
+//! cgroup and the postmaster's shared memory, tightens when the kernel's numbers leave no room,
+//! and a parallel query whose dynamic shared memory is refused fails with an ERROR, not a crash.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use oomguard_cli::demo::GuardedCluster;
+use oomguard_cli::pgcluster::backend_pids_by_type;
+use oomguard_core::layout::{LimitSource, SharedMemorySource};
+use oomguard_tests::library_path;
+use postgres::error::SqlState;
+use postgres::Client;
+
+const MIB: u64 = 1 << 20;
+
+/// A cgroup v2 tree as a container with a private cgroup namespace sees it, readable by the
+/// unprivileged server user: `memory.max` = `max_bytes`, and `memory.stat` saying `anon_bytes`.
+struct CgroupFixture {
+    dir: tempfile::TempDir,
+}
+
+impl CgroupFixture {
+    fn new(max_bytes: u64, anon_bytes: u64) -> CgroupFixture {
+        let dir = tempfile::Builder::new()
+            .prefix("oomguard-cgroup-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let fixture = CgroupFixture { dir };
+        fixture.write("proc/self/cgroup", "0::/\n");
+        fixture.write(
+            "proc/self/mountinfo",
+            "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n",
+        );
+        fixture.write("proc/meminfo", "MemTotal:       25000000 kB\n");
+        fixture.write("sys/fs/cgroup/cgroup.controllers", "cpu io memory pids\n");
+        fixture.write("sys/fs/cgroup/memory.max", &format!("{max_bytes}\n"));
+        fixture.write(
+            "sys/fs/cgroup/memory.events",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
+        );
+        fixture.set_anon(anon_bytes);
+        fixture
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the kernel says is in use; rewritten atomically (rename), as the kernel's files never
+    /// show half a write.
+    fn set_anon(&self, anon_bytes: u64) {
+        self.write(
+            "sys/fs/cgroup/memory.current",
+            &format!("{}\n", anon_bytes + 8 * MIB),
+        );
+        self.write(
+            "sys/fs/cgroup/memory.stat",
+            &format!("anon {anon_bytes}\nfile 4194304\nkernel 1048576\nshmem 4194304\n"),
+        );
+    }
+
+    fn write(&self, relative: &str, text: &str) {
+        let path = self.root().join(relative);
+        let parent = path.parent().unwrap();
+        std::fs::create_dir_all(parent).unwrap();
+        let mut dir: PathBuf = parent.to_owned();
+        while dir.starts_with(self.root()) {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            if !dir.pop() {
+                break;
+            }
+        }
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+}
+
+fn start(
+    fixture: &CgroupFixture,
+    guard_env: &[(&str, &str)],
+    settings: &[(&str, &str)],
+) -> GuardedCluster {
+    let root = fixture.root().to_str().unwrap().to_owned();
+    let mut env = vec![("OOM_GUARD_CGROUP_ROOT", root.as_str())];
+    env.extend_from_slice(guard_env);
+    GuardedCluster::start(&library_path(), &env, settings).expect("start a guarded PostgreSQL")
+}
+
+fn sql_error(client: &mut Client, statement: &str) -> (SqlState, String) {
+    let error = client
+        .batch_execute(statement)
+        .expect_err(&format!("{statement} should fail"));
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {error}"));
+    (db.code().clone(), db.message().to_owned())
+}
+
+fn checkpointer(client: &mut Client) -> u32 {
+    backend_pids_by_type(client)
+        .unwrap()
+        .into_iter()
+        .find(|(_, kind)| kind == "checkpointer")
+        .unwrap()
+        .0
+}
+
+#[test]
+fn the_limit_derives_from_the_cgroup_and_the_postmasters_shared_memory() {
+    let fixture = CgroupFixture::new(512 * MIB, 16 * MIB);
+    let guarded = start(&fixture, &[], &[("shared_buffers", "64MB")]);
+    let mut client = guarded.cluster.connect().unwrap();
+    let shown: String = client
+        .query_one("SHOW shared_memory_size", &[])
+        .unwrap()
+        .get(0);
+    let shown_mib: u64 = shown.trim_end_matches("MB").parse().unwrap();
+
+    let segment = guarded.segment().unwrap();
+    let header = segment.view().unwrap().header;
+    let inputs = &header.limit_inputs;
+    assert_eq!(
+        LimitSource::from_raw(header.limit_source.load(Relaxed)),
+        LimitSource::Derived
+    );
+    assert_eq!(inputs.cgroup_limit_bytes.load(Relaxed), 512 * MIB);
+    assert_eq!(
+        SharedMemorySource::from_raw(inputs.shared_memory_source.load(Relaxed)),
+        SharedMemorySource::Observed,
+        "the postmaster's mapping was seen"
+    );
+    let shared = inputs.shared_memory_bytes.load(Relaxed);
+    assert!(
+        shared > (shown_mib - 1) * MIB && shared <= shown_mib * MIB,
+        "observed {shared} bytes, PostgreSQL says {shown}"
+    );
+    assert_eq!(
+        inputs.reserve_bytes.load(Relaxed),
+        64 * MIB,
+        "the default reserve"
+    );
+    let limit = header.limit_bytes.load(Relaxed);
+    assert_eq!(limit, 512 * MIB - shared - 64 * MIB);
+    assert_eq!(
+        header.mode.load(Relaxed),
+        oomguard_core::Mode::Enforce as u32
+    );
+
+    let (code, message) = sql_error(
+        &mut client,
+        "SELECT cardinality(array_fill(1, ARRAY[100000000]))",
+    );
+    assert_eq!(code, SqlState::OUT_OF_MEMORY, "{message}");
+    let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+
+    let cgroup = &header.cgroup;
+    assert!(
+        cgroup.read_at_unix_seconds.load(Relaxed) > 0,
+        "the kernel's numbers were read"
+    );
+    assert_eq!(cgroup.anon_bytes.load(Relaxed), 16 * MIB);
+    assert_eq!(cgroup.usage_bytes.load(Relaxed), 24 * MIB);
+    assert_eq!(cgroup.tight.load(Relaxed), 0);
+    assert!(guarded.crash_lines().unwrap().is_empty());
+}
+
+#[test]
+fn the_guard_tightens_while_the_kernel_sees_no_headroom() {
+    let fixture = CgroupFixture::new(512 * MIB, 16 * MIB);
+    let guarded = start(&fixture, &[], &[]);
+    let mut hog = guarded.cluster.connect().unwrap();
+    let mut bystander = guarded.cluster.connect().unwrap();
+    let checkpointer_before = checkpointer(&mut bystander);
+    let small = "SELECT cardinality(array_fill(1, ARRAY[2000000]))"; // 8 MB, far below the limit
+    hog.batch_execute(small).expect("room to spare");
+
+    // The kernel now counts 500 MiB of anonymous memory in the 512 MiB cgroup: within the
+    // 64 MiB reserve of its limit, although the guard's own total is a few MiB. Once the guard
+    // has read that (within its 100 ms interval), the same query is refused.
+    fixture.set_anon(500 * MIB);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, message) = loop {
+        if let Err(error) = hog.batch_execute(small) {
+            let db = error.as_db_error().expect("a server error");
+            break (db.code().clone(), db.message().to_owned());
+        }
+        assert!(Instant::now() < deadline, "the guard never tightened");
+    };
+    assert_eq!(code, SqlState::OUT_OF_MEMORY, "{message}");
+    let header_numbers = || {
+        let segment = guarded.segment().unwrap();
+        let header = segment.view().unwrap().header;
+        (
+            header.cgroup.tight.load(Relaxed),
+            header.stats.kernel_denials.load(Relaxed),
+            header.total.load(Relaxed),
+            header.limit_bytes.load(Relaxed),
+        )
+    };
+    let (tight, kernel_denials, total, limit) = header_numbers();
+    assert_eq!(tight, 1);
+    assert!(kernel_denials >= 1);
+    assert!(
+        (total as u64) < limit / 4,
+        "the guard's own count was fine: {total} of {limit}"
+    );
+    let log = guarded.cluster.log_text().unwrap();
+    assert!(
+        log.contains("within the reserve"),
+        "the refusal says why:\n{log}"
+    );
+
+    // The kernel frees memory: once the guard has read that, the same query runs again.
+    fixture.set_anon(16 * MIB);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match hog.batch_execute(small) {
+            Ok(()) => break,
+            Err(error) => {
+                let code = error.as_db_error().map(|db| db.code().clone());
+                assert_eq!(code, Some(SqlState::OUT_OF_MEMORY), "{error}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the guard never loosened: {:?}",
+                    header_numbers()
+                );
+            }
+        }
+    }
+    assert_eq!(header_numbers().0, 0, "no longer tight");
+    let one: i32 = bystander.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    assert_eq!(
+        checkpointer(&mut bystander),
+        checkpointer_before,
+        "no restart"
+    );
+    assert!(guarded.crash_lines().unwrap().is_empty());
+}
+
+#[test]
+fn a_parallel_query_whose_dynamic_shared_memory_is_refused_fails_with_an_error() {
+    let fixture = CgroupFixture::new(512 * MIB, 16 * MIB);
+    let guarded = start(
+        &fixture,
+        &[("OOM_GUARD_LIMIT", "256Mi")],
+        &[
+            ("max_worker_processes", "10"),
+            ("max_parallel_workers", "8"),
+            ("autovacuum", "off"),
+        ],
+    );
+    let mut client = guarded.cluster.connect().unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE numbers AS SELECT g AS n FROM generate_series(1, 200000) g;
+             SET max_parallel_workers_per_gather = 6;
+             SET parallel_setup_cost = 0;
+             SET parallel_tuple_cost = 0;
+             SET min_parallel_table_scan_size = 0;
+             SET parallel_leader_participation = off;",
+        )
+        .unwrap();
+    let query = "SELECT count(*) FROM numbers";
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN (ANALYZE, COSTS OFF) SELECT count(*) FROM numbers",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|line| line.contains("Workers Launched: 6")),
+        "the query runs in parallel: {plan:#?}"
+    );
+    let count: i64 = client.query_one(query, &[]).unwrap().get(0);
+    assert_eq!(count, 200000);
+
+    // Leave less room than the parallel query's dynamic shared memory (6 workers: ~500 KB of
+    // tuple and error queues) but enough for the backend's own small allocations.
+    let segment = guarded.segment().unwrap();
+    let header = segment.view().unwrap().header;
+    let room = 160 << 10;
+    header
+        .limit_bytes
+        .store(header.total.load(Relaxed) as u64 + room, Relaxed);
+    let (code, message) = sql_error(&mut client, query);
+    assert!(
+        message.contains("could not resize shared memory segment")
+            && message.contains("No space left on device"),
+        "{code:?}: {message}"
+    );
+    assert_eq!(code, SqlState::DISK_FULL, "{message}");
+    assert!(header.stats.dynamic_shared_denials.load(Relaxed) >= 1);
+
+    header.limit_bytes.store(256 * MIB, Relaxed);
+    let dynamic_before = header.stats.dynamic_shared_bytes.load(Relaxed);
+    for _ in 0..5 {
+        let count: i64 = client.query_one(query, &[]).unwrap().get(0);
+        assert_eq!(count, 200000, "the same session runs it once there is room");
+    }
+    assert_eq!(
+        header.stats.dynamic_shared_bytes.load(Relaxed),
+        dynamic_before,
+        "each query's segments are credited back when PostgreSQL unlinks them"
+    );
+    assert!(guarded.crash_lines().unwrap().is_empty());
+}
