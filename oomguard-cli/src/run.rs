@@ -25,6 +25,10 @@ pub const LIMIT_ENV: &str = "OOM_GUARD_LIMIT";
 pub const MODE_ENV: &str = "OOM_GUARD_MODE";
 /// Which processes the guard may refuse.
 pub const REFUSE_ENV: &str = "OOM_GUARD_REFUSE";
+/// The guard's reserve variable.
+pub const RESERVE_ENV: &str = "OOM_GUARD_RESERVE";
+/// The guard's shared memory override.
+pub const SHARED_MEMORY_ENV: &str = "OOM_GUARD_SHARED_MEMORY";
 
 const BUILD_HINT: &str =
     "build it with `cargo build --release -p oomguard` (it lands in target/release/) or install \
@@ -257,6 +261,7 @@ pub fn preload_value(existing: Option<&OsStr>, lib: &Path) -> Result<Preload, Ru
 // ---------------------------------------------------------------------------------------------
 
 use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS, SIZE_FORMS};
+use oomguard_core::limit::{Reserve, RESERVE_FORMS};
 use oomguard_core::{Mode, RefuseScope};
 
 /// Checks `OOM_GUARD_LIMIT`, `OOM_GUARD_MODE` and `OOM_GUARD_REFUSE` as read by `get` (unset is
@@ -264,7 +269,7 @@ use oomguard_core::{Mode, RefuseScope};
 /// the accepted forms.
 pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), RunError> {
     type Check = fn(&str) -> Result<(), String>;
-    let checks: [(&'static str, &'static str, Check); 3] = [
+    let checks: [(&'static str, &'static str, Check); 5] = [
         (LIMIT_ENV, SIZE_FORMS, |v| {
             if limit_is_auto(v) {
                 return Ok(());
@@ -280,6 +285,14 @@ pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), 
             RefuseScope::parse(v)
                 .map(drop)
                 .ok_or_else(|| "it is not a known refusal scope".to_string())
+        }),
+        (RESERVE_ENV, RESERVE_FORMS, |v| {
+            Reserve::parse(v)
+                .map(drop)
+                .map_err(|e| e.reason().to_string())
+        }),
+        (SHARED_MEMORY_ENV, SIZE_FORMS, |v| {
+            parse_size(v).map(drop).map_err(|e| e.reason().to_string())
         }),
     ];
     for (var, accepted, check) in checks {
@@ -572,6 +585,25 @@ mod tests {
         // Empty and `auto` ask for the derived limit, as in the guard itself.
         assert!(validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "")])).is_ok());
         assert!(validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "auto")])).is_ok());
+        assert!(validate_guard_env(env_of(&[
+            ("OOM_GUARD_RESERVE", "15%"),
+            ("OOM_GUARD_SHARED_MEMORY", "1Gi"),
+        ]))
+        .is_ok());
+        let err = validate_guard_env(env_of(&[("OOM_GUARD_RESERVE", "95%")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("OOM_GUARD_RESERVE") && err.contains("0% to 90%"),
+            "{err}"
+        );
+        let err = validate_guard_env(env_of(&[("OOM_GUARD_SHARED_MEMORY", "64MB")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("OOM_GUARD_SHARED_MEMORY") && err.contains("ambiguous"),
+            "{err}"
+        );
         let err = validate_guard_env(env_of(&[("OOM_GUARD_LIMIT", "lots")]))
             .unwrap_err()
             .to_string();
