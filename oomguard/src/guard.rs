@@ -384,37 +384,39 @@ pub fn observe_shared_mapping(bytes: u64, huge_pages: bool) {
     }
 }
 
+/// Writes the refusal line (at most one per [`REPORT_INTERVAL_NS`]; the others are counted and
+/// mentioned in the next line).
 fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str, tight: bool) {
     if !due(&LAST_REPORT_NS, REPORT_INTERVAL_NS) {
         UNREPORTED_REFUSALS.fetch_add(1, Relaxed);
         return;
     }
+    let header = pool.header();
     let mut line = Line::new();
-    if tight {
-        let cgroup = &pool.header().cgroup;
-        let inputs = &pool.header().limit_inputs;
-        let _ = write!(
-            line,
-            "refused {call}({request} bytes) in a process of kind '{}': the kernel counts {} \
-             anon + {} shmem in the cgroup, within the reserve {} of its limit {} \
-             (OOM_GUARD_MODE=enforce)",
-            kind.name(),
-            Bytes(cgroup.anon_bytes.load(Relaxed) as i64),
-            Bytes(cgroup.shmem_bytes.load(Relaxed) as i64),
-            Bytes(inputs.reserve_bytes.load(Relaxed) as i64),
-            Bytes(inputs.cgroup_limit_bytes.load(Relaxed) as i64),
-        );
-        line.emit();
-        return;
-    }
     let _ = write!(
         line,
-        "refused {call}({request} bytes) in a process of kind '{}': guarded total {} + request would pass the limit {} \
-         (OOM_GUARD_MODE=enforce)",
-        kind.name(),
-        Bytes(pool.header().total.load(Relaxed)),
-        Bytes(pool.limit() as i64),
+        "refused {call}({request} bytes) in a process of kind '{}': ",
+        kind.name()
     );
+    let _ = if tight {
+        write!(
+            line,
+            "the kernel counts {} anon + {} shmem in the cgroup, within the reserve {} of its \
+             limit {}",
+            Bytes(header.cgroup.anon_bytes.load(Relaxed) as i64),
+            Bytes(header.cgroup.shmem_bytes.load(Relaxed) as i64),
+            Bytes(header.limit_inputs.reserve_bytes.load(Relaxed) as i64),
+            Bytes(header.limit_inputs.cgroup_limit_bytes.load(Relaxed) as i64),
+        )
+    } else {
+        write!(
+            line,
+            "guarded total {} + request would pass the limit {}",
+            Bytes(header.total.load(Relaxed)),
+            Bytes(pool.limit() as i64),
+        )
+    };
+    let _ = write!(line, " (OOM_GUARD_MODE=enforce)");
     let unreported = UNREPORTED_REFUSALS.swap(0, Relaxed);
     if unreported > 0 {
         let _ = write!(line, "; {unreported} more refusals since the last line");
