@@ -200,15 +200,8 @@ fn map_existing(fd: i32) -> Result<SegmentView<'static>, AttachError> {
     result
 }
 
-/// Maps `len` bytes of `fd` and validates them.
-fn map(fd: i32, len: usize) -> Result<SegmentView<'static>, AttachError> {
-    let needed = core::mem::size_of::<oomguard_core::Header>();
-    if len < needed {
-        return Err(AttachError::Layout(LayoutError::Truncated {
-            found: len,
-            needed,
-        }));
-    }
+/// A read-write shared mapping of the first `len` bytes of `fd`.
+fn map_shared(fd: i32, len: usize) -> Result<*mut libc::c_void, AttachError> {
     // SAFETY: a fresh shared mapping of an open file; failure is checked.
     let base = unsafe {
         libc::mmap(
@@ -223,6 +216,19 @@ fn map(fd: i32, len: usize) -> Result<SegmentView<'static>, AttachError> {
     if base == libc::MAP_FAILED {
         return Err(last_error("mmap"));
     }
+    Ok(base)
+}
+
+/// Maps `len` bytes of `fd` and validates them.
+fn map(fd: i32, len: usize) -> Result<SegmentView<'static>, AttachError> {
+    let needed = core::mem::size_of::<oomguard_core::Header>();
+    if len < needed {
+        return Err(AttachError::Layout(LayoutError::Truncated {
+            found: len,
+            needed,
+        }));
+    }
+    let base = map_shared(fd, len)?;
     // SAFETY: the mapping is `len` bytes, page-aligned, and is never unmapped.
     let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
     SegmentView::new(bytes).map_err(|error| {
@@ -256,20 +262,7 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
             return Err(last_error("ftruncate"));
         }
-        // SAFETY: as in `map`.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(last_error("mmap"));
-        }
+        let base = map_shared(fd, len)?;
         // SAFETY: the file is new, zero-filled by ftruncate, sized and not yet published.
         unsafe { initialise(base as *mut u8, SLOT_COUNT, pid as u32) };
         // SAFETY: both paths are NUL-terminated.

@@ -105,3 +105,172 @@ pub fn stdout_of(cmd: &mut Command) -> String {
     );
     stdout
 }
+
+/// Builds a cgroup v2 fixture tree below `dir` for `OOM_GUARD_CGROUP_ROOT` and returns its root
+/// (`dir/cgroup-root`): a private cgroup namespace (`proc/self/cgroup` = `0::/`), a cgroup2 mount
+/// at `/sys/fs/cgroup` in `proc/self/mountinfo`, `proc/meminfo` with MemTotal 16 GiB, and in
+/// `sys/fs/cgroup` the files the guard and `oomguard limit` read: `cgroup.controllers` (with
+/// `memory`), `memory.max` = `max` (`"max"`, bytes as in `"536870912"`, or a `Ki`/`Mi`/`Gi`
+/// quantity such as `"512Mi"`, written in bytes as the kernel does),
+/// `memory.stat` with `anon` and `shmem` as given (`file` = shmem + 4 MiB),
+/// `memory.current` = anon + file, `memory.events` (all zero) and `memory.pressure`.
+///
+/// # Panics
+/// When the files cannot be written.
+pub fn cgroup_v2_fixture(dir: &Path, max: &str, anon: u64, shmem: u64) -> PathBuf {
+    let root = dir.join("cgroup-root");
+    let file = shmem + (4 << 20);
+    let files = [
+        ("proc/self/cgroup", "0::/\n".to_owned()),
+        (
+            "proc/self/mountinfo",
+            "1284 1163 0:284 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n\
+             1285 1284 0:287 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n\
+             1290 1284 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw,nsdelegate,memory_recursiveprot\n\
+             1302 1284 0:283 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k\n"
+                .to_owned(),
+        ),
+        (
+            "proc/meminfo",
+            "MemTotal:       16777216 kB\nMemFree:         1000000 kB\nMemAvailable:    2000000 kB\n"
+                .to_owned(),
+        ),
+        (
+            "sys/fs/cgroup/cgroup.controllers",
+            "cpuset cpu io memory hugetlb pids rdma misc\n".to_owned(),
+        ),
+        ("sys/fs/cgroup/memory.max", format!("{}\n", kernel_max(max))),
+        (
+            "sys/fs/cgroup/memory.current",
+            format!("{}\n", anon + file),
+        ),
+        (
+            "sys/fs/cgroup/memory.stat",
+            format!(
+                "anon {anon}\nfile {file}\nkernel 8388608\nkernel_stack 327680\npagetables 1048576\n\
+                 sock 0\nshmem {shmem}\nfile_mapped 0\nfile_dirty 0\nfile_writeback 0\n\
+                 anon_thp 0\ninactive_anon {anon}\nactive_anon 0\ninactive_file {file}\n\
+                 active_file 0\nunevictable 0\nslab 0\npgfault 0\npgmajfault 0\n"
+            ),
+        ),
+        (
+            "sys/fs/cgroup/memory.events",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n".to_owned(),
+        ),
+        (
+            "sys/fs/cgroup/memory.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+                .to_owned(),
+        ),
+    ];
+    for (path, text) in files {
+        let path = root.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        }
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    root
+}
+
+/// `max` as the kernel writes `memory.max`: `max`, or bytes (`Ki`/`Mi`/`Gi` quantities
+/// converted); anything else is written as given (for garbage-content tests).
+fn kernel_max(max: &str) -> String {
+    let max = max.trim();
+    for (suffix, shift) in [("Ki", 10), ("Mi", 20), ("Gi", 30)] {
+        if let Some(number) = max.strip_suffix(suffix) {
+            if let Ok(number) = number.parse::<u64>() {
+                return (number << shift).to_string();
+            }
+        }
+    }
+    max.to_owned()
+}
+
+/// A probe process under the guard, driven line by line: it says what it did on stdout and
+/// waits for a line on stdin before going on, so a test can look at the shared segment at
+/// well-defined moments (no sleeps).
+pub struct Probe {
+    /// The process.
+    pub child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Probe {
+    /// Starts probe `name` with `args` under the guard ([`guarded`]) in segment directory `dir`.
+    pub fn start(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
+        use std::process::Stdio;
+        let mut command = Command::new(probe(name));
+        guarded(&mut command, dir, env)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start probe {name}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        Probe {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The next line it printed, without the newline.
+    pub fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the probe");
+        line.trim_end().to_owned()
+    }
+
+    /// The next line, which must start with `prefix` (else the probe is killed and the test fails
+    /// with its stderr).
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let line = self.line();
+        if !line.starts_with(prefix) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let stderr = self.stderr();
+            panic!("expected {prefix:?} from the probe, got {line:?}\nprobe stderr:\n{stderr}");
+        }
+        line
+    }
+
+    /// Lets it go on past its next wait.
+    pub fn proceed(&mut self) {
+        use std::io::Write;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .expect("the probe's stdin is open until finish");
+        stdin.write_all(b"go\n").expect("write to the probe");
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut stderr = String::new();
+        if let Some(err) = self.child.stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(err, &mut stderr);
+        }
+        stderr
+    }
+
+    /// Waits for a successful exit and returns its stderr.
+    pub fn finish(mut self) -> String {
+        drop(self.stdin.take()); // end of input: a probe waiting for a line exits
+        let status = self.child.wait().expect("wait for the probe");
+        let stderr = self.stderr();
+        assert!(status.success(), "probe failed: {status}\n{stderr}");
+        stderr
+    }
+}

@@ -2,12 +2,10 @@
 //! `accounting` probe allocates in known patterns and pauses at each step, and the test reads the
 //! shared segment (as `oomguard status` does) while the probe waits.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use oomguard_cli::segment::{self, Segment, Snapshot};
-use oomguard_tests::{guarded, library_path, probe};
+use oomguard_tests::{library_path, Probe};
 
 const MIB: i64 = 1 << 20;
 /// Documented bound: a thread holds at most 2 x 128 KiB of unused reservation.
@@ -15,75 +13,9 @@ const PER_THREAD_SLACK: i64 = 256 << 10;
 /// Allocations of the probe's own runtime (stdio buffers, the block table, glibc rounding).
 const RUNTIME_SLACK: i64 = 64 << 10;
 
-/// A probe process driven line by line.
-struct Probe {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Probe {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
-        let mut command = Command::new(probe("accounting"));
-        guarded(&mut command, dir, env)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the accounting probe");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Probe {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// The next line, which must start with `prefix`.
-    fn expect(&mut self, prefix: &str) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read the probe");
-        if !line.starts_with(prefix) {
-            let output = self.child.wait_with_output_ref();
-            panic!("expected {prefix:?} from the probe, got {line:?}\n{output}");
-        }
-        line.trim_end().to_owned()
-    }
-
-    fn proceed(&mut self) {
-        self.stdin.write_all(b"go\n").expect("write to the probe");
-    }
-
-    /// Waits for a successful exit and returns stderr.
-    fn finish(mut self) -> String {
-        drop(self.stdin);
-        let status = self.child.wait().expect("wait for the probe");
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(status.success(), "probe failed: {status}\n{stderr}");
-        stderr
-    }
-}
-
-trait WaitRef {
-    fn wait_with_output_ref(&mut self) -> String;
-}
-
-impl WaitRef for Child {
-    fn wait_with_output_ref(&mut self) -> String {
-        let _ = self.kill();
-        let _ = self.wait();
-        let mut stderr = String::new();
-        if let Some(err) = self.stderr.as_mut() {
-            let _ = std::io::Read::read_to_string(err, &mut stderr);
-        }
-        format!("probe stderr:\n{stderr}")
-    }
+/// The `accounting` probe under the guard.
+fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
+    Probe::start("accounting", dir, args, env)
 }
 
 /// The one segment in `dir`.
@@ -119,7 +51,7 @@ fn maps_contain_guard(pid: i32) -> bool {
 #[test]
 fn held_blocks_are_accounted_and_released() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(dir.path(), &["hold", "1048576", "32"], &[]);
+    let mut probe = start(dir.path(), &["hold", "1048576", "32"], &[]);
     probe.expect("held");
     assert!(
         maps_contain_guard(probe.pid()),
@@ -161,7 +93,7 @@ fn held_blocks_are_accounted_and_released() {
 #[test]
 fn allocations_fail_at_the_limit_and_succeed_again_after_free() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["until-null", "1048576"],
         &[("OOM_GUARD_LIMIT", "64Mi")],
@@ -191,7 +123,7 @@ fn allocations_fail_at_the_limit_and_succeed_again_after_free() {
 #[test]
 fn every_allocating_function_is_refused_over_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["refused-calls", "33554432"],
         &[("OOM_GUARD_LIMIT", "16Mi")],
@@ -225,7 +157,7 @@ fn every_allocating_function_is_refused_over_the_limit() {
 fn threads_stay_within_the_error_bound_and_return_to_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let threads = 4;
-    let mut probe = Probe::start(dir.path(), &["threads", "4", "200000", "1048576"], &[]);
+    let mut probe = start(dir.path(), &["threads", "4", "200000", "1048576"], &[]);
     probe.expect("holding");
     let holding = snapshot(dir.path());
     let held = threads * MIB;
@@ -251,7 +183,7 @@ fn threads_stay_within_the_error_bound_and_return_to_baseline() {
 
 fn fork_case(how: &str) -> (tempfile::TempDir, Probe, i32) {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(dir.path(), &["fork", "16777216", how], &[]);
+    let mut probe = start(dir.path(), &["fork", "16777216", how], &[]);
     let line = probe.expect("child ");
     let child: i32 = line["child ".len()..].parse().unwrap();
     let both = snapshot(dir.path());
@@ -303,14 +235,14 @@ fn a_child_gone_without_cleanup_is_reaped() {
 fn memory_of_a_killed_process_is_reclaimed_before_anyone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("OOM_GUARD_LIMIT", "100Mi")];
-    let mut holder = Probe::start(dir.path(), &["hold", "1048576", "80"], &env);
+    let mut holder = start(dir.path(), &["hold", "1048576", "80"], &env);
     holder.expect("held");
     holder.child.kill().unwrap(); // SIGKILL: no clean-up runs
     holder.child.wait().unwrap();
     let orphaned = snapshot(dir.path());
     assert!(orphaned.total_bytes >= 80 * MIB, "{orphaned:#?}");
 
-    let mut hungry = Probe::start(dir.path(), &["until-null", "1048576"], &env);
+    let mut hungry = start(dir.path(), &["until-null", "1048576"], &env);
     let refused = hungry.expect("refused after");
     let count: i64 = refused.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!(
@@ -329,7 +261,7 @@ fn memory_of_a_killed_process_is_reclaimed_before_anyone_is_refused() {
 #[test]
 fn exec_replaces_the_slot_of_the_old_image() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(dir.path(), &["exec", "33554432"], &[]);
+    let mut probe = start(dir.path(), &["exec", "33554432"], &[]);
     probe.expect("held"); // said by the new image: hold 1 MiB x 4
     let after = snapshot(dir.path());
     assert_eq!(
@@ -356,7 +288,7 @@ fn exec_replaces_the_slot_of_the_old_image() {
 #[test]
 fn report_mode_counts_but_never_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["hold", "1048576", "64"],
         &[("OOM_GUARD_LIMIT", "16Mi"), ("OOM_GUARD_MODE", "report")],
@@ -376,7 +308,7 @@ fn report_mode_counts_but_never_refuses() {
 #[test]
 fn off_mode_is_a_pure_pass_through() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["hold", "1048576", "64"],
         &[("OOM_GUARD_LIMIT", "16Mi"), ("OOM_GUARD_MODE", "off")],
@@ -396,7 +328,7 @@ fn off_mode_is_a_pure_pass_through() {
 #[test]
 fn non_postgres_processes_are_never_refused_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["hold", "1048576", "64"],
         &[
@@ -432,7 +364,7 @@ fn malformed_values_are_reported_once_and_fall_back_to_report_mode() {
         if name != "OOM_GUARD_LIMIT" {
             env.push(("OOM_GUARD_LIMIT", "16Mi"));
         }
-        let mut probe = Probe::start(dir.path(), &["hold", "1048576", "32"], &env);
+        let mut probe = start(dir.path(), &["hold", "1048576", "32"], &env);
         probe.expect("held");
         let held = snapshot(dir.path());
         assert_eq!(held.mode, "report", "{name}={value}");
@@ -456,7 +388,7 @@ fn a_foreign_segment_file_is_reported_and_never_crashes_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("oomguard-custom");
     std::fs::write(&path, vec![0x5a; 4096]).unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["until-null", "1048576"],
         &[

@@ -3,59 +3,18 @@
 //! (`shm_open`, `ftruncate`, `posix_fallocate`, `shm_unlink`) and makes a shared anonymous mapping
 //! the way the postmaster does.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 
 use oomguard_cli::segment::{self, Segment};
 use oomguard_core::layout::SharedMemorySource;
-use oomguard_tests::{guarded, probe};
+use oomguard_tests::Probe;
 
 const MIB: u64 = 1 << 20;
 
-struct Probe {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Probe {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
-        let mut command = Command::new(probe("dsm"));
-        guarded(&mut command, dir, env)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the dsm probe");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Probe {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read the probe");
-        line.trim_end().to_owned()
-    }
-
-    fn proceed(&mut self) {
-        self.stdin.write_all(b"go\n").unwrap();
-    }
-
-    fn finish(mut self) -> String {
-        drop(self.stdin);
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(status.success(), "probe failed: {status}\n{stderr}");
-        stderr
-    }
+/// The `dsm` probe under the guard.
+fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
+    Probe::start("dsm", dir, args, env)
 }
 
 fn segment_in(dir: &Path) -> Segment {
@@ -67,7 +26,7 @@ fn segment_in(dir: &Path) -> Segment {
 fn dynamic_shared_memory_is_charged_refused_with_enospc_and_credited_back() {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("/PostgreSQL.oomguard-test-{}", std::process::id());
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &[
             "dsm",
@@ -124,7 +83,7 @@ fn dynamic_shared_memory_is_charged_refused_with_enospc_and_credited_back() {
 fn other_shared_memory_objects_are_not_charged() {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("/not-postgres-{}", std::process::id());
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["dsm", &name, "t:134217728", "w", "u"],
         &[("OOM_GUARD_LIMIT", "64Mi")],
@@ -143,7 +102,7 @@ fn other_shared_memory_objects_are_not_charged() {
 #[test]
 fn a_large_shared_anonymous_mapping_is_taken_as_postgres_shared_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(dir.path(), &["map", "67108864"], &[]);
+    let mut probe = start(dir.path(), &["map", "67108864"], &[]);
     assert_eq!(probe.line(), "mapped");
     let segment = segment_in(dir.path());
     let inputs = &segment.view().unwrap().header.limit_inputs;
@@ -156,7 +115,7 @@ fn a_large_shared_anonymous_mapping_is_taken_as_postgres_shared_memory() {
     probe.finish();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = Probe::start(
+    let mut probe = start(
         dir.path(),
         &["map", "67108864"],
         &[("OOM_GUARD_SHARED_MEMORY", "10Mi")],
