@@ -127,19 +127,39 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
-/// Runs the demo, printing as it goes. `limit` is an `OOM_GUARD_LIMIT` value.
-pub fn run(library: &Path, limit: &str) -> Result<()> {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
+/// Installs the Ctrl-C / SIGTERM handler, without `SA_RESTART` so that a step's wait for Enter
+/// returns at once.
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: an all-zero sigaction is valid (no flags, empty mask); the handler only stores
+        // to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_interrupt as *const () as libc::sighandler_t;
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
+}
+
+/// With `step`, waits for Enter before going on (for presenting the demo); stops at Ctrl-C.
+fn pause(step: bool) -> Result<()> {
+    check_interrupt()?;
+    if step {
+        println!("[press Enter to go on, Ctrl-C to stop]");
+        let mut line = String::new();
+        let read = std::io::stdin().read_line(&mut line);
+        check_interrupt()?;
+        if let Ok(0) | Err(_) = read {
+            bail!("standard input closed: stopping the demo cluster and removing it");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the demo, printing as it goes. `limit` is an `OOM_GUARD_LIMIT` value; `step` waits for
+/// Enter between the steps.
+pub fn run(library: &Path, limit: &str, step: bool) -> Result<()> {
+    catch_interrupts();
     println!(
         "Starting a throwaway PostgreSQL cluster under {}",
         library.display()
@@ -161,14 +181,14 @@ pub fn run(library: &Path, limit: &str) -> Result<()> {
         cluster.base_dir().display(),
         cluster.server_user().name,
     );
-    check_interrupt()?;
+    pause(step)?;
 
     let mut bystander = cluster.connect()?;
     let mut hog = cluster.connect()?;
     let bystander_pid: i32 = bystander.query_one("SELECT pg_backend_pid()", &[])?.get(0);
     println!("Session A (pid {bystander_pid}) is connected and idle. The guard before the hog:\n");
     print_status(&guarded)?;
-    check_interrupt()?;
+    pause(step)?;
 
     let hog_pid: i32 = hog.query_one("SELECT pg_backend_pid()", &[])?.get(0);
     println!("Session B (pid {hog_pid}) runs a hog that wants ~400 MB:\n  {HOG_QUERY}");
@@ -187,7 +207,7 @@ pub fn run(library: &Path, limit: &str) -> Result<()> {
             None => bail!("the hog failed without a server error: {error}"),
         },
     }
-    check_interrupt()?;
+    pause(step)?;
 
     let one: i32 = hog.query_one("SELECT 1", &[])?.get(0);
     println!("  Session B is still connected: SELECT 1 -> {one}");

@@ -55,6 +55,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_build_info",
     "oomguard_exporter_read_errors_total",
     "oomguard_limit_bytes",
+    "oomguard_limit_input_bytes",
     "oomguard_allocated_bytes",
     "oomguard_allocated_peak_bytes",
     "oomguard_process_allocated_max_bytes",
@@ -62,11 +63,15 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_denied_allocations_total",
     "oomguard_denied_bytes_total",
     "oomguard_reclaimed_orphan_bytes_total",
+    "oomguard_dynamic_shared_memory_bytes",
+    "oomguard_kernel_tight",
     "oomguard_cgroup_memory_usage_bytes",
     "oomguard_cgroup_memory_limit_bytes",
     "oomguard_cgroup_memory_anon_bytes",
     "oomguard_cgroup_memory_file_bytes",
     "oomguard_cgroup_memory_shmem_bytes",
+    "oomguard_cgroup_memory_max_events_total",
+    "oomguard_cgroup_memory_oom_kill_events_total",
 ];
 
 /// How often the server loop looks at the shutdown flag while idle.
@@ -243,6 +248,34 @@ impl Families {
         let cgroup = |value: &dyn Fn(&segment::CgroupReading) -> u64| {
             per_domain_i64(&|s| s.cgroup.as_ref().map(|c| saturating_i64(value(c))))
         };
+        let cgroup_counter = |value: &dyn Fn(&segment::CgroupReading) -> u64| {
+            domains
+                .iter()
+                .filter_map(|(name, s)| s.cgroup.as_ref().map(|c| (domain_label(name), value(c))))
+                .collect::<Vec<_>>()
+        };
+        let limit_inputs: Vec<(Labels, i64)> = domains
+            .iter()
+            .flat_map(|(name, s)| {
+                let inputs = &s.limit_inputs;
+                [
+                    ("cgroup_limit", inputs.cgroup_limit_bytes),
+                    (
+                        "shared_memory",
+                        inputs
+                            .cgroup_limit_bytes
+                            .map(|_| inputs.shared_memory_subtracted()),
+                    ),
+                    ("reserve", inputs.reserve_bytes),
+                ]
+                .into_iter()
+                .filter_map(move |(input, value)| {
+                    let mut labels = domain_label(name);
+                    labels.push(("input", input.to_owned()));
+                    value.map(|v| (labels, saturating_i64(v)))
+                })
+            })
+            .collect();
         Families(vec![
             gauge(
                 "oomguard_up",
@@ -271,6 +304,18 @@ impl Families {
                  Absent when the guard only accounts.",
                 true,
                 per_domain_i64(&|s| s.limit_bytes.map(saturating_i64)),
+            ),
+            gauge(
+                "oomguard_limit_input",
+                "What a derived limit is computed from, as the guard recorded it once its cgroup \
+                 was found: limit = cgroup_limit - shared_memory - reserve when the limit is \
+                 derived (OOM_GUARD_LIMIT unset or auto). cgroup_limit is the effective cgroup \
+                 limit (capped by MemTotal), shared_memory the PostgreSQL shared memory \
+                 subtracted (0 until seen, and with huge pages), reserve the headroom kept for \
+                 what the guard cannot see; the guard also tightens when the kernel's anon + \
+                 shmem comes within the reserve of cgroup_limit.",
+                true,
+                limit_inputs,
             ),
             gauge(
                 "oomguard_allocated",
@@ -318,6 +363,21 @@ impl Families {
                 per_domain_u64(&|s| s.reclaimed_orphan_bytes),
             ),
             gauge(
+                "oomguard_dynamic_shared_memory",
+                "PostgreSQL dynamic shared memory (parallel query segments in /dev/shm) charged \
+                 to oomguard_allocated_bytes and not yet released.",
+                true,
+                per_domain_i64(&|s| Some(s.dynamic_shared_bytes)),
+            ),
+            gauge(
+                "oomguard_kernel_tight",
+                "1 while the guard refuses growth because the kernel's anon + shmem of its cgroup \
+                 is within the reserve of the cgroup limit (even below the guard's own limit), \
+                 else 0 (also before the guard has read its cgroup).",
+                false,
+                per_domain_i64(&|s| Some(i64::from(s.cgroup.as_ref().is_some_and(|c| c.tight)))),
+            ),
+            gauge(
                 "oomguard_cgroup_memory_usage",
                 "The guarded processes' cgroup memory usage (memory.current / \
                  memory.usage_in_bytes) as last read by the guard.",
@@ -347,6 +407,21 @@ impl Families {
                 "shmem of the guarded processes' cgroup memory.stat as last read by the guard.",
                 true,
                 cgroup(&|c| c.shmem_bytes),
+            ),
+            counter(
+                "oomguard_cgroup_memory_max_events",
+                "Times the guarded processes' cgroup hit its memory limit (memory.events max / \
+                 memory.failcnt) as last read by the guard.",
+                false,
+                cgroup_counter(&|c| c.max_events),
+            ),
+            counter(
+                "oomguard_cgroup_memory_oom_kill_events",
+                "Processes of the guarded processes' cgroup killed by the OOM killer \
+                 (memory.events oom_kill / memory.oom_control oom_kill; 0 where the kernel does \
+                 not report it) as last read by the guard.",
+                false,
+                cgroup_counter(&|c| c.oom_kill_events),
             ),
         ])
     }
@@ -637,7 +712,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
 
-    use oomguard_core::layout::{initialise, segment_size, SegmentView};
+    use oomguard_core::layout::{
+        initialise, segment_size, CgroupState, SegmentView, SharedMemorySource,
+    };
 
     /// A real segment file in `dir` with a few numbers set, as the guard would leave it.
     fn write_segment(dir: &Path, name: &str, cgroup_read: bool) {
@@ -681,6 +758,19 @@ mod tests {
             header.cgroup.anon_bytes.store(60 << 20, Relaxed);
             header.cgroup.file_bytes.store(30 << 20, Relaxed);
             header.cgroup.shmem_bytes.store(10 << 20, Relaxed);
+            header.cgroup.tight.store(1, Relaxed);
+            header.cgroup.max_events.store(17, Relaxed);
+            header.cgroup.oom_kill_events.store(1, Relaxed);
+            let inputs = &header.limit_inputs;
+            inputs.cgroup_limit_bytes.store(512 << 20, Relaxed);
+            inputs.reserve_bytes.store(64 << 20, Relaxed);
+            inputs.shared_memory_bytes.store(100 << 20, Relaxed);
+            inputs
+                .shared_memory_source
+                .store(SharedMemorySource::Environment as u32, Relaxed);
+            assert!(inputs.set_cgroup_dir(b"/sys/fs/cgroup"));
+            inputs.cgroup_state.store(CgroupState::V2 as u32, Relaxed);
+            header.stats.dynamic_shared_bytes.store(2 << 20, Relaxed);
         }
         map.flush().unwrap();
     }
@@ -766,8 +856,24 @@ mod tests {
             "oomguard_cgroup_memory_anon_bytes{domain=\"oomguard-0-b\"} 62914560",
             "oomguard_cgroup_memory_file_bytes{domain=\"oomguard-0-b\"} 31457280",
             "oomguard_cgroup_memory_shmem_bytes{domain=\"oomguard-0-b\"} 10485760",
+            "oomguard_limit_input_bytes{domain=\"oomguard-0-b\",input=\"cgroup_limit\"} 536870912",
+            "oomguard_limit_input_bytes{domain=\"oomguard-0-b\",input=\"shared_memory\"} 104857600",
+            "oomguard_limit_input_bytes{domain=\"oomguard-0-b\",input=\"reserve\"} 67108864",
+            "oomguard_dynamic_shared_memory_bytes{domain=\"oomguard-0-b\"} 2097152",
+            "oomguard_dynamic_shared_memory_bytes{domain=\"oomguard-0-a\"} 0",
+            "oomguard_kernel_tight{domain=\"oomguard-0-b\"} 1",
+            "oomguard_kernel_tight{domain=\"oomguard-0-a\"} 0",
+            "# TYPE oomguard_cgroup_memory_max_events counter",
+            "oomguard_cgroup_memory_max_events_total{domain=\"oomguard-0-b\"} 17",
+            "oomguard_cgroup_memory_oom_kill_events_total{domain=\"oomguard-0-b\"} 1",
         ] {
             assert!(om.lines().any(|l| l == line), "{line} missing in\n{om}");
+        }
+        for absent in [
+            "oomguard_limit_input_bytes{domain=\"oomguard-0-a\"",
+            "oomguard_cgroup_memory_max_events_total{domain=\"oomguard-0-a\"",
+        ] {
+            assert!(!om.contains(absent), "{absent} in\n{om}");
         }
         assert!(
             !om.contains("oomguard_cgroup_memory_usage_bytes{domain=\"oomguard-0-a\"}"),

@@ -6,11 +6,13 @@
 //! - [`demo`]: `oomguard demo` and the guarded cluster it and the end-to-end tests run.
 //! - [`status`]: `oomguard status`: reading, reaping and rendering domains.
 //! - [`exporter`]: `oomguard exporter`: the guard's numbers as Prometheus metrics over HTTP.
+//! - [`limit`]: `oomguard limit`: the limit's derivation, input by input, recorded or predicted.
 //! - [`segment`]: finding, validating and reading the guard's shared segments.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
 
 pub mod demo;
 pub mod exporter;
+pub mod limit;
 pub mod pgcluster;
 pub mod run;
 pub mod segment;

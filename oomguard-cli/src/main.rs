@@ -1,5 +1,5 @@
 //! The `oomguard` command line: argument parsing and dispatch only; the work lives in the
-//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::exporter`],
+//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::limit`], [`oomguard_cli::exporter`],
 //! [`oomguard_cli::demo`]).
 
 use std::ffi::OsString;
@@ -46,6 +46,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Explain each guard domain's limit input by input: the cgroup limit and where it came
+    /// from, PostgreSQL shared memory, the reserve, the result, and the guard's total against
+    /// the kernel's usage. Without a domain yet (or with --data-dir): what the guard would derive
+    /// in this environment (OOM_GUARD_CGROUP_ROOT, OOM_GUARD_LIMIT, OOM_GUARD_RESERVE,
+    /// OOM_GUARD_SHARED_MEMORY).
+    Limit {
+        /// Directory holding the guard's segments.
+        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Data directory of a stopped PostgreSQL 15+ cluster: take shared memory from `postgres
+        /// -D DIR -C shared_memory_size` (unless OOM_GUARD_SHARED_MEMORY is set) and show what
+        /// the guard would derive, even if domains exist.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Serve every guard domain's metrics for Prometheus on http://ADDR/metrics, read afresh on
     /// each scrape (dead processes' slots are reaped first). Stops on SIGTERM or SIGINT.
     Exporter {
@@ -66,6 +84,9 @@ enum Cmd {
         /// The preload library [default: as for `run`].
         #[arg(long, value_name = "PATH")]
         library: Option<PathBuf>,
+        /// Wait for Enter between the steps (for presenting it).
+        #[arg(long)]
+        step: bool,
     },
 }
 
@@ -93,6 +114,32 @@ fn status(dir: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
+fn limit(dir: &std::path::Path, json: bool, data_dir: Option<&std::path::Path>) -> ExitCode {
+    let reports = match oomguard_cli::limit::collect(dir, data_dir) {
+        Ok(reports) => reports,
+        Err(error) => {
+            eprintln!("oomguard limit: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&reports) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("oomguard limit: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let texts: Vec<String> = reports
+            .iter()
+            .map(|report| oomguard_cli::limit::render(report, dir))
+            .collect();
+        print!("{}", texts.join("\n"));
+    }
+    ExitCode::SUCCESS
+}
+
 fn exporter(listen: &str, dir: &std::path::Path) -> ExitCode {
     let listen = match oomguard_cli::exporter::parse_listen(listen) {
         Ok(addr) => addr,
@@ -110,7 +157,7 @@ fn exporter(listen: &str, dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn demo(limit: &str, library: Option<&std::path::Path>) -> ExitCode {
+fn demo(limit: &str, library: Option<&std::path::Path>, step: bool) -> ExitCode {
     let outcome = oomguard_cli::run::validate_guard_env(|name| {
         (name == oomguard_cli::run::LIMIT_ENV).then(|| limit.into())
     })
@@ -121,7 +168,7 @@ fn demo(limit: &str, library: Option<&std::path::Path>) -> ExitCode {
             std::env::var_os(oomguard_cli::run::LIBRARY_ENV).as_deref(),
             &oomguard_cli::run::default_search_paths(),
         )?;
-        oomguard_cli::demo::run(&library, limit)
+        oomguard_cli::demo::run(&library, limit, step)
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,7 +196,16 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { dir, json } => status(&dir, json),
+        Cmd::Limit {
+            dir,
+            json,
+            data_dir,
+        } => limit(&dir, json, data_dir.as_deref()),
         Cmd::Exporter { listen, dir } => exporter(&listen, &dir),
-        Cmd::Demo { limit, library } => demo(&limit, library.as_deref()),
+        Cmd::Demo {
+            limit,
+            library,
+            step,
+        } => demo(&limit, library.as_deref(), step),
     }
 }

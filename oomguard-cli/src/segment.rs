@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
-use oomguard_core::layout::{LayoutError, LimitSource, SegmentView};
+use oomguard_core::layout::{
+    CgroupState, LayoutError, LimitInputs, LimitSource, SegmentView, SharedMemorySource,
+    CGROUP_DIR_CAPACITY,
+};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind};
 use serde::Serialize;
@@ -183,6 +186,7 @@ impl Segment {
         let cgroup_read_at = cgroup.read_at_unix_seconds.load(Relaxed);
         Ok(Snapshot {
             path: self.path.display().to_string(),
+            limit_inputs: LimitInputsSnapshot::read(&header.limit_inputs),
             creator_pid: header.creator_pid,
             mode: Mode::from_raw(header.mode.load(Relaxed))
                 .map(Mode::name)
@@ -199,6 +203,10 @@ impl Segment {
             slot_overflows: stats.slot_overflows.load(Relaxed),
             unslotted_bytes: header.overflow.bytes.load(Relaxed),
             slot_count: header.slot_count,
+            dynamic_shared_bytes: stats.dynamic_shared_bytes.load(Relaxed),
+            kernel_denials: stats.kernel_denials.load(Relaxed),
+            dynamic_shared_denials: stats.dynamic_shared_denials.load(Relaxed),
+            cgroup_read_errors: cgroup.read_errors.load(Relaxed),
             cgroup: (cgroup_read_at != 0).then(|| CgroupReading {
                 read_at_unix_seconds: cgroup_read_at,
                 usage_bytes: cgroup.usage_bytes.load(Relaxed),
@@ -206,6 +214,9 @@ impl Segment {
                 anon_bytes: cgroup.anon_bytes.load(Relaxed),
                 file_bytes: cgroup.file_bytes.load(Relaxed),
                 shmem_bytes: cgroup.shmem_bytes.load(Relaxed),
+                tight: cgroup.tight.load(Relaxed) != 0,
+                max_events: cgroup.max_events.load(Relaxed),
+                oom_kill_events: cgroup.oom_kill_events.load(Relaxed),
             }),
             processes,
         })
@@ -223,8 +234,11 @@ pub struct Snapshot {
     pub mode: &'static str,
     /// The limit, if any.
     pub limit_bytes: Option<u64>,
-    /// Where the limit came from.
+    /// Where the limit came from: `OOM_GUARD_LIMIT`, `derived` or `none`.
     pub limit_source: &'static str,
+    /// What a derived limit is computed from (recorded by the domain's first process also when
+    /// `OOM_GUARD_LIMIT` gives the limit: the reserve decides when the guard tightens).
+    pub limit_inputs: LimitInputsSnapshot,
     /// Bytes reserved by all guarded processes.
     pub total_bytes: i64,
     /// Highest total seen.
@@ -245,6 +259,15 @@ pub struct Snapshot {
     pub unslotted_bytes: i64,
     /// Slots in the segment.
     pub slot_count: u32,
+    /// PostgreSQL dynamic shared memory (tmpfs files) charged to the total and not yet released.
+    pub dynamic_shared_bytes: i64,
+    /// Refusals because the kernel's numbers showed no headroom (included in
+    /// `denied_allocations`).
+    pub kernel_denials: u64,
+    /// Refused dynamic shared memory requests (ENOSPC; included in `denied_allocations`).
+    pub dynamic_shared_denials: u64,
+    /// Readings of the cgroup's files that failed.
+    pub cgroup_read_errors: u32,
     /// The cgroup's own numbers as a guarded process last read them; `None` until one has.
     pub cgroup: Option<CgroupReading>,
     /// Live processes, largest first.
@@ -267,7 +290,127 @@ pub struct CgroupReading {
     pub file_bytes: u64,
     /// `shmem` from memory.stat.
     pub shmem_bytes: u64,
+    /// The kernel's anon + shmem was within the reserve of the cgroup limit at this reading: the
+    /// guard refuses growth of refusable processes even below its own limit.
+    pub tight: bool,
+    /// Times the cgroup hit its limit (`memory.events` max / v1 `memory.failcnt`).
+    pub max_events: u64,
+    /// OOM kills in the cgroup (`memory.events` oom_kill / v1 `oom_control`; 0 if not reported).
+    pub oom_kill_events: u64,
 }
+
+/// The inputs of a derived limit as the guard recorded them (DESIGN §4), with their sources by
+/// name. Every `Option` is `None` while unknown.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitInputsSnapshot {
+    /// How far cgroup discovery got: `unknown`, `discovering`, `v1`, `v2` or `failed`.
+    pub cgroup_state: &'static str,
+    /// Our cgroup's directory (within `OOM_GUARD_CGROUP_ROOT`).
+    pub cgroup_dir: Option<String>,
+    /// The effective cgroup memory limit (minimum up the tree, capped by MemTotal).
+    pub cgroup_limit_bytes: Option<u64>,
+    /// Where it came from: `cgroup` (see `cgroup_levels_up`), `hierarchical_memory_limit` (v1,
+    /// an ancestor we cannot see) or `MemTotal` (no cgroup limit below the machine's memory).
+    pub cgroup_limit_origin: Option<&'static str>,
+    /// For origin `cgroup`: how many levels above our cgroup the limiting one is (0: our own).
+    pub cgroup_levels_up: Option<u32>,
+    /// `MemTotal` of the machine.
+    pub mem_total_bytes: Option<u64>,
+    /// PostgreSQL shared memory (`None` until known).
+    pub shared_memory_bytes: Option<u64>,
+    /// Where it came from: `OOM_GUARD_SHARED_MEMORY`, `observed mapping` or `not seen yet` (or,
+    /// for `oomguard limit --data-dir`, `postgres -C shared_memory_size`).
+    pub shared_memory_source: &'static str,
+    /// Shared memory is in huge pages: charged to hugetlb, so not subtracted.
+    pub huge_pages: bool,
+    /// The reserve in bytes.
+    pub reserve_bytes: Option<u64>,
+    /// The reserve as a percentage of the cgroup limit, when `OOM_GUARD_RESERVE` gave one.
+    pub reserve_percent: Option<u32>,
+    /// `default` or `OOM_GUARD_RESERVE`.
+    pub reserve_source: Option<&'static str>,
+}
+
+impl LimitInputsSnapshot {
+    /// Copies the header's inputs out.
+    pub fn read(inputs: &LimitInputs) -> LimitInputsSnapshot {
+        let state = CgroupState::from_raw(inputs.cgroup_state.load(Relaxed));
+        let known = matches!(state, CgroupState::V1 | CgroupState::V2);
+        let cgroup_dir = known.then(|| {
+            let mut buffer = [0u8; CGROUP_DIR_CAPACITY];
+            let len = inputs.cgroup_dir(&mut buffer);
+            String::from_utf8_lossy(&buffer[..len]).into_owned()
+        });
+        let origin = inputs.cgroup_limit_origin.load(Relaxed);
+        let shared_source = SharedMemorySource::from_raw(inputs.shared_memory_source.load(Relaxed));
+        let percent = inputs.reserve_percent.load(Relaxed);
+        let from_env = inputs.reserve_from_env.load(Relaxed) != 0;
+        LimitInputsSnapshot {
+            cgroup_state: match state {
+                CgroupState::Unknown => "unknown",
+                CgroupState::Discovering => "discovering",
+                CgroupState::V1 => "v1",
+                CgroupState::V2 => "v2",
+                CgroupState::Failed => "failed",
+            },
+            cgroup_dir,
+            cgroup_limit_bytes: known.then(|| inputs.cgroup_limit_bytes.load(Relaxed)),
+            cgroup_limit_origin: known.then_some(match origin {
+                1 => ORIGIN_HIERARCHICAL,
+                2 => ORIGIN_MEM_TOTAL,
+                _ => ORIGIN_CGROUP,
+            }),
+            cgroup_levels_up: (known && origin == 0).then(|| inputs.cgroup_levels_up.load(Relaxed)),
+            mem_total_bytes: known.then(|| inputs.mem_total_bytes.load(Relaxed)),
+            shared_memory_bytes: (shared_source != SharedMemorySource::None)
+                .then(|| inputs.shared_memory_bytes.load(Relaxed)),
+            shared_memory_source: shared_source.name(),
+            huge_pages: inputs.huge_pages.load(Relaxed) != 0,
+            reserve_bytes: known.then(|| inputs.reserve_bytes.load(Relaxed)),
+            // A percentage of 0 is recorded as 0, like a size; sizes are never 0.
+            reserve_percent: (known
+                && from_env
+                && (percent != 0 || inputs.reserve_bytes.load(Relaxed) == 0))
+                .then_some(percent),
+            reserve_source: known.then_some(if from_env {
+                RESERVE_FROM_ENV
+            } else {
+                RESERVE_DEFAULT
+            }),
+        }
+    }
+
+    /// Shared memory as subtracted from the cgroup limit: 0 with huge pages or when unknown.
+    pub fn shared_memory_subtracted(&self) -> u64 {
+        if self.huge_pages {
+            0
+        } else {
+            self.shared_memory_bytes.unwrap_or(0)
+        }
+    }
+
+    /// What the inputs give (`cgroup limit − shared memory − reserve`), `None` when the cgroup
+    /// is unknown or nothing is left.
+    pub fn derived_bytes(&self) -> Option<u64> {
+        oomguard_core::limit::derive(
+            self.cgroup_limit_bytes?,
+            self.shared_memory_bytes.unwrap_or(0),
+            self.huge_pages,
+            self.reserve_bytes?,
+        )
+    }
+}
+
+/// [`LimitInputsSnapshot::cgroup_limit_origin`]: a cgroup's `memory.max` / `memory.limit_in_bytes`.
+pub const ORIGIN_CGROUP: &str = "cgroup";
+/// [`LimitInputsSnapshot::cgroup_limit_origin`]: v1 `hierarchical_memory_limit`.
+pub const ORIGIN_HIERARCHICAL: &str = "hierarchical_memory_limit";
+/// [`LimitInputsSnapshot::cgroup_limit_origin`]: no cgroup limit, `MemTotal`.
+pub const ORIGIN_MEM_TOTAL: &str = "MemTotal";
+/// [`LimitInputsSnapshot::reserve_source`]: the default reserve.
+pub const RESERVE_DEFAULT: &str = "default";
+/// [`LimitInputsSnapshot::reserve_source`]: `OOM_GUARD_RESERVE`.
+pub const RESERVE_FROM_ENV: &str = "OOM_GUARD_RESERVE";
 
 /// One guarded process.
 #[derive(Debug, Clone, Serialize)]

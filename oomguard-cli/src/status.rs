@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::segment::{self, Segment, SegmentError, Snapshot};
+use crate::segment::{self, LimitInputsSnapshot, Segment, SegmentError, Snapshot};
 
 /// One domain's report: what was reaped and the numbers afterwards.
 #[derive(Debug, Serialize)]
@@ -53,19 +53,129 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
+/// The source of shared memory as the `limit` line names it.
+pub fn shared_memory_source_short(inputs: &LimitInputsSnapshot) -> &'static str {
+    match inputs.shared_memory_source {
+        "observed mapping" => "observed",
+        other => other,
+    }
+}
+
+/// The reserve's source as the `limit` line names it: `default`, `OOM_GUARD_RESERVE` or
+/// `OOM_GUARD_RESERVE 15%`.
+pub fn reserve_source_short(inputs: &LimitInputsSnapshot) -> String {
+    match (inputs.reserve_source, inputs.reserve_percent) {
+        (Some(source), Some(percent)) => format!("{source} {percent}%"),
+        (Some(source), None) => source.to_owned(),
+        (None, _) => "unknown".to_owned(),
+    }
+}
+
+/// `cgroup X − shared memory Y (source) − reserve Z (source)`, or `None` while the cgroup is not
+/// known.
+pub fn derivation_terms(inputs: &LimitInputsSnapshot) -> Option<String> {
+    let cgroup = inputs.cgroup_limit_bytes?;
+    let shared = if inputs.huge_pages {
+        format!(
+            "shared memory 0 B ({} in huge pages: not subtracted)",
+            human_bytes(inputs.shared_memory_bytes.unwrap_or(0) as i64)
+        )
+    } else {
+        format!(
+            "shared memory {} ({})",
+            human_bytes(inputs.shared_memory_subtracted() as i64),
+            shared_memory_source_short(inputs)
+        )
+    };
+    let origin = if inputs.cgroup_limit_origin == Some(segment::ORIGIN_MEM_TOTAL) {
+        "MemTotal"
+    } else {
+        "cgroup"
+    };
+    Some(format!(
+        "{origin} {} − {shared} − reserve {} ({})",
+        human_bytes(cgroup as i64),
+        human_bytes(inputs.reserve_bytes.unwrap_or(0) as i64),
+        reserve_source_short(inputs)
+    ))
+}
+
+/// The `limit` line's text (after `limit    `).
+fn limit_text(s: &Snapshot) -> String {
+    let used = |limit: u64| {
+        format!(
+            "{:.0}% used",
+            s.total_bytes.max(0) as f64 * 100.0 / limit as f64
+        )
+    };
+    let inputs = &s.limit_inputs;
+    match (s.limit_bytes, s.limit_source) {
+        (Some(limit), "derived") => match derivation_terms(inputs) {
+            Some(terms) => format!("{} = {terms}, {}", human_bytes(limit as i64), used(limit)),
+            None => format!("{} (derived), {}", human_bytes(limit as i64), used(limit)),
+        },
+        (Some(limit), source) => format!(
+            "{} (from {source}), {}",
+            human_bytes(limit as i64),
+            used(limit)
+        ),
+        (None, "derived") => match (derivation_terms(inputs), inputs.cgroup_state) {
+            (Some(terms), _) => format!(
+                "none: {terms} leaves no room (accounting only: set OOM_GUARD_LIMIT or a smaller \
+                 OOM_GUARD_RESERVE)"
+            ),
+            (None, "failed") => "none: the guard could not read its cgroup (see its stderr; \
+                                 accounting only: set OOM_GUARD_LIMIT)"
+                .to_owned(),
+            (None, _) => "none yet: the guard is still finding its cgroup".to_owned(),
+        },
+        (None, _) => "none (accounting only: set OOM_GUARD_LIMIT)".to_owned(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The `kernel` line's text (after `kernel   `), when the guard read its cgroup or tried to.
+pub fn kernel_text(s: &Snapshot, now_unix_seconds: u64) -> Option<String> {
+    let failures = match s.cgroup_read_errors {
+        0 => String::new(),
+        n => format!(", {n} failed readings"),
+    };
+    let Some(c) = &s.cgroup else {
+        return (s.cgroup_read_errors > 0).then(|| format!("not read yet{failures}"));
+    };
+    let mut text = format!(
+        "anon {} + shmem {}, usage {} of cgroup limit {}",
+        human_bytes(c.anon_bytes as i64),
+        human_bytes(c.shmem_bytes as i64),
+        human_bytes(c.usage_bytes as i64),
+        human_bytes(c.limit_bytes as i64),
+    );
+    if c.tight {
+        text.push_str(", TIGHT (anon + shmem within the reserve of the limit: growth refused)");
+    }
+    if c.max_events > 0 {
+        let _ = write!(text, ", limit hit {} times", c.max_events);
+    }
+    if c.oom_kill_events > 0 {
+        let _ = write!(text, ", {} OOM kills", c.oom_kill_events);
+    }
+    let age = now_unix_seconds.saturating_sub(c.read_at_unix_seconds);
+    let _ = write!(text, "; read {age} s ago{failures}");
+    Some(text)
+}
+
 /// The human-readable report of one domain.
 pub fn render(status: &DomainStatus) -> String {
     let s = &status.snapshot;
     let mut out = String::new();
-    let limit = match s.limit_bytes {
-        Some(limit) => format!(
-            "{} (from {}), {:.0}% used",
-            human_bytes(limit as i64),
-            s.limit_source,
-            s.total_bytes.max(0) as f64 * 100.0 / limit as f64
-        ),
-        None => "none (accounting only: set OOM_GUARD_LIMIT)".to_owned(),
-    };
+    let limit = limit_text(s);
     let _ = writeln!(out, "domain   {}", s.path);
     let _ = writeln!(out, "mode     {}", s.mode);
     let _ = writeln!(out, "limit    {limit}");
@@ -75,13 +185,38 @@ pub fn render(status: &DomainStatus) -> String {
         human_bytes(s.total_bytes),
         human_bytes(s.peak_bytes)
     );
+    let mut why = Vec::new();
+    if s.kernel_denials > 0 {
+        why.push(format!("{} on the kernel's numbers", s.kernel_denials));
+    }
+    if s.dynamic_shared_denials > 0 {
+        why.push(format!(
+            "{} dynamic shared memory",
+            s.dynamic_shared_denials
+        ));
+    }
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why.join(", "))
+    };
     let _ = writeln!(
         out,
-        "refused  {} allocations, {} (report mode would-refuse: {})",
+        "refused  {} allocations{why}, {} (report mode would-refuse: {})",
         s.denied_allocations,
         human_bytes(s.denied_bytes as i64),
         s.overlimit_reports
     );
+    if s.dynamic_shared_bytes != 0 || s.dynamic_shared_denials > 0 {
+        let _ = writeln!(
+            out,
+            "dsm      {} of dynamic shared memory in use (counted in the total)",
+            human_bytes(s.dynamic_shared_bytes),
+        );
+    }
+    if let Some(kernel) = kernel_text(s, unix_now()) {
+        let _ = writeln!(out, "kernel   {kernel}");
+    }
     let reaped = match status.reaped_now {
         Some(n) => format!("{n} dead processes reaped now"),
         None => "segment is read-only to this user: dead processes not reaped".to_owned(),

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"OOMGUARD";
 /// Bumped whenever a field moves or changes meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Number of process slots; a process that finds none free is accounted in [`Header::overflow`].
 pub const SLOT_COUNT: u32 = 4096;
 

@@ -217,3 +217,54 @@ fn the_demo_runs_end_to_end() {
     assert!(stdout.contains("refused  1 allocations"), "{stdout}");
     assert!(stdout.contains("clean shutdown"), "{stdout}");
 }
+
+#[test]
+fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
+    let mut child = oomguard()
+        .arg("demo")
+        .arg("--step")
+        .arg("--library")
+        .arg(library_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut directory, mut postmaster) = (None, None);
+    loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the demo ended early"
+        );
+        if let Some(rest) = line.split(" in /tmp/").nth(1) {
+            let dir = rest.split(',').next().unwrap();
+            directory = Some(PathBuf::from(format!("/tmp/{dir}")));
+            let pid = line.split("postmaster pid ").nth(1).unwrap();
+            postmaster = Some(
+                pid.split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse::<i32>()
+                    .unwrap(),
+            );
+        }
+        if line.starts_with("[press Enter") {
+            break;
+        }
+    }
+    let (directory, postmaster) = (directory.unwrap(), postmaster.unwrap());
+    assert!(directory.is_dir());
+    // SAFETY: sending SIGINT to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!directory.exists(), "{} left behind", directory.display());
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(postmaster, 0) } == 0;
+    assert!(!alive, "postmaster {postmaster} left running");
+}
