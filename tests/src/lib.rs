@@ -111,15 +111,14 @@ pub fn stdout_of(cmd: &mut Command) -> String {
 /// at `/sys/fs/cgroup` in `proc/self/mountinfo`, `proc/meminfo` with MemTotal 16 GiB, and in
 /// `sys/fs/cgroup` the files the guard and `oomguard limit` read: `cgroup.controllers` (with
 /// `memory`), `memory.max` = `max` (`"max"`, bytes as in `"536870912"`, or a `Ki`/`Mi`/`Gi`
-/// quantity such as `"512Mi"`, written in bytes as the kernel does),
-/// `memory.stat` with `anon` and `shmem` as given (`file` = shmem + 4 MiB),
-/// `memory.current` = anon + file, `memory.events` (all zero) and `memory.pressure`.
+/// quantity such as `"512Mi"`, written in bytes as the kernel does), the usage files of
+/// [`set_cgroup_usage`], `memory.events` (all zero) and `memory.pressure`. Everything is readable
+/// by other users (`dir` included), so an unprivileged PostgreSQL server can read it.
 ///
 /// # Panics
 /// When the files cannot be written.
 pub fn cgroup_v2_fixture(dir: &Path, max: &str, anon: u64, shmem: u64) -> PathBuf {
     let root = dir.join("cgroup-root");
-    let file = shmem + (4 << 20);
     let files = [
         ("proc/self/cgroup", "0::/\n".to_owned()),
         (
@@ -141,19 +140,6 @@ pub fn cgroup_v2_fixture(dir: &Path, max: &str, anon: u64, shmem: u64) -> PathBu
         ),
         ("sys/fs/cgroup/memory.max", format!("{}\n", kernel_max(max))),
         (
-            "sys/fs/cgroup/memory.current",
-            format!("{}\n", anon + file),
-        ),
-        (
-            "sys/fs/cgroup/memory.stat",
-            format!(
-                "anon {anon}\nfile {file}\nkernel 8388608\nkernel_stack 327680\npagetables 1048576\n\
-                 sock 0\nshmem {shmem}\nfile_mapped 0\nfile_dirty 0\nfile_writeback 0\n\
-                 anon_thp 0\ninactive_anon {anon}\nactive_anon 0\ninactive_file {file}\n\
-                 active_file 0\nunevictable 0\nslab 0\npgfault 0\npgmajfault 0\n"
-            ),
-        ),
-        (
             "sys/fs/cgroup/memory.events",
             "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n".to_owned(),
         ),
@@ -165,14 +151,58 @@ pub fn cgroup_v2_fixture(dir: &Path, max: &str, anon: u64, shmem: u64) -> PathBu
         ),
     ];
     for (path, text) in files {
-        let path = root.join(path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
-        }
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        write_fixture_file(&root.join(path), &text);
     }
+    set_cgroup_usage(&root, anon, shmem);
+    let mut directory = root.join("sys/fs/cgroup");
+    while directory.starts_with(dir) {
+        set_mode(&directory, 0o755);
+        if !directory.pop() {
+            break;
+        }
+    }
+    set_mode(&root.join("proc/self"), 0o755);
+    set_mode(&root.join("proc"), 0o755);
     root
+}
+
+/// Rewrites what the fixture's kernel says is in use: `memory.stat` with `anon` and `shmem`
+/// (`file` = shmem + 4 MiB) and `memory.current` = anon + file. Each file is replaced atomically
+/// (a rename), as a kernel file never shows half a write.
+pub fn set_cgroup_usage(root: &Path, anon: u64, shmem: u64) {
+    let file = shmem + (4 << 20);
+    write_fixture_file(
+        &root.join("sys/fs/cgroup/memory.stat"),
+        &format!(
+            "anon {anon}\nfile {file}\nkernel 8388608\nkernel_stack 327680\npagetables 1048576\n\
+             sock 0\nshmem {shmem}\nfile_mapped 0\nfile_dirty 0\nfile_writeback 0\n\
+             anon_thp 0\ninactive_anon {anon}\nactive_anon 0\ninactive_file {file}\n\
+             active_file 0\nunevictable 0\nslab 0\npgfault 0\npgmajfault 0\n"
+        ),
+    );
+    write_fixture_file(
+        &root.join("sys/fs/cgroup/memory.current"),
+        &format!("{}\n", anon + file),
+    );
+}
+
+fn write_fixture_file(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+    }
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, text)
+        .unwrap_or_else(|e| panic!("write {}: {e}", temporary.display()));
+    set_mode(&temporary, 0o644);
+    std::fs::rename(&temporary, path)
+        .unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// `max` as the kernel writes `memory.max`: `max`, or bytes (`Ki`/`Mi`/`Gi` quantities

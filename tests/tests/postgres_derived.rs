@@ -3,24 +3,24 @@
 //! cgroup and the postmaster's shared memory, tightens when the kernel's numbers leave no room,
 //! and a parallel query whose dynamic shared memory is refused fails with an ERROR, not a crash.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::pgcluster::backend_pids_by_type;
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
-use oomguard_tests::library_path;
+use oomguard_tests::{cgroup_v2_fixture, library_path, set_cgroup_usage};
 use postgres::error::SqlState;
 use postgres::Client;
 
 const MIB: u64 = 1 << 20;
 
-/// A cgroup v2 tree as a container with a private cgroup namespace sees it, readable by the
-/// unprivileged server user: `memory.max` = `max_bytes`, and `memory.stat` saying `anon_bytes`.
+/// A cgroup v2 fixture tree (see `cgroup_v2_fixture`) in a directory the unprivileged server
+/// user can read, with `memory.max` = `max_bytes` and the kernel counting `anon_bytes`.
 struct CgroupFixture {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
 }
 
 impl CgroupFixture {
@@ -29,64 +29,24 @@ impl CgroupFixture {
             .prefix("oomguard-cgroup-")
             .tempdir_in("/tmp")
             .unwrap();
-        let fixture = CgroupFixture { dir };
-        fixture.write("proc/self/cgroup", "0::/\n");
-        fixture.write(
-            "proc/self/mountinfo",
-            "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n",
-        );
-        fixture.write("proc/meminfo", "MemTotal:       25000000 kB\n");
-        fixture.write("sys/fs/cgroup/cgroup.controllers", "cpu io memory pids\n");
-        fixture.write("sys/fs/cgroup/memory.max", &format!("{max_bytes}\n"));
-        fixture.write(
-            "sys/fs/cgroup/memory.events",
-            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
-        );
-        fixture.set_anon(anon_bytes);
-        fixture
+        let root = cgroup_v2_fixture(dir.path(), &max_bytes.to_string(), anon_bytes, SHMEM);
+        CgroupFixture { _dir: dir, root }
     }
 
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// What the kernel says is in use; rewritten atomically (rename), as the kernel's files never
-    /// show half a write.
     fn set_anon(&self, anon_bytes: u64) {
-        self.write(
-            "sys/fs/cgroup/memory.current",
-            &format!("{}\n", anon_bytes + 8 * MIB),
-        );
-        self.write(
-            "sys/fs/cgroup/memory.stat",
-            &format!("anon {anon_bytes}\nfile 4194304\nkernel 1048576\nshmem 4194304\n"),
-        );
-    }
-
-    fn write(&self, relative: &str, text: &str) {
-        let path = self.root().join(relative);
-        let parent = path.parent().unwrap();
-        std::fs::create_dir_all(parent).unwrap();
-        let mut dir: PathBuf = parent.to_owned();
-        while dir.starts_with(self.root()) {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-            if !dir.pop() {
-                break;
-            }
-        }
-        let temporary = path.with_extension("tmp");
-        std::fs::write(&temporary, text).unwrap();
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::rename(&temporary, &path).unwrap();
+        set_cgroup_usage(&self.root, anon_bytes, SHMEM);
     }
 }
+
+/// What the fixture's kernel counts as shared memory.
+const SHMEM: u64 = 4 * MIB;
 
 fn start(
     fixture: &CgroupFixture,
     guard_env: &[(&str, &str)],
     settings: &[(&str, &str)],
 ) -> GuardedCluster {
-    let root = fixture.root().to_str().unwrap().to_owned();
+    let root = fixture.root.to_str().unwrap().to_owned();
     let mut env = vec![("OOM_GUARD_CGROUP_ROOT", root.as_str())];
     env.extend_from_slice(guard_env);
     GuardedCluster::start(&library_path(), &env, settings).expect("start a guarded PostgreSQL")
@@ -166,7 +126,11 @@ fn the_limit_derives_from_the_cgroup_and_the_postmasters_shared_memory() {
         "the kernel's numbers were read"
     );
     assert_eq!(cgroup.anon_bytes.load(Relaxed), 16 * MIB);
-    assert_eq!(cgroup.usage_bytes.load(Relaxed), 24 * MIB);
+    assert_eq!(
+        cgroup.usage_bytes.load(Relaxed),
+        16 * MIB + SHMEM + 4 * MIB,
+        "memory.current of the fixture: anon + file (shmem + 4 MiB of page cache)"
+    );
     assert_eq!(cgroup.tight.load(Relaxed), 0);
     assert!(guarded.crash_lines().unwrap().is_empty());
 }
