@@ -2,16 +2,16 @@
 //! malloc family, accounts every block against a limit shared by all guarded processes of the
 //! container, and above it returns NULL with `ENOMEM` where the process can fail gracefully.
 //!
-//! - [`interpose`]: the exported C functions (the hot path).
-//! - [`tls`]: the per-thread credit the hot path moves.
-//! - [`guard`]: start-up, batch reservation and release, refusal, fork/thread/process exit.
-//! - [`shared`]: PostgreSQL's shared memory (`mmap`, `ftruncate`, `posix_fallocate`,
+//! - `interpose`: the exported C functions (the hot path).
+//! - `tls`: the per-thread credit the hot path moves.
+//! - `guard`: start-up, batch reservation and release, refusal, fork/thread/process exit.
+//! - `shared`: PostgreSQL's shared memory (`mmap`, `ftruncate`, `posix_fallocate`,
 //!   `shm_unlink`): observed for the derived limit, dynamic segments charged to the pool.
-//! - [`kernel`]: the domain's cgroup: the derived limit and the kernel's own usage numbers.
-//! - [`policy`]: which PostgreSQL processes may be refused.
-//! - [`segment`]: finding, creating and mapping the shared segment.
-//! - [`settings`]: the `OOM_GUARD_*` environment.
-//! - [`real`], [`report`], [`errno`], [`sysfs`]: glibc's allocator, stderr lines, errno, files.
+//! - `kernel`: the domain's cgroup: the derived limit and the kernel's own usage numbers.
+//! - `policy`: which PostgreSQL processes may be refused.
+//! - `segment`: finding, creating and mapping the shared segment.
+//! - `settings`: the `OOM_GUARD_*` environment.
+//! - `real`, `report`, `errno`, `sysfs`: glibc's allocator, stderr lines, errno, files.
 //!
 //! The library itself never allocates on these paths; its Rust heap (used by nothing on purpose)
 //! goes straight to glibc so it could never recurse into the guard.
