@@ -9,6 +9,14 @@
 //! enforce mode, generous limit, `OOM_GUARD_REFUSE=all`, a fresh `OOM_GUARD_DIR`) back to back,
 //! alternating which side goes first. The per-round ratio B/A of ns/op is the unit of
 //! comparison; the report gives its median and min/max, and the median ns/op of each side.
+//!
+//! `--pgbench` compares PostgreSQL throughput with and without the guard ([`pgbench`]); `--all`
+//! runs the allocation workloads, the instruction count and pgbench in one go. Every result with
+//! a budget in issue 5 is checked against it ([`budget`]) and reported as pass or miss; a miss
+//! does not change the exit status.
+
+mod budget;
+mod pgbench;
 
 use std::collections::BTreeMap;
 use std::env;
@@ -26,16 +34,23 @@ const ALLOC_LOOP: &str = env!("OOMGUARD_ALLOC_LOOP");
 const GUARD_LIMIT: &str = "64GiB";
 
 const USAGE: &str = "\
-usage: oomguard-bench [--quick] [--rounds N] [--library PATH] [--markdown FILE]
-                      [--only NAME] [--valgrind | --no-valgrind]
+usage: oomguard-bench [--all | --pgbench] [--quick] [--rounds N] [--library PATH]
+                      [--markdown FILE] [--only NAME] [--valgrind | --no-valgrind]
+                      [--pg-seconds T] [--pg-rounds R] [--no-pin]
 
-  --quick          a few seconds in total (CI keep-alive); valgrind off unless --valgrind
-  --rounds N       A/B pairs per workload (default 11, quick 5)
+  (default)        allocation workloads (+ instruction count unless --quick)
+  --all            allocation workloads, instruction count and pgbench: the whole suite
+  --pgbench        pgbench only: plain vs guarded PostgreSQL throughput
+  --quick          a few seconds per part (CI keep-alive); valgrind off unless --valgrind
+  --rounds N       A/B pairs per allocation workload (default 11, quick 5)
   --library PATH   guard to preload (default <workspace>/target/release/liboomguard.so)
   --markdown FILE  also write the results as a Markdown report to FILE
-  --only NAME      run only workloads whose label contains NAME (e.g. small, fork)
+  --only NAME      run only allocation workloads whose label contains NAME (e.g. small, fork)
   --valgrind       count instructions per malloc+free pair with callgrind (default: full mode)
   --no-valgrind    skip the instruction count
+  --pg-seconds T   seconds per pgbench run (default 20, quick 2)
+  --pg-rounds R    A/B rounds per pgbench mode (default 5, quick 3)
+  --no-pin         do not pin the server and pgbench to disjoint CPUs with taskset
 ";
 
 /// Parsed command line.
@@ -46,6 +61,13 @@ struct Config {
     markdown: Option<PathBuf>,
     only: Option<String>,
     valgrind: Option<bool>,
+    /// Run the allocation workloads (and the instruction count).
+    alloc: bool,
+    /// Run the pgbench comparison.
+    pgbench: bool,
+    pg_seconds: u32,
+    pg_rounds: usize,
+    pin: bool,
 }
 
 /// One workload invocation of `alloc_loop`.
@@ -114,7 +136,13 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         markdown: None,
         only: None,
         valgrind: None,
+        alloc: true,
+        pgbench: false,
+        pg_seconds: 0,
+        pg_rounds: 0,
+        pin: true,
     };
+    let (mut all, mut pgbench_only) = (false, false);
     let mut it = args.iter().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -137,6 +165,25 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--only" => cfg.only = Some(value("--only")?),
             "--valgrind" => cfg.valgrind = Some(true),
             "--no-valgrind" => cfg.valgrind = Some(false),
+            "--all" => all = true,
+            "--pgbench" => pgbench_only = true,
+            "--no-pin" => cfg.pin = false,
+            "--pg-seconds" => {
+                let v = value("--pg-seconds")?;
+                cfg.pg_seconds = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--pg-seconds: not a positive integer: {v}"))?;
+            }
+            "--pg-rounds" => {
+                let v = value("--pg-rounds")?;
+                cfg.pg_rounds = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--pg-rounds: not a positive integer: {v}"))?;
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -144,8 +191,19 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             other => return Err(format!("unknown argument: {other}\n\n{USAGE}")),
         }
     }
+    if all && pgbench_only {
+        return Err(format!("--all and --pgbench exclude each other\n\n{USAGE}"));
+    }
+    cfg.alloc = !pgbench_only;
+    cfg.pgbench = all || pgbench_only;
     if cfg.rounds == 0 {
         cfg.rounds = if cfg.quick { 5 } else { 11 };
+    }
+    if cfg.pg_seconds == 0 {
+        cfg.pg_seconds = if cfg.quick { 2 } else { 20 };
+    }
+    if cfg.pg_rounds == 0 {
+        cfg.pg_rounds = if cfg.quick { 3 } else { 5 };
     }
     Ok(cfg)
 }
@@ -173,7 +231,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
 fn run(args: &[String]) -> Result<(), String> {
     let cfg = parse_args(args)?;
     let library = check_library(&cfg.library)?;
-    if !Path::new(ALLOC_LOOP).is_file() {
+    if cfg.alloc && !Path::new(ALLOC_LOOP).is_file() {
         return Err(format!(
             "workload program {ALLOC_LOOP} is missing; rebuild oomguard-bench"
         ));
@@ -181,22 +239,118 @@ fn run(args: &[String]) -> Result<(), String> {
 
     let started = Instant::now();
     let mode = if cfg.quick { "quick" } else { "full" };
-    println!(
-        "oomguard-bench ({mode}): {} rounds per workload, guard {}",
-        cfg.rounds,
-        library.display()
-    );
+    println!("oomguard-bench ({mode}): guard {}", library.display());
 
-    let mut results = Vec::new();
+    let mut report = Report::default();
+    if cfg.alloc {
+        run_alloc(&cfg, &library, &mut report)?;
+    }
+    // A pgbench failure (no PostgreSQL, a server that does not start) is reported in the
+    // Markdown file too, then makes the exit status non-zero.
+    let mut pg_error = None;
+    if cfg.pgbench {
+        let opts = pgbench::Options {
+            seconds: cfg.pg_seconds,
+            rounds: cfg.pg_rounds,
+            pin: cfg.pin,
+            library: library.clone(),
+        };
+        match pgbench::run(&opts) {
+            Ok(r) => {
+                for m in &r.modes {
+                    println!(
+                        "  {:<44} plain {:>9.1} tps  guarded {:>9.1} tps  guarded/plain median \
+                         {:.3} [min {:.3}, max {:.3}]  budget {} {}",
+                        m.label,
+                        m.plain_tps,
+                        m.guarded_tps,
+                        m.ratio_median,
+                        m.ratio_min,
+                        m.ratio_max,
+                        budget::PGBENCH.describe(),
+                        budget::PGBENCH.verdict(m.ratio_median)
+                    );
+                    report.checks.push(budget::Line {
+                        what: m.label.to_string(),
+                        budget: budget::PGBENCH,
+                        measured: m.ratio_median,
+                    });
+                }
+                println!("  {}", r.guard_check);
+                report.pgbench = Some(Ok(r));
+            }
+            Err(e) => {
+                eprintln!("oomguard-bench: pgbench: {e}");
+                report.pgbench = Some(Err(e.clone()));
+                pg_error = Some(e);
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let missed: Vec<&budget::Line> = report.checks.iter().filter(|c| !c.met()).collect();
+    println!(
+        "  budget: {} of {} checked lines pass{}",
+        report.checks.len() - missed.len(),
+        report.checks.len(),
+        if missed.is_empty() { "" } else { "; missed:" }
+    );
+    for line in &missed {
+        println!("    {}", line.describe());
+    }
+    println!("  total {elapsed:.1} s");
+
+    if let Some(path) = &cfg.markdown {
+        let md = markdown(&cfg, &library, &report, elapsed);
+        fs::write(path, md).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("  wrote {}", path.display());
+    }
+    match pg_error {
+        Some(e) => Err(format!("pgbench comparison failed: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// What the run measured, for the Markdown report.
+#[derive(Default)]
+struct Report {
+    /// Allocation workloads (empty with `--pgbench`).
+    results: Vec<WorkloadResult>,
+    /// Instruction count (None with `--pgbench`).
+    instr: Option<InstrReport>,
+    /// pgbench comparison, or why it failed (None unless `--pgbench`/`--all`).
+    pgbench: Option<Result<pgbench::Report, String>>,
+    /// Every result with a budget.
+    checks: Vec<budget::Line>,
+}
+
+/// The allocation workloads and the instruction count.
+fn run_alloc(cfg: &Config, library: &Path, report: &mut Report) -> Result<(), String> {
+    println!(
+        "allocation workloads: {} A/B rounds per workload",
+        cfg.rounds
+    );
     for w in workloads(cfg.quick) {
         if let Some(only) = &cfg.only {
             if !w.label.contains(only.as_str()) {
                 continue;
             }
         }
-        let r = bench_workload(&w, &library, cfg.rounds, !cfg.quick)?;
+        let r = bench_workload(&w, library, cfg.rounds, !cfg.quick)?;
+        let verdict = match budget::for_workload(&r.label) {
+            Some(b) => {
+                report.checks.push(budget::Line {
+                    what: r.label.clone(),
+                    budget: b,
+                    measured: r.ratio_median,
+                });
+                format!("budget {} {}", b.describe(), b.verdict(r.ratio_median))
+            }
+            None => "no budget".to_string(),
+        };
         println!(
-            "  {:<10} A {:>12} ns/op  B {:>12} ns/op  B/A median {:.3} [min {:.3}, max {:.3}]",
+            "  {:<10} A {:>12} ns/op  B {:>12} ns/op  B/A median {:.3} [min {:.3}, max {:.3}]  \
+             {verdict}",
             r.label,
             fmt_ns(r.plain_ns),
             fmt_ns(r.guarded_ns),
@@ -204,15 +358,15 @@ fn run(args: &[String]) -> Result<(), String> {
             r.ratio_min,
             r.ratio_max
         );
-        results.push(r);
+        report.results.push(r);
     }
-    if results.is_empty() {
+    if report.results.is_empty() {
         return Err("--only matched no workload".to_string());
     }
 
     let want_valgrind = cfg.valgrind.unwrap_or(!cfg.quick);
     let instr = if want_valgrind {
-        count_instructions(&library, if cfg.quick { 50_000 } else { 200_000 })
+        count_instructions(library, if cfg.quick { 50_000 } else { 200_000 })
     } else if cfg.quick {
         InstrReport::Skipped("skipped in --quick mode (pass --valgrind to enable)".into())
     } else {
@@ -223,22 +377,24 @@ fn run(args: &[String]) -> Result<(), String> {
             plain,
             guarded,
             ops,
-        } => println!(
-            "  instructions per malloc+free pair (small 1T, callgrind, {ops} vs {} ops): \
-             glibc {plain:.1}, guard {guarded:.1}, extra {:+.1}",
-            2 * ops,
-            guarded - plain
-        ),
+        } => {
+            let extra = guarded - plain;
+            println!(
+                "  instructions per malloc+free pair (small 1T, callgrind, {ops} vs {} ops): \
+                 glibc {plain:.1}, guard {guarded:.1}, extra {extra:+.1}  budget {} {}",
+                2 * ops,
+                budget::EXTRA_INSTRUCTIONS.describe(),
+                budget::EXTRA_INSTRUCTIONS.verdict(extra)
+            );
+            report.checks.push(budget::Line {
+                what: "extra instructions per malloc+free pair".to_string(),
+                budget: budget::EXTRA_INSTRUCTIONS,
+                measured: extra,
+            });
+        }
         InstrReport::Skipped(why) => println!("  instructions per malloc+free pair: {why}"),
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("  total {elapsed:.1} s");
-
-    if let Some(path) = &cfg.markdown {
-        let md = markdown(&cfg, &library, &results, &instr, elapsed);
-        fs::write(path, md).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("  wrote {}", path.display());
-    }
+    report.instr = Some(instr);
     Ok(())
 }
 
@@ -539,13 +695,34 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
-fn markdown(
-    cfg: &Config,
-    library: &Path,
-    results: &[WorkloadResult],
-    instr: &InstrReport,
-    elapsed: f64,
-) -> String {
+fn os_name() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "unknown OS".into())
+}
+
+fn mem_total() -> String {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let kib: f64 = s
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(format!("{:.1} GiB RAM", kib / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_else(|| "RAM unknown".into())
+}
+
+fn markdown(cfg: &Config, library: &Path, report: &Report, elapsed: f64) -> String {
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get().to_string())
         .unwrap_or_else(|_| "?".into());
@@ -554,39 +731,95 @@ fn markdown(
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
     let command: Vec<String> = env::args().map(|a| shell_quote(&a)).collect();
+    let parts = match (cfg.alloc, cfg.pgbench) {
+        (true, true) => "allocation workloads, instruction count, pgbench",
+        (true, false) => "allocation workloads, instruction count",
+        _ => "pgbench",
+    };
 
     let mut md = String::new();
     let _ = writeln!(md, "# oomguard-bench results\n");
     let _ = writeln!(md, "- command: `{}`", command.join(" "));
     let _ = writeln!(
         md,
-        "- mode: {}, {} A/B rounds per workload, {elapsed:.1} s total",
+        "- mode: {} ({parts}), {elapsed:.0} s total",
         if cfg.quick { "quick" } else { "full" },
-        cfg.rounds
     );
-    let _ = writeln!(md, "- machine: {nproc} CPUs, {}", cpu_model());
-    let _ = writeln!(md, "- glibc: {glibc}; kernel {kernel}");
+    let _ = writeln!(
+        md,
+        "- machine: {nproc} CPUs ({}), {}; {}, kernel {kernel}",
+        cpu_model(),
+        mem_total(),
+        os_name()
+    );
+    let _ = writeln!(md, "- glibc: {glibc}");
     let _ = writeln!(
         md,
         "- guard: `{}` ({})",
         library.display(),
         library_state(library)
     );
+
+    if cfg.alloc {
+        alloc_markdown(&mut md, cfg, report);
+    }
+    match &report.pgbench {
+        Some(Ok(r)) => pgbench_markdown(&mut md, r),
+        Some(Err(e)) => {
+            let _ = writeln!(
+                md,
+                "\n## pgbench\n\nNot measured: the comparison failed:\n\n```\n{}\n```",
+                e.trim()
+            );
+        }
+        None => {}
+    }
+
+    let missed: Vec<&budget::Line> = report.checks.iter().filter(|c| !c.met()).collect();
+    let _ = writeln!(md, "\n## Budget (issue 5)\n");
     let _ = writeln!(
         md,
-        "- B runs: `LD_PRELOAD` of the guard, `OOM_GUARD_MODE=enforce`, \
-         `OOM_GUARD_LIMIT={GUARD_LIMIT}`, `OOM_GUARD_REFUSE=all`, fresh `OOM_GUARD_DIR` per run\n"
+        "{} of {} checked lines pass{}",
+        report.checks.len() - missed.len(),
+        report.checks.len(),
+        if missed.is_empty() {
+            "."
+        } else {
+            "; missed:\n"
+        }
+    );
+    for line in missed {
+        let _ = writeln!(md, "- {}", line.describe());
+    }
+    md
+}
+
+fn alloc_markdown(md: &mut String, cfg: &Config, report: &Report) {
+    let _ = writeln!(md, "\n## Allocation workloads\n");
+    let _ = writeln!(
+        md,
+        "Each workload (`bench/workloads/alloc_loop.c`) runs as a whole process, A = plain glibc, \
+         B = `LD_PRELOAD` of the guard with `OOM_GUARD_MODE=enforce`, \
+         `OOM_GUARD_LIMIT={GUARD_LIMIT}`, `OOM_GUARD_REFUSE=all` and a fresh `OOM_GUARD_DIR`; \
+         {} A/B rounds per workload, alternating which side goes first. ns/op: wall time of the \
+         workload (CLOCK_MONOTONIC inside the process, start-up excluded) divided by ops per \
+         thread; the ratio is computed per A/B pair, then the median is taken.\n",
+        cfg.rounds
     );
     let _ = writeln!(
         md,
         "| workload | alloc_loop args | A glibc ns/op (median) | B guard ns/op (median) \
-         | B/A median | B/A min | B/A max | rounds |"
+         | B/A median | B/A min–max | rounds | budget | |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
-    for r in results {
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---|---:|---|---|");
+    for r in &report.results {
+        let (b, verdict) = match budget::for_workload(&r.label) {
+            Some(b) => (b.describe(), verdict_md(b.met(r.ratio_median))),
+            None => ("–".to_string(), ""),
+        };
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {} | `{}` | {} | {} | {:.3} | {:.3}–{:.3} | {} | {b} | {verdict} |",
             r.label,
             r.args,
             fmt_ns(r.plain_ns),
@@ -598,37 +831,96 @@ fn markdown(
         );
     }
     let _ = writeln!(md);
-    match instr {
-        InstrReport::Counted {
+    match &report.instr {
+        Some(InstrReport::Counted {
             plain,
             guarded,
             ops,
-        } => {
+        }) => {
+            let extra = guarded - plain;
             let _ = writeln!(
                 md,
                 "Instructions per malloc+free pair (`small 1`, callgrind, difference of {} and \
                  {ops} ops; includes the loop's PRNG and ring bookkeeping on both sides):\n",
                 2 * ops
             );
-            let _ = writeln!(md, "| glibc | guard | extra |");
-            let _ = writeln!(md, "|---:|---:|---:|");
+            let _ = writeln!(md, "| glibc | guard | extra | budget | |");
+            let _ = writeln!(md, "|---:|---:|---:|---|---|");
             let _ = writeln!(
                 md,
-                "| {plain:.1} | {guarded:.1} | {:+.1} |",
-                guarded - plain
+                "| {plain:.1} | {guarded:.1} | {extra:+.1} | {} | {} |",
+                budget::EXTRA_INSTRUCTIONS.describe(),
+                verdict_md(budget::EXTRA_INSTRUCTIONS.met(extra))
             );
         }
-        InstrReport::Skipped(why) => {
+        Some(InstrReport::Skipped(why)) => {
             let _ = writeln!(md, "Instructions per malloc+free pair: {why}.");
         }
+        None => {}
     }
+}
+
+fn pgbench_markdown(md: &mut String, r: &pgbench::Report) {
+    let settings: Vec<String> = pgbench::SETTINGS
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(md, "\n## pgbench\n");
     let _ = writeln!(
         md,
-        "\nns/op: wall time of the workload (CLOCK_MONOTONIC inside the process, start-up \
-         excluded) divided by ops per thread. The ratio is computed per A/B pair, then the \
-         median is taken."
+        "Two throwaway clusters side by side ({}), scale {}, settings `{}` on top of the \
+         harness defaults (`fsync=off`, `full_page_writes=off`, `jit=off`, unix socket only); \
+         the guarded one under `LD_PRELOAD` with `OOM_GUARD_MODE=enforce`, \
+         `OOM_GUARD_LIMIT={}` (client backends refusable). `-c {c} -j {c}`, {} s per run, {} \
+         rounds per mode, alternating which side goes first; the ratio guarded/plain of TPS is \
+         computed per round, then the median is taken. Warm-up: {}. Pinning: {}. {}; {:.0} s.\n",
+        r.server,
+        pgbench::SCALE,
+        settings.join(" "),
+        pgbench::GUARD_LIMIT,
+        r.seconds,
+        r.rounds,
+        r.warmup,
+        r.pinning,
+        r.guard_check,
+        r.elapsed,
+        c = pgbench::CLIENTS,
     );
-    md
+    let _ = writeln!(md, "Each run: `{}`\n", r.command);
+    let _ = writeln!(
+        md,
+        "| mode | pgbench args | plain TPS (median) | guarded TPS (median) | guarded/plain \
+         median | min–max | rounds | budget | |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---|---:|---|---|");
+    for m in &r.modes {
+        let _ = writeln!(
+            md,
+            "| {} | `{}` | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} | {} | {} | {} |",
+            m.label,
+            if m.args.is_empty() {
+                "(default script)"
+            } else {
+                &m.args
+            },
+            m.plain_tps,
+            m.guarded_tps,
+            m.ratio_median,
+            m.ratio_min,
+            m.ratio_max,
+            m.rounds,
+            budget::PGBENCH.describe(),
+            verdict_md(budget::PGBENCH.met(m.ratio_median))
+        );
+    }
+}
+
+fn verdict_md(met: bool) -> &'static str {
+    if met {
+        "pass"
+    } else {
+        "**miss**"
+    }
 }
 
 #[cfg(test)]
@@ -657,6 +949,16 @@ mod tests {
         let cfg = parse_args(&a).unwrap();
         assert!(cfg.quick);
         assert_eq!(cfg.rounds, 5);
+        assert!(cfg.alloc && !cfg.pgbench);
+        assert_eq!((cfg.pg_seconds, cfg.pg_rounds), (2, 3));
         assert!(parse_args(&["x".to_string(), "--bogus".to_string()]).is_err());
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = parse_args(&strings(&["x", "--all"])).unwrap();
+        assert!(all.alloc && all.pgbench);
+        assert_eq!((all.pg_seconds, all.pg_rounds), (20, 5));
+        let pg = parse_args(&strings(&["x", "--pgbench", "--pg-seconds", "7"])).unwrap();
+        assert!(!pg.alloc && pg.pgbench);
+        assert_eq!(pg.pg_seconds, 7);
+        assert!(parse_args(&strings(&["x", "--all", "--pgbench"])).is_err());
     }
 }
