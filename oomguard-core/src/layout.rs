@@ -344,7 +344,7 @@ pub struct CgroupSnapshot {
     pub file_bytes: AtomicU64,
     /// `shmem` from memory.stat.
     pub shmem_bytes: AtomicU64,
-    /// `CLOCK_BOOTTIME` (ns) before which no process reads again: one reader per interval for the
+    /// `CLOCK_MONOTONIC` (ns, coarse) before which no process reads again: one reader per interval for the
     /// whole domain, chosen by compare-and-swap.
     pub next_read_ns: AtomicU64,
     /// Non-zero while the kernel's unreclaimable memory (anon + shmem) is within the reserve of

@@ -270,7 +270,7 @@ pub unsafe fn reserve(thread: *mut ThreadState, request: usize, call: &'static s
 fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let pool = pool();
     let slot = my_slot();
-    kernel::refresh(pool.header(), clock_ns(libc::CLOCK_BOOTTIME));
+    kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let batch = need.saturating_add(BATCH as u64);
     if !tight {
@@ -338,7 +338,7 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
         return true;
     }
     let pool = pool();
-    kernel::refresh(pool.header(), clock_ns(libc::CLOCK_BOOTTIME));
+    kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     if !tight && pool.reserve_shared(bytes, false) {
         return true;
