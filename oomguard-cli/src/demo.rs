@@ -249,6 +249,7 @@ fn print_status(guarded: &GuardedCluster) -> Result<()> {
     let reaped_now = segment.reap_dead()?;
     let report = status::DomainStatus {
         reaped_now,
+        not_reaped_because: segment.reap_blocker()?,
         snapshot: segment.snapshot()?,
     };
     for line in status::render(&report).lines() {

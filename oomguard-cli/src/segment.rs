@@ -151,10 +151,24 @@ impl Segment {
         })
     }
 
-    /// Frees the slots of processes that are gone. Returns how many, or `None` when the file is
-    /// read-only to us.
-    pub fn reap_dead(&self) -> Result<Option<u32>, SegmentError> {
+    /// Why this process may not reap the segment's dead slots, if it may not: the file is
+    /// read-only to us, or the guarded processes live in another PID namespace (a sidecar
+    /// container, the host), where their pids mean other processes or none.
+    pub fn reap_blocker(&self) -> Result<Option<&'static str>, SegmentError> {
         if matches!(self.mapping, Mapping::ReadOnly(_)) {
+            return Ok(Some("the segment is read-only to this user"));
+        }
+        let theirs = self.view()?.header.pid_namespace.load(Relaxed);
+        if theirs != 0 && Some(theirs) != own_pid_namespace() {
+            return Ok(Some("the guarded processes are in another PID namespace"));
+        }
+        Ok(None)
+    }
+
+    /// Frees the slots of processes that are gone. Returns how many, or `None` when
+    /// [`Segment::reap_blocker`] says this process may not.
+    pub fn reap_dead(&self) -> Result<Option<u32>, SegmentError> {
+        if self.reap_blocker()?.is_some() {
             return Ok(None);
         }
         Ok(Some(Pool::new(self.view()?).reap_dead(process_is_alive)))
@@ -442,6 +456,14 @@ impl Snapshot {
     pub fn process(&self, pid: i32) -> Option<&ProcessSnapshot> {
         self.processes.iter().find(|p| p.pid == pid)
     }
+}
+
+/// Inode of this process's PID namespace.
+fn own_pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .ok()
+        .map(|meta| meta.ino())
 }
 
 /// Whether `pid` exists and is still the process that claimed its slot at `claimed_at_ns`.

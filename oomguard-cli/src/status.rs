@@ -11,8 +11,10 @@ use crate::segment::{self, LimitInputsSnapshot, Segment, SegmentError, Snapshot}
 /// One domain's report: what was reaped and the numbers afterwards.
 #[derive(Debug, Serialize)]
 pub struct DomainStatus {
-    /// Slots of dead processes freed by this call (`None`: the segment is read-only to us).
+    /// Slots of dead processes freed by this call (`None`: see `not_reaped_because`).
     pub reaped_now: Option<u32>,
+    /// Why this call could not reap (read-only segment, another PID namespace).
+    pub not_reaped_because: Option<&'static str>,
     /// The numbers.
     #[serde(flatten)]
     pub snapshot: Snapshot,
@@ -27,6 +29,7 @@ pub fn collect(dir: &Path) -> Result<Vec<DomainStatus>, SegmentError> {
             let reaped_now = segment.reap_dead()?;
             Ok(DomainStatus {
                 reaped_now,
+                not_reaped_because: segment.reap_blocker()?,
                 snapshot: segment.snapshot()?,
             })
         })
@@ -219,7 +222,10 @@ pub fn render(status: &DomainStatus) -> String {
     }
     let reaped = match status.reaped_now {
         Some(n) => format!("{n} dead processes reaped now"),
-        None => "segment is read-only to this user: dead processes not reaped".to_owned(),
+        None => format!(
+            "dead processes not reaped: {}",
+            status.not_reaped_because.unwrap_or("not permitted")
+        ),
     };
     let _ = writeln!(
         out,

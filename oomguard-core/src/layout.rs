@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"OOMGUARD";
 /// Bumped whenever a field moves or changes meaning.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Number of process slots; a process that finds none free is accounted in [`Header::overflow`].
 pub const SLOT_COUNT: u32 = 4096;
 
@@ -244,7 +244,8 @@ pub struct Slot {
     /// claiming a slot costs a forked child no system call.
     pub claimed_at_ns: AtomicU64,
     /// Bytes this process has reserved from the pool (its allocations plus its threads' unused
-    /// reservations). Signed: a forked child frees memory it inherited.
+    /// reservations). Never below zero: a forked child that frees memory it inherited from its
+    /// parent releases nothing (the parent still holds it, and freeing copies the page).
     pub bytes: AtomicI64,
     /// Highest `bytes` seen.
     pub peak: AtomicI64,
@@ -277,12 +278,18 @@ pub struct Header {
     pub creator_pid: u32,
     /// Padding; zero.
     pub reserved: u32,
+    /// Inode of the creator's PID namespace (`/proc/self/ns/pid`), 0 if unknown. Pids in the
+    /// slots mean something only inside it: a reader elsewhere (a sidecar container, the host)
+    /// must not judge them dead.
+    pub pid_namespace: AtomicU64,
 
     /// The limit in bytes; 0 = none (account only).
     pub limit_bytes: AtomicU64,
     /// A [`LimitSource`].
     pub limit_source: AtomicU32,
-    /// A [`crate::Mode`] (enforce or report; processes in off mode never attach).
+    /// The [`crate::Mode`] of the domain's first process (enforce or report; processes in off
+    /// mode never attach). Each process refuses by its own mode: `OOM_GUARD_MODE=report psql`
+    /// does not switch enforcement off for the others.
     pub mode: AtomicU32,
     /// What a derived limit was computed from.
     pub limit_inputs: LimitInputs,

@@ -122,11 +122,25 @@ impl<'a> Pool<'a> {
         header.total.fetch_sub(bytes, AcqRel);
     }
 
-    /// Returns `bytes` from `slot` to the pool.
+    /// Returns up to `bytes` from `slot` to the pool: never more than the slot holds. A forked
+    /// child's frees of memory it inherited would otherwise lower the total although the parent
+    /// still holds that memory (copy-on-write: the child's free even copies the page).
     pub fn release(&self, slot: &Slot, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
-        slot.bytes.fetch_sub(bytes, Relaxed);
-        self.view.header.total.fetch_sub(bytes, AcqRel);
+        let mut held = slot.bytes.load(Relaxed);
+        loop {
+            let released = bytes.min(held.max(0));
+            match slot
+                .bytes
+                .compare_exchange_weak(held, held - released, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    self.view.header.total.fetch_sub(released, AcqRel);
+                    return;
+                }
+                Err(seen) => held = seen,
+            }
+        }
     }
 
     /// Counts a refused call of `size` bytes.
@@ -186,10 +200,17 @@ impl<'a> Pool<'a> {
         let mut reaped = 0;
         for slot in self.view.slots {
             let pid = slot.pid.load(Acquire);
-            if pid <= 0 || is_alive(pid, slot.claimed_at_ns.load(Relaxed)) {
+            let claimed_at = slot.claimed_at_ns.load(Relaxed);
+            if pid <= 0 || is_alive(pid, claimed_at) {
                 continue;
             }
             if self.take_over(slot, pid) {
+                if slot.claimed_at_ns.load(Relaxed) != claimed_at {
+                    // A new process with the same pid claimed the slot while we judged the
+                    // old one: it is alive, give it back.
+                    slot.pid.store(pid, Release);
+                    continue;
+                }
                 self.reclaim(slot);
                 self.free(slot);
                 reaped += 1;
@@ -328,14 +349,20 @@ mod tests {
     }
 
     #[test]
-    fn a_negative_slot_lowers_the_total() {
+    fn a_child_freeing_inherited_memory_releases_nothing() {
         with_pool(4, 1000, |pool| {
             let parent = pool.claim(10, 1, true);
-            let child = pool.claim(11, 2, true);
+            let child = pool.claim(11, 2, false);
             assert!(pool.try_reserve(parent, 900));
-            pool.release(child, 300); // the child frees memory it inherited
-            assert_eq!(child.bytes.load(Relaxed), -300);
-            assert!(pool.try_reserve(child, 400));
+            assert!(pool.try_reserve(child, 50));
+            pool.release(child, 300); // 50 of its own, 250 inherited from the parent
+            assert_eq!(child.bytes.load(Relaxed), 0);
+            assert_eq!(
+                pool.header().total.load(Relaxed),
+                900,
+                "the parent's 900 still count"
+            );
+            assert!(!pool.try_reserve(child, 200));
         });
     }
 

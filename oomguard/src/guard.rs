@@ -12,7 +12,7 @@
 
 use core::fmt::Write;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
 use oomguard_core::layout::{Header, LimitSource, SegmentView, Slot};
 use oomguard_core::pool::Pool;
@@ -27,8 +27,11 @@ use crate::{errno, kernel, policy, segment};
 pub const BATCH: i64 = 128 << 10;
 /// Credit above this goes back to the pool (down to [`BATCH`]).
 pub const RELEASE_ABOVE: i64 = 2 * BATCH;
-/// Extra bytes a just-refused process may still get, so reporting the error can allocate.
+/// Extra bytes a just-refused process may still get, so handling the error can allocate.
 const OVERDRAFT: u64 = 64 << 10;
+/// [`OVERDRAFT_LEFT`] when no refusal happened since the last normal reservation: the next
+/// refusal arms the overdraft.
+const OVERDRAFT_IDLE: u64 = u64::MAX;
 /// Minimum time between two scans for dead processes by one process.
 const REAP_INTERVAL_NS: u64 = 50_000_000;
 /// Minimum time between two refusal lines on stderr from one process.
@@ -46,11 +49,16 @@ static SLOT_COUNT: AtomicU64 = AtomicU64::new(0);
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 static SCOPE_ALL: AtomicU8 = AtomicU8::new(0);
-static OVERDRAFT_LEFT: AtomicU64 = AtomicU64::new(OVERDRAFT);
+/// Overdraft bytes left to this process after a refusal, or [`OVERDRAFT_IDLE`]. Armed once per
+/// episode: a process over the limit gets at most 64 KiB more until a normal reservation succeeds.
+static OVERDRAFT_LEFT: AtomicU64 = AtomicU64::new(OVERDRAFT_IDLE);
 static LAST_REAP_NS: AtomicU64 = AtomicU64::new(0);
 static LAST_REPORT_NS: AtomicU64 = AtomicU64::new(0);
 static UNREPORTED_REFUSALS: AtomicU64 = AtomicU64::new(0);
 static THREAD_EXIT_KEY: AtomicU64 = AtomicU64::new(u64::MAX);
+static OWN_PID_NAMESPACE: AtomicU64 = AtomicU64::new(0);
+/// This process's [`Mode`] (enforce or report).
+static MODE: AtomicU32 = AtomicU32::new(Mode::Report as u32);
 
 /// Whether allocations are being accounted. Read by the slow paths only: the hot path reads no
 /// global state (see `interpose::allocate`).
@@ -71,6 +79,10 @@ pub fn active_or_started() -> bool {
 #[cold]
 #[inline(never)]
 pub fn start() -> bool {
+    // Off mode and every thread after the start: no locked instruction on this path.
+    if STATE.load(Relaxed) != UNINITIALISED {
+        return is_active();
+    }
     if STATE
         .compare_exchange(UNINITIALISED, INITIALISING, Acquire, Relaxed)
         .is_err()
@@ -106,31 +118,38 @@ fn initialise() -> bool {
     };
     let view = mapped.view;
     let header = view.header;
-    if let Some(limit) = settings.limit.filter(|_| !settings.malformed) {
-        header.limit_bytes.store(limit, Relaxed);
-        header
-            .limit_source
-            .store(LimitSource::Environment as u32, Relaxed);
-    } else if !settings.malformed {
-        header
-            .limit_source
-            .store(LimitSource::Derived as u32, Relaxed);
-        oomguard_core::limit::apply_derived(header);
+    OWN_PID_NAMESPACE.store(segment::pid_namespace(), Relaxed);
+    // The domain's limit: a valid OOM_GUARD_LIMIT is the latest word on it; without one, the
+    // derived limit, unless the domain already runs on a given one. A process whose settings
+    // are malformed changes nothing shared.
+    if !settings.malformed {
+        if let Some(limit) = settings.limit {
+            header.limit_bytes.store(limit, Relaxed);
+            header
+                .limit_source
+                .store(LimitSource::Environment as u32, Relaxed);
+        } else if LimitSource::from_raw(header.limit_source.load(Relaxed))
+            != LimitSource::Environment
+        {
+            header
+                .limit_source
+                .store(LimitSource::Derived as u32, Relaxed);
+            oomguard_core::limit::apply_derived(header);
+        }
     }
     kernel::discover(header, &settings);
-    match mode {
-        Some(mode) => header.mode.store(mode as u32, Relaxed),
-        // A limit is known (given or derived): enforce it, as documented.
-        None if header.limit_bytes.load(Relaxed) != 0 => {
-            header.mode.store(Mode::Enforce as u32, Relaxed)
-        }
-        None => {
-            // Keep what the domain already runs in; a new segment without a limit only reports.
-            let _ = header
-                .mode
-                .compare_exchange(0, Mode::Report as u32, Relaxed, Relaxed);
-        }
-    }
+    // This process's mode decides its own refusals: `OOM_GUARD_MODE=report psql` must not
+    // switch off enforcement for the backends. Without one: enforce when a limit is known.
+    let own_mode = mode.unwrap_or(if header.limit_bytes.load(Relaxed) != 0 {
+        Mode::Enforce
+    } else {
+        Mode::Report
+    });
+    MODE.store(own_mode as u32, Relaxed);
+    // The domain's mode, as `oomguard status` shows it: the first process's.
+    let _ = header
+        .mode
+        .compare_exchange(0, own_mode as u32, Relaxed, Relaxed);
     SCOPE_ALL.store(u8::from(settings.scope == RefuseScope::All), Relaxed);
     HEADER.store(header as *const Header as *mut Header, Relaxed);
     SLOTS.store(view.slots.as_ptr() as *mut Slot, Relaxed);
@@ -182,11 +201,21 @@ fn claim_slot(replaces_image: bool) {
     let pool = pool();
     let claimed_at = clock_ns(libc::CLOCK_BOOTTIME);
     let mut slot = pool.claim(pid, claimed_at, replaces_image);
-    if core::ptr::eq(slot, &pool.header().overflow) && pool.reap_dead(is_alive) > 0 {
+    if core::ptr::eq(slot, &pool.header().overflow) && reap(&pool) > 0 {
         // Every slot was taken, some by processes that died without cleaning up (_exit, SIGKILL).
         slot = pool.claim(pid, claimed_at, false);
     }
     SLOT.store(slot as *const Slot as *mut Slot, Relaxed);
+}
+
+/// Frees the slots of dead processes, if the segment's pids are ours to judge (the domain
+/// name includes the PID namespace, but `OOM_GUARD_DOMAIN` can join any segment).
+fn reap(pool: &Pool<'_>) -> u32 {
+    let theirs = pool.header().pid_namespace.load(Relaxed);
+    if theirs != 0 && theirs != OWN_PID_NAMESPACE.load(Relaxed) {
+        return 0;
+    }
+    pool.reap_dead(is_alive)
 }
 
 /// Whether process `pid` is still the one that claimed its slot at `claimed_at_ns`.
@@ -276,34 +305,26 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     if !tight {
         for bytes in [batch, need] {
             if pool.try_reserve(slot, bytes) {
-                if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT {
-                    OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
+                if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT_IDLE {
+                    OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
                 }
                 return Some(bytes);
             }
         }
     }
-    // Over the limit, or the kernel sees no headroom.
-    if pool.header().mode.load(Relaxed) != Mode::Enforce as u32 {
-        pool.record_overlimit_report(slot);
-        pool.reserve_regardless(slot, need);
-        return Some(need);
-    }
-    let (kind, refusable) = classify();
-    slot.kind.store(kind as u32, Relaxed);
-    if !refusable {
-        pool.reserve_regardless(slot, need);
-        return Some(need);
-    }
-    if !tight
-        && due(&LAST_REAP_NS, REAP_INTERVAL_NS)
-        && pool.reap_dead(is_alive) > 0
-        && pool.try_reserve(slot, need)
-    {
-        return Some(need);
-    }
+    let kind = match over_limit(&pool, slot, tight, || pool.try_reserve(slot, need)) {
+        // With a batch: a process that is never refused must not take the slow path on every
+        // allocation once the domain is over its limit.
+        OverLimit::Regardless => {
+            pool.reserve_regardless(slot, batch);
+            return Some(batch);
+        }
+        OverLimit::Retried => return Some(need),
+        OverLimit::Refuse(kind) => kind,
+    };
     let overdraft = OVERDRAFT_LEFT.load(Relaxed);
-    if need <= overdraft
+    if overdraft != OVERDRAFT_IDLE
+        && need <= overdraft
         && OVERDRAFT_LEFT
             .compare_exchange(overdraft, overdraft - need, Relaxed, Relaxed)
             .is_ok()
@@ -311,13 +332,52 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
         pool.reserve_regardless(slot, need);
         return Some(need);
     }
-    OVERDRAFT_LEFT.store(0, Relaxed);
-    pool.record_denial(slot, request as u64);
+    // Refused. What handling the error allocates next gets the overdraft, once per episode.
+    let _ = OVERDRAFT_LEFT.compare_exchange(OVERDRAFT_IDLE, OVERDRAFT, Relaxed, Relaxed);
+    refuse(&pool, slot, kind, request as u64, call, tight);
+    None
+}
+
+/// How a request that the pool could not cover (over the limit, or the kernel tight) ends.
+enum OverLimit {
+    /// Report mode, or a process that may not be refused: reserve it anyway.
+    Regardless,
+    /// Reaping dead processes made room and the retry reserved it.
+    Retried,
+    /// Refuse it (a process of this kind, in a state where refusing is safe).
+    Refuse(ProcessKind),
+}
+
+/// Decides a request the pool could not cover, for malloc and dynamic shared memory alike.
+fn over_limit(
+    pool: &Pool<'_>,
+    slot: &Slot,
+    tight: bool,
+    retry: impl FnOnce() -> bool,
+) -> OverLimit {
+    if MODE.load(Relaxed) != Mode::Enforce as u32 {
+        pool.record_overlimit_report(slot);
+        return OverLimit::Regardless;
+    }
+    let (kind, refusable) = classify();
+    slot.kind.store(kind as u32, Relaxed);
+    if !refusable {
+        return OverLimit::Regardless;
+    }
+    // Tight is the kernel's verdict: reaping the guard's own slots cannot change it.
+    if !tight && due(&LAST_REAP_NS, REAP_INTERVAL_NS) && reap(pool) > 0 && retry() {
+        return OverLimit::Retried;
+    }
+    OverLimit::Refuse(kind)
+}
+
+/// Counts a refusal and says so on stderr.
+fn refuse(pool: &Pool<'_>, slot: &Slot, kind: ProcessKind, bytes: u64, call: &str, tight: bool) {
+    pool.record_denial(slot, bytes);
     if tight {
         pool.header().stats.kernel_denials.fetch_add(1, Relaxed);
     }
-    report_refusal(&pool, kind, request, call, tight);
-    None
+    report_refusal(pool, kind, bytes as usize, call, tight);
 }
 
 /// What this process is and whether it may be refused right now.
@@ -332,42 +392,42 @@ fn classify() -> (ProcessKind, bool) {
 
 /// Charges `bytes` of PostgreSQL dynamic shared memory (a tmpfs file grown by `call`) to the
 /// pool, under the same policy as malloc. Returns false when refused (the caller fails with
-/// ENOSPC).
+/// ENOSPC). Keeps errno, and lets the allocations it causes (dlsym's) pass like `reserve` does.
 pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
     if !active_or_started() {
         return true;
     }
+    let thread = crate::tls::current();
+    // SAFETY: the calling thread's own state.
+    unsafe {
+        if (*thread).busy {
+            return true;
+        }
+        (*thread).busy = true;
+    }
+    let saved = errno::get();
     let pool = pool();
     kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
-    if !tight && pool.reserve_shared(bytes, false) {
-        return true;
-    }
-    let slot = my_slot();
-    if pool.header().mode.load(Relaxed) != Mode::Enforce as u32 {
-        pool.record_overlimit_report(slot);
-        return pool.reserve_shared(bytes, true);
-    }
-    let (kind, refusable) = classify();
-    slot.kind.store(kind as u32, Relaxed);
-    if !refusable {
-        return pool.reserve_shared(bytes, true);
-    }
-    if !tight
-        && due(&LAST_REAP_NS, REAP_INTERVAL_NS)
-        && pool.reap_dead(is_alive) > 0
-        && pool.reserve_shared(bytes, false)
-    {
-        return true;
-    }
-    pool.record_denial(slot, bytes);
-    let stats = &pool.header().stats;
-    stats.dynamic_shared_denials.fetch_add(1, Relaxed);
-    if tight {
-        stats.kernel_denials.fetch_add(1, Relaxed);
-    }
-    report_refusal(&pool, kind, bytes as usize, call, tight);
-    false
+    let granted = (!tight && pool.reserve_shared(bytes, false)) || {
+        let slot = my_slot();
+        match over_limit(&pool, slot, tight, || pool.reserve_shared(bytes, false)) {
+            OverLimit::Regardless => pool.reserve_shared(bytes, true),
+            OverLimit::Retried => true,
+            OverLimit::Refuse(kind) => {
+                pool.header()
+                    .stats
+                    .dynamic_shared_denials
+                    .fetch_add(1, Relaxed);
+                refuse(&pool, slot, kind, bytes, call, tight);
+                false
+            }
+        }
+    };
+    errno::set(saved);
+    // SAFETY: as above.
+    unsafe { (*thread).busy = false };
+    granted
 }
 
 /// Returns `bytes` of dynamic shared memory to the pool.
@@ -441,10 +501,15 @@ pub unsafe fn release_excess(thread: *mut ThreadState) {
         if (*thread).busy {
             return;
         }
+        // A thread that only frees (a consumer) holds credit too: return it when it exits.
+        arm_thread_exit_hook(thread);
         let excess = (*thread).credit - BATCH;
         if excess > 0 {
             (*thread).credit = BATCH;
+            // Claiming a forked child's slot may reap, i.e. make system calls: free keeps errno.
+            let saved = errno::get();
             pool().release(my_slot(), excess as u64);
+            errno::set(saved);
         }
     }
 }
@@ -485,7 +550,17 @@ extern "C" fn thread_exited(_: *mut libc::c_void) {
     }
     let thread = crate::tls::current();
     // SAFETY: glibc runs key destructors on the exiting thread, whose TLS is still in place.
-    unsafe { settle(thread) };
+    unsafe {
+        settle(thread);
+        // Other keys' destructors may still allocate and free after ours: setting the key again
+        // makes glibc run another round of destructors (it runs up to four), which settles
+        // what they left.
+        if (*thread).exit_rounds < 3 {
+            (*thread).exit_rounds += 1;
+            let key = THREAD_EXIT_KEY.load(Relaxed);
+            libc::pthread_setspecific(key as libc::pthread_key_t, core::ptr::dangling());
+        }
+    }
 }
 
 /// Returns a thread's whole credit (or covers its small debt) and flushes its counters.
@@ -514,7 +589,7 @@ extern "C" fn forked_child() {
         (*thread).credit = 0;
         (*thread).pending_allocations = 0;
     }
-    OVERDRAFT_LEFT.store(OVERDRAFT, Relaxed);
+    OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
     LAST_REAP_NS.store(0, Relaxed);
     LAST_REPORT_NS.store(0, Relaxed);
     UNREPORTED_REFUSALS.store(0, Relaxed);

@@ -29,6 +29,10 @@ struct Symbols {
 const LOOKUP_NOT_DONE: u8 = 0;
 const LOOKUP_POSTGRES: u8 = 1;
 const LOOKUP_NOT_POSTGRES: u8 = 2;
+/// A lookup is running (on this or another thread): an allocation that dlsym makes and that
+/// needs a decision meanwhile is treated as not PostgreSQL's (never refused), which ends the
+/// recursion.
+const LOOKUP_RUNNING: u8 = 3;
 
 static LOOKUP: AtomicU8 = AtomicU8::new(LOOKUP_NOT_DONE);
 static ADDRESSES: [AtomicPtr<c_void>; 8] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 8];
@@ -44,7 +48,10 @@ const NAMES: [&CStr; 8] = [
 ];
 
 fn symbols() -> Option<Symbols> {
-    if LOOKUP.load(Relaxed) == LOOKUP_NOT_DONE {
+    if LOOKUP
+        .compare_exchange(LOOKUP_NOT_DONE, LOOKUP_RUNNING, Relaxed, Relaxed)
+        .is_ok()
+    {
         let mut all_found = true;
         for (name, slot) in NAMES.iter().zip(&ADDRESSES) {
             // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.

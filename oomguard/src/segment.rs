@@ -101,7 +101,7 @@ pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<Mapped> {
         && path.push(b"/")
         && match domain {
             Some(name) => path.push(name.to_bytes()),
-            None => write!(path, "oomguard-{}-{:016x}", euid(), cgroup_hash()).is_ok(),
+            None => write!(path, "oomguard-{}-{:016x}", euid(), domain_hash()).is_ok(),
         };
     let result = if built {
         open_or_create(&path)
@@ -129,15 +129,30 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// FNV-1a of `/proc/self/cgroup`: the same for every process of one cgroup.
-fn cgroup_hash() -> u64 {
+/// FNV-1a of `/proc/self/cgroup` and of the PID namespace: the same for every process of one
+/// container. The namespace matters because containers of one pod share `/dev/shm` and, with a
+/// private cgroup namespace, all read `0::/`; their pids (which reaping relies on) would clash.
+fn domain_hash() -> u64 {
     let mut buffer = [0u8; 2048];
     let len = read_file(c"/proc/self/cgroup", &mut buffer).unwrap_or(0);
     buffer[..len]
         .iter()
+        .chain(&pid_namespace().to_le_bytes())
         .fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         })
+}
+
+/// Inode of this process's PID namespace (`/proc/self/ns/pid`), 0 if unknown.
+pub fn pid_namespace() -> u64 {
+    // SAFETY: an all-zero stat is a valid out-parameter.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a writable stat.
+    if unsafe { libc::stat(c"/proc/self/ns/pid".as_ptr(), &mut stat) } == 0 {
+        stat.st_ino
+    } else {
+        0
+    }
 }
 
 /// Reads up to `buffer.len()` bytes of a small file.
@@ -245,14 +260,24 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
     if !temporary.push(&path.bytes[..path.len]) || write!(temporary, ".{pid}.tmp").is_err() {
         return Err(AttachError::PathTooLong);
     }
-    // SAFETY: the path is NUL-terminated.
-    let fd = unsafe {
-        libc::open(
-            temporary.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            0o600,
-        )
+    let open_new = || {
+        // SAFETY: the path is NUL-terminated.
+        unsafe {
+            libc::open(
+                temporary.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600,
+            )
+        }
     };
+    let mut fd = open_new();
+    if fd < 0 && crate::errno::get() == libc::EEXIST {
+        // Left by a process with our pid that died while creating (pids repeat after a
+        // container restart): the name has our pid, so nobody else can be using it.
+        // SAFETY: the path is NUL-terminated.
+        unsafe { libc::unlink(temporary.as_ptr()) };
+        fd = open_new();
+    }
     if fd < 0 {
         return Err(last_error("create"));
     }
@@ -265,6 +290,7 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         let base = map_shared(fd, len)?;
         // SAFETY: the file is new, zero-filled by ftruncate, sized and not yet published.
         unsafe { initialise(base as *mut u8, SLOT_COUNT, pid as u32) };
+        record_pid_namespace(base);
         // SAFETY: both paths are NUL-terminated.
         if unsafe { libc::link(temporary.as_ptr(), path.as_ptr()) } != 0 {
             let error = last_error("link");
@@ -282,6 +308,15 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         libc::close(fd);
     }
     result
+}
+
+/// Records the creator's PID namespace in a freshly initialised, unpublished segment.
+fn record_pid_namespace(base: *mut libc::c_void) {
+    // SAFETY: `base` is an initialised segment of at least a header's size, mapped writable.
+    let header = unsafe { &*(base as *const oomguard_core::Header) };
+    header
+        .pid_namespace
+        .store(pid_namespace(), core::sync::atomic::Ordering::Relaxed);
 }
 
 /// An anonymous shared mapping: shared with forked children, invisible to the CLI.
@@ -303,6 +338,7 @@ fn private_segment() -> Option<SegmentView<'static>> {
     }
     // SAFETY: zeroed, page-aligned, sized, private to us; getpid has no preconditions.
     unsafe { initialise(base as *mut u8, SLOT_COUNT, libc::getpid() as u32) };
+    record_pid_namespace(base);
     // SAFETY: the mapping is `len` bytes and never unmapped.
     let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
     SegmentView::new(bytes).ok()

@@ -16,6 +16,8 @@ pub struct ThreadState {
     pub busy: bool,
     /// Set once the thread-exit destructor that returns the credit is armed.
     pub exit_hook_armed: bool,
+    /// Rounds of thread-exit destructors that settled this thread's credit.
+    pub exit_rounds: u8,
     /// Successful allocations not yet added to the process slot. Not next to `credit` on
     /// purpose: adjacent, the compiler merges the two updates into five vector instructions
     /// where apart they are two.
@@ -67,6 +69,7 @@ pub fn current() -> *mut ThreadState {
                 credit: 0,
                 busy: false,
                 exit_hook_armed: false,
+                exit_rounds: 0,
                 pending_allocations: 0,
             })
         };
