@@ -3,7 +3,8 @@
 //! Each allocation asks the thread's credit whether it covers the request (one compare), calls
 //! glibc, and charges the block's real size. Each free credits the block's size back. Only when
 //! the credit runs out or piles up does `guard` touch shared memory. Nothing here allocates,
-//! locks, makes a system call on the fast path, or changes `errno` on success.
+//! locks, or makes a system call on the fast path, and no successful call changes `errno` (the
+//! slow paths save and restore it around their system calls).
 //!
 //! Growth is reserved *before* glibc is called (a block glibc has moved cannot be un-moved), and
 //! charged after with the size glibc actually gave, so a failed call needs no undo.

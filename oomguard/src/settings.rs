@@ -141,8 +141,8 @@ impl Settings {
     }
 
     /// The mode this process runs in: malformed settings force report mode; without an explicit
-    /// mode, enforce when a limit is given (a derived limit switches to enforce later, once it is
-    /// known: see `kernel::derive_limit`).
+    /// mode, the guard decides once the domain's limit is known: enforce if there is one (given or
+    /// derived), else report.
     pub fn effective_mode(&self) -> Option<Mode> {
         if self.malformed {
             if self.mode == Some(Mode::Off) {

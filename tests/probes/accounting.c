@@ -15,6 +15,10 @@
  *   exec SIZE                  holds SIZE, then execs itself as "hold 1048576 4"
  *   refused-calls LIMIT_HINT   every allocating function, asked for more than the limit:
  *                              prints one line per function with the result and errno
+ *   overdraft SIZE             malloc(SIZE) until NULL, three times in a row: "round R N" each
+ *                              (after the first refusal only the overdraft is left); wait
+ *   consumer COUNT SIZE        the main thread allocates COUNT blocks, another thread frees
+ *                              them all and exits; "consumed"; wait
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -203,6 +207,52 @@ static int refused_calls(size_t size) {
     return 0;
 }
 
+static int overdraft(size_t size) {
+    enum { MAX = 1 << 16 };
+    static void *blocks[MAX];
+    long n = 0;
+    for (int round = 1; round <= 3; round++) {
+        long start = n;
+        while (n < MAX) {
+            void *p = malloc(size);
+            if (!p) break;
+            blocks[n++] = p;
+        }
+        printf("round %d %ld\n", round, n - start);
+        fflush(stdout);
+    }
+    wait_line();
+    for (long i = 0; i < n; i++) free(blocks[i]);
+    return 0;
+}
+
+struct handoff {
+    void **blocks;
+    long count;
+};
+
+static void *consume(void *arg) {
+    struct handoff *h = arg;
+    for (long i = 0; i < h->count; i++) free(h->blocks[i]);
+    return NULL;
+}
+
+static int consumer(long count, size_t size) {
+    void **blocks = calloc((size_t)count, sizeof *blocks);
+    for (long i = 0; i < count; i++) {
+        blocks[i] = malloc(size);
+        memset(blocks[i], 1, size);
+    }
+    struct handoff h = {.blocks = blocks, .count = count};
+    pthread_t thread;
+    pthread_create(&thread, NULL, consume, &h);
+    pthread_join(thread, NULL);
+    free(blocks);
+    say("consumed");
+    wait_line();
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "hold") == 0)
         return hold(strtoull(argv[2], NULL, 10), atol(argv[3]));
@@ -214,6 +264,10 @@ int main(int argc, char **argv) {
         return fork_child(strtoull(argv[2], NULL, 10), argv[3]);
     if (argc >= 3 && strcmp(argv[1], "exec") == 0)
         return exec_self(strtoull(argv[2], NULL, 10), argv[0]);
+    if (argc >= 3 && strcmp(argv[1], "overdraft") == 0)
+        return overdraft(strtoull(argv[2], NULL, 10));
+    if (argc >= 4 && strcmp(argv[1], "consumer") == 0)
+        return consumer(atol(argv[2]), strtoull(argv[3], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "refused-calls") == 0)
         return refused_calls(strtoull(argv[2], NULL, 10));
     fprintf(stderr, "usage: see the comment at the top of accounting.c\n");

@@ -517,7 +517,9 @@ static void t_threads(void) {
 static int which(void) {
     static const char *const names[] = {"malloc",  "free",           "calloc",        "realloc",
                                         "reallocarray", "posix_memalign", "aligned_alloc",
-                                        "memalign", "valloc",        "pvalloc"};
+                                        "memalign", "valloc",        "pvalloc",
+                                        "mmap", "mmap64", "ftruncate", "posix_fallocate",
+                                        "shm_unlink"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         void *sym = dlsym(RTLD_DEFAULT, names[i]);
         Dl_info info;

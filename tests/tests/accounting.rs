@@ -418,3 +418,51 @@ fn a_foreign_segment_file_is_reported_and_never_crashes_the_process() {
     let error = Segment::open(&path).err().expect("the CLI rejects it too");
     assert!(error.to_string().contains("bad magic"), "{error}");
 }
+
+#[test]
+fn a_refused_process_gets_a_64_kib_overdraft_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = start(
+        dir.path(),
+        &["overdraft", "4096"],
+        &[("OOM_GUARD_LIMIT", "16Mi")],
+    );
+    let rounds: Vec<i64> = (1..=3)
+        .map(|round| {
+            let line = probe.expect(&format!("round {round} "));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let segment = segment_in(dir.path());
+    let total = segment.snapshot().unwrap().total_bytes;
+    // 4 KiB requests are 4112-byte blocks: the overdraft covers 15 or 16 of them.
+    assert!(rounds[0] > 3000, "the limit itself: {rounds:?}");
+    assert!(
+        (14..=16).contains(&rounds[1]),
+        "the overdraft after a refusal: {rounds:?}"
+    );
+    assert_eq!(rounds[2], 0, "armed once per episode: {rounds:?}");
+    assert!(
+        total <= 16 * MIB + (64 << 10),
+        "beyond the limit only by the overdraft: {total}"
+    );
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
+fn a_thread_that_only_frees_returns_its_credit_when_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = start(dir.path(), &["consumer", "16", "1048576"], &[]);
+    probe.expect("consumed");
+    let after = snapshot(dir.path());
+    // What is left is the main thread's batch and its stdio, not the consumer's credit.
+    assert_between(
+        "bytes after another thread freed everything and exited",
+        bytes_of(&after, probe.pid()),
+        0,
+        (128 << 10) + 4096 + RUNTIME_SLACK,
+    );
+    probe.proceed();
+    probe.finish();
+}

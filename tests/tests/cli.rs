@@ -268,3 +268,39 @@ fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
     let alive = unsafe { libc::kill(postmaster, 0) } == 0;
     assert!(!alive, "postmaster {postmaster} left running");
 }
+
+#[test]
+fn status_from_another_pid_namespace_never_reaps_live_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    while_holding(dir.path(), |pid| {
+        // A sidecar container sees other pids: there, the probe's pid is nobody's.
+        let output = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(workspace_root().join("target/release/oomguard"))
+            .arg("status")
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .expect("unshare (util-linux) must be installed");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "unshare --pid needs root (or user namespaces): {stderr}"
+        );
+        assert!(
+            stdout.contains("not reaped: the guarded processes are in another PID namespace"),
+            "{stdout}"
+        );
+        let (_, here, _) = output_of_status(dir.path());
+        assert!(
+            here.lines()
+                .any(|line| line.trim_start().starts_with(&pid.to_string())),
+            "the live probe kept its slot:\n{here}"
+        );
+    });
+}
+
+fn output_of_status(dir: &Path) -> (Output, String, String) {
+    output(oomguard().arg("status").arg("--dir").arg(dir))
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 use oomguard_tests::{guarded, plain, probe, stdout_of};
 
 /// The functions the guard interposes (DESIGN.md §2, glibc's replacement list).
-const INTERPOSED: [&str; 10] = [
+const INTERPOSED: [&str; 15] = [
     "malloc",
     "free",
     "calloc",
@@ -18,6 +18,12 @@ const INTERPOSED: [&str; 10] = [
     "memalign",
     "valloc",
     "pvalloc",
+    // PostgreSQL's shared memory: the main segment is observed, dynamic segments charged.
+    "mmap",
+    "mmap64",
+    "ftruncate",
+    "posix_fallocate",
+    "shm_unlink",
 ];
 
 fn which(output: &str) -> Vec<(String, String)> {
