@@ -2,12 +2,21 @@
 //!
 //! This crate owns the plumbing every test file needs to run a C probe (compiled by `build.rs`
 //! from `probes/*.c`) plainly or under `LD_PRELOAD` of the guard: where the workspace, the
-//! release-built `liboomguard.so` and the probes are, and the guard's environment. It contains
-//! no tests itself; they live in `tests/*.rs`.
+//! release-built `liboomguard.so` and the probes are, and the guard's environment. It also owns
+//! what the tests of the `oomguard` binary share: where the release-built binary is and how to run
+//! it ([`oomguard_command`], [`run_output`]), finding `promtool`, and a real exporter on a free
+//! loopback port ([`Exporter`]) scraped with a raw HTTP GET ([`http_get`]). It contains no tests
+//! itself; they live in `tests/*.rs`.
 
 use std::env;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use oomguard_cli::exporter::LISTEN_ENV;
 
 /// Overrides [`library_path`] when set (absolute path of a `liboomguard.so`).
 pub const LIBRARY_ENV: &str = "OOMGUARD_LIBRARY";
@@ -36,6 +45,224 @@ pub fn library_path() -> PathBuf {
         path.display()
     );
     path.canonicalize().unwrap_or(path)
+}
+
+/// Absolute path of the release-built `oomguard` binary (`<workspace>/target/release/oomguard`).
+///
+/// # Panics
+/// When the file does not exist, with a message saying how to build it.
+pub fn oomguard_binary() -> PathBuf {
+    let path = workspace_root().join("target/release/oomguard");
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --release` first",
+        path.display()
+    );
+    path
+}
+
+/// A command running [`oomguard_binary`] in a [`plain`] environment.
+pub fn oomguard_command() -> Command {
+    let mut command = Command::new(oomguard_binary());
+    plain(&mut command);
+    command
+}
+
+/// Runs `cmd` to completion, whatever its exit status, and returns its output with stdout and
+/// stderr as (lossy) UTF-8.
+///
+/// # Panics
+/// When it cannot be started.
+pub fn run_output(cmd: &mut Command) -> (Output, String, String) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+/// `promtool` from `PATH`.
+///
+/// # Panics
+/// When there is none, with a message saying how to install it.
+pub fn promtool() -> PathBuf {
+    let found = env::var_os("PATH").and_then(|paths| {
+        env::split_paths(&paths)
+            .map(|dir| dir.join("promtool"))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "promtool not found in PATH: install it (Debian/Ubuntu: \
+             `apt-get install --no-install-recommends prometheus`, which provides \
+             /usr/bin/promtool; or run .ci/run)"
+        )
+    })
+}
+
+/// A running `oomguard exporter` (the real binary) on a free loopback port; killed (by its pid)
+/// when dropped, e.g. when a test fails before stopping it.
+pub struct Exporter {
+    child: Option<Child>,
+    /// Where it listens (`127.0.0.1:PORT`), from its `listening on http://…` line.
+    pub addr: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Exporter {
+    /// Starts `oomguard exporter --listen 127.0.0.1:0 --dir DIR` ([`oomguard_command`], without
+    /// the listen variable) and waits (at most 20 s) for the address it prints on stderr.
+    ///
+    /// # Panics
+    /// When it cannot be started or does not say where it listens in time.
+    pub fn start(dir: &Path) -> Exporter {
+        let mut command = oomguard_command();
+        command
+            .env_remove(LISTEN_ENV)
+            .args(["exporter", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start oomguard exporter");
+        let stderr = child.stderr.take().unwrap();
+        let (lines, stderr_rx) = mpsc::channel();
+        // Drains stderr for the exporter's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stderr_rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        break rest.split('/').next().unwrap().to_owned();
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the exporter did not say where it listens; stderr: {seen:#?}");
+                }
+            }
+        };
+        Exporter {
+            child: Some(child),
+            addr,
+            stderr: stderr_rx,
+        }
+    }
+
+    /// Whether it has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().unwrap();
+        child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet (so the pid
+        // cannot have been reused).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the exporter did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the exporter wrote to stderr so far (after the address line).
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP response: status code, the head as received (status line and headers), headers
+/// (names lower-cased) and body.
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The status line and headers, unparsed.
+    pub head: String,
+    /// `(name, value)`, names lower-cased, values trimmed.
+    pub headers: Vec<(String, String)>,
+    /// Everything after the head.
+    pub body: String,
+}
+
+impl Response {
+    /// The value of the first header called `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// `GET path` from `addr` over HTTP/1.0 (so the server closes the connection and never chunks),
+/// with an `Accept` header when `accept` is given. The status is not checked.
+///
+/// # Panics
+/// When it cannot connect, the response is incomplete (30 s read timeout) or has no status line.
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let accept = accept
+        .map(|value| format!("Accept: {value}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        head: head.to_owned(),
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// Path of the probe executable built from `probes/<name>.c`.

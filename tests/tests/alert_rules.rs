@@ -12,15 +12,12 @@
 //! promtool comes with Debian's `prometheus` package; without it these tests fail, never skip.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use oomguard_cli::exporter::{LISTEN_ENV, METRIC_NAMES};
-use oomguard_tests::{guarded, plain, probe, workspace_root};
+use oomguard_cli::exporter::METRIC_NAMES;
+use oomguard_tests::{guarded, http_get, probe, promtool, workspace_root, Exporter};
 
 const RULES: &str = "oomguard-alerts.yaml";
 const RULE_TESTS: &str = "oomguard-alerts.test.yaml";
@@ -32,22 +29,6 @@ fn packaging_dir() -> PathBuf {
 fn read_packaged(name: &str) -> String {
     let path = packaging_dir().join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// `promtool`, or a failure that says how to install it.
-fn promtool() -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("promtool"))
-            .find(|path| path.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "promtool not found in PATH: install it (Debian/Ubuntu: \
-             `apt-get install --no-install-recommends prometheus`, which provides \
-             /usr/bin/promtool; or run .ci/run)"
-        )
-    })
 }
 
 /// Runs `promtool ARGS` in the packaging directory; panics with its output unless it succeeds.
@@ -161,79 +142,16 @@ impl Drop for HoldingProbe {
     }
 }
 
-/// A running `oomguard exporter`, killed (by its pid) when dropped.
-struct RunningExporter {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for RunningExporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_exporter(dir: &Path) -> RunningExporter {
-    let binary = workspace_root().join("target/release/oomguard");
-    assert!(
-        binary.is_file(),
-        "{} not found: run `cargo build --release` first",
-        binary.display()
-    );
-    let mut child = plain(&mut Command::new(binary))
-        .env_remove(LISTEN_ENV)
-        .args(["exporter", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start oomguard exporter");
-    let stderr = child.stderr.take().unwrap();
-    let (lines, rx) = mpsc::channel();
-    // Drains stderr for the exporter's whole life so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split('/').next().unwrap().to_owned();
-                    return RunningExporter { child, addr };
-                }
-                seen.push(line);
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the exporter did not say where it listens; stderr: {seen:#?}");
-            }
-        }
-    }
-}
-
-/// `GET /metrics` over HTTP/1.0 in the classic text format; returns the body.
+/// `GET /metrics` over HTTP/1.0 in the classic text format (no `Accept` header), which must
+/// answer 200; returns the body.
 fn scrape(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let response = http_get(addr, "/metrics", None);
+    let head = &response.head;
     assert!(
         head.starts_with("HTTP/1.") && head.contains(" 200 "),
         "{head}"
     );
-    body.to_owned()
+    response.body
 }
 
 #[test]
@@ -252,7 +170,7 @@ fn the_real_exporter_serves_the_listed_names_over_a_guarded_process() {
         .unwrap();
     assert_eq!(line.trim_end(), "held", "the probe holds its 4 MiB");
 
-    let exporter = start_exporter(dir.path());
+    let exporter = Exporter::start(dir.path());
     let body = scrape(&exporter.addr);
     let served: BTreeSet<String> = body
         .lines()

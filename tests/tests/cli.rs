@@ -6,26 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use oomguard_tests::{guarded, library_path, plain, probe, workspace_root};
-
-fn oomguard() -> Command {
-    let binary: PathBuf = workspace_root().join("target/release/oomguard");
-    assert!(
-        binary.is_file(),
-        "{} not found: run `cargo build --release` first",
-        binary.display()
-    );
-    let mut command = Command::new(binary);
-    plain(&mut command);
-    command
-}
-
-fn output(command: &mut Command) -> (Output, String, String) {
-    let output = command.output().expect("run oomguard");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output, stdout, stderr)
-}
+use oomguard_tests::{guarded, library_path, oomguard_binary, oomguard_command, probe, run_output};
 
 /// Runs `hold 1 MiB x 8` under the guard in `dir`, calls `inspect` while it holds, then lets it
 /// finish.
@@ -51,7 +32,12 @@ fn while_holding(dir: &Path, inspect: impl FnOnce(u32)) {
 fn status_shows_a_live_guarded_process() {
     let dir = tempfile::tempdir().unwrap();
     while_holding(dir.path(), |pid| {
-        let (out, stdout, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
+                .arg("status")
+                .arg("--dir")
+                .arg(dir.path()),
+        );
         assert!(out.status.success(), "{stderr}");
         assert!(stdout.contains("mode     enforce"), "{stdout}");
         assert!(
@@ -67,8 +53,8 @@ fn status_shows_a_live_guarded_process() {
             "8 MiB and change: {row}"
         );
 
-        let (out, stdout, _) = output(
-            oomguard()
+        let (out, stdout, _) = run_output(
+            oomguard_command()
                 .args(["status", "--json"])
                 .env("OOM_GUARD_DIR", dir.path()),
         );
@@ -103,7 +89,12 @@ fn status_reaps_and_reports_a_killed_process() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    let (out, stdout, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .arg("status")
+            .arg("--dir")
+            .arg(dir.path()),
+    );
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("1 dead processes reaped now"), "{stdout}");
     assert!(stdout.contains("(no live guarded process)"), "{stdout}");
@@ -113,18 +104,29 @@ fn status_reaps_and_reports_a_killed_process() {
 #[test]
 fn status_without_a_segment_or_with_a_foreign_one_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, _, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+    let (out, _, stderr) = run_output(
+        oomguard_command()
+            .arg("status")
+            .arg("--dir")
+            .arg(dir.path()),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("no oomguard segment"), "{stderr}");
     assert!(stderr.contains("OOM_GUARD_DIR"), "{stderr}");
 
     std::fs::write(dir.path().join("oomguard-0-feed"), b"not a segment at all").unwrap();
-    let (out, _, stderr) = output(oomguard().arg("status").arg("--dir").arg(dir.path()));
+    let (out, _, stderr) = run_output(
+        oomguard_command()
+            .arg("status")
+            .arg("--dir")
+            .arg(dir.path()),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("oomguard-0-feed"), "{stderr}");
     assert!(stderr.contains("truncated"), "{stderr}");
 
-    let (out, _, stderr) = output(oomguard().args(["status", "--dir", "/nonexistent/dir"]));
+    let (out, _, stderr) =
+        run_output(oomguard_command().args(["status", "--dir", "/nonexistent/dir"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("/nonexistent/dir"), "{stderr}");
 }
@@ -133,8 +135,8 @@ fn status_without_a_segment_or_with_a_foreign_one_fails_clearly() {
 fn run_preloads_the_guard_and_keeps_an_existing_preload() {
     let dir = tempfile::tempdir().unwrap();
     let library = library_path();
-    let (out, stdout, stderr) = output(
-        oomguard()
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
             .args(["run", "--library"])
             .arg(&library)
             .arg("--")
@@ -163,8 +165,8 @@ fn run_rejects_bad_settings_before_starting_anything() {
         ("OOM_GUARD_MODE", "strict", "enforce, report or off"),
         ("OOM_GUARD_REFUSE", "everyone", "backends"),
     ] {
-        let (out, stdout, stderr) = output(
-            oomguard()
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
                 .args(["run", "--library"])
                 .arg(library_path())
                 .args(["--", "echo", "started"])
@@ -177,7 +179,7 @@ fn run_rejects_bad_settings_before_starting_anything() {
             "{stderr}"
         );
     }
-    let (out, _, stderr) = output(oomguard().args([
+    let (out, _, stderr) = run_output(oomguard_command().args([
         "run",
         "--library",
         "/nonexistent/liboomguard.so",
@@ -190,10 +192,10 @@ fn run_rejects_bad_settings_before_starting_anything() {
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    let (out, _, stderr) = output(oomguard().args(["status", "--frobnicate"]));
+    let (out, _, stderr) = run_output(oomguard_command().args(["status", "--frobnicate"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--frobnicate"), "{stderr}");
-    let (out, _, stderr) = output(oomguard().args(["demo", "--limit", "lots"]));
+    let (out, _, stderr) = run_output(oomguard_command().args(["demo", "--limit", "lots"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr.contains("OOM_GUARD_LIMIT") && stderr.contains("lots"),
@@ -203,7 +205,12 @@ fn bad_flags_are_usage_errors() {
 
 #[test]
 fn the_demo_runs_end_to_end() {
-    let (out, stdout, stderr) = output(oomguard().arg("demo").arg("--library").arg(library_path()));
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .arg("demo")
+            .arg("--library")
+            .arg(library_path()),
+    );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("ERROR:  out of memory (SQLSTATE 53200)"),
@@ -220,7 +227,7 @@ fn the_demo_runs_end_to_end() {
 
 #[test]
 fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
-    let mut child = oomguard()
+    let mut child = oomguard_command()
         .arg("demo")
         .arg("--step")
         .arg("--library")
@@ -276,7 +283,7 @@ fn status_from_another_pid_namespace_never_reaps_live_processes() {
         // A sidecar container sees other pids: there, the probe's pid is nobody's.
         let output = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc"])
-            .arg(workspace_root().join("target/release/oomguard"))
+            .arg(oomguard_binary())
             .arg("status")
             .arg("--dir")
             .arg(dir.path())
@@ -302,5 +309,5 @@ fn status_from_another_pid_namespace_never_reaps_live_processes() {
 }
 
 fn output_of_status(dir: &Path) -> (Output, String, String) {
-    output(oomguard().arg("status").arg("--dir").arg(dir))
+    run_output(oomguard_command().arg("status").arg("--dir").arg(dir))
 }

@@ -5,195 +5,17 @@
 //! stops the exporter with status 0. Also: an empty directory is `oomguard_up 0`, not a crash, and
 //! a bad `--listen` is a clear error.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use oomguard_cli::demo::{GuardedCluster, HOG_QUERY};
 use oomguard_cli::exporter::{LISTEN_ENV, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
-use oomguard_tests::{library_path, plain, workspace_root};
+use oomguard_tests::{http_get, library_path, oomguard_command, promtool, Exporter};
 use postgres::error::SqlState;
 
 /// What Prometheus 2.x sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
      application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-
-/// The release-built `oomguard` binary.
-fn oomguard_binary() -> PathBuf {
-    let path = workspace_root().join("target/release/oomguard");
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build --release` first",
-        path.display()
-    );
-    path
-}
-
-/// `promtool`, or a failure that says how to install it.
-fn promtool() -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("promtool"))
-            .find(|path| path.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "promtool not found in PATH: install it (Debian/Ubuntu: `apt-get install prometheus`, \
-             which provides /usr/bin/promtool; or run .ci/run)"
-        )
-    })
-}
-
-/// A running exporter; killed (by its pid) if a test fails before stopping it.
-struct Exporter {
-    child: Option<Child>,
-    addr: String,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Exporter {
-    /// Starts `oomguard exporter --listen 127.0.0.1:0 --dir DIR` and waits for the address it
-    /// prints.
-    fn start(dir: &Path) -> Exporter {
-        let mut command = Command::new(oomguard_binary());
-        plain(&mut command)
-            .env_remove(LISTEN_ENV)
-            .args(["exporter", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start oomguard exporter");
-        let stderr = child.stderr.take().unwrap();
-        let (lines, stderr_rx) = mpsc::channel();
-        // Drains stderr for the exporter's whole life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match stderr_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split('/').next().unwrap().to_owned();
-                        break addr;
-                    }
-                    seen.push(line);
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("the exporter did not say where it listens; stderr: {seen:#?}");
-                }
-            }
-        };
-        Exporter {
-            child: Some(child),
-            addr,
-            stderr: stderr_rx,
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        let child = self.child.as_mut().unwrap();
-        child.try_wait().unwrap().is_none()
-    }
-
-    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
-    fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet (so the pid
-        // cannot have been reused).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the exporter did not stop within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// What the exporter wrote to stderr so far (after the address line).
-    fn stderr_so_far(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// An HTTP response: status code, headers (names lower-cased) and body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// `GET path` over HTTP/1.0 (so the server closes the connection and never chunks).
-fn get(addr: &str, path: &str, accept: Option<&str>) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let accept = accept
-        .map(|value| format!("Accept: {value}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .expect("a complete HTTP response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {head:?}"));
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(key, value)| (key.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
 
 /// Values of the samples named exactly `name` (any labels).
 fn samples(body: &str, name: &str) -> Vec<f64> {
@@ -221,7 +43,7 @@ fn sample(body: &str, name: &str) -> f64 {
 }
 
 fn scrape_openmetrics(addr: &str) -> String {
-    let response = get(addr, "/metrics", Some(PROMETHEUS_ACCEPT));
+    let response = http_get(addr, "/metrics", Some(PROMETHEUS_ACCEPT));
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
         response.header("content-type"),
@@ -268,10 +90,10 @@ fn a_refused_hog_shows_in_the_metrics_which_promtool_accepts_and_sigterm_exits_0
     let exporter = Exporter::start(&guarded.segment_dir);
     let addr = exporter.addr.clone();
 
-    let index = get(&addr, "/", None);
+    let index = http_get(&addr, "/", None);
     assert_eq!(index.status, 200);
     assert!(index.body.contains("href=\"/metrics\""), "{}", index.body);
-    assert_eq!(get(&addr, "/other", None).status, 404);
+    assert_eq!(http_get(&addr, "/other", None).status, 404);
 
     let mut bystander = guarded.cluster.connect().unwrap();
     let mut hog = guarded.cluster.connect().unwrap();
@@ -319,7 +141,7 @@ fn a_refused_hog_shows_in_the_metrics_which_promtool_accepts_and_sigterm_exits_0
             >= sample(&after, "oomguard_allocated_bytes")
     );
 
-    let classic = get(&addr, "/metrics", None);
+    let classic = http_get(&addr, "/metrics", None);
     assert_eq!(classic.status, 200);
     assert_eq!(classic.header("content-type"), Some(TEXT_CONTENT_TYPE));
     assert!(sample(&classic.body, "oomguard_denied_allocations_total") >= 1.0);
@@ -350,7 +172,7 @@ fn an_empty_directory_is_served_as_up_0() {
         assert!(sample(&body, "oomguard_exporter_read_errors_total") >= 1.0);
         assert!(samples(&body, "oomguard_allocated_bytes").is_empty());
     }
-    let classic = get(&exporter.addr, "/metrics", Some("text/plain"));
+    let classic = http_get(&exporter.addr, "/metrics", Some("text/plain"));
     assert_eq!(classic.header("content-type"), Some(TEXT_CONTENT_TYPE));
     assert_promtool_passes(&classic.body);
     assert!(exporter.is_running(), "still serving");
@@ -367,13 +189,13 @@ fn an_empty_directory_is_served_as_up_0() {
 #[test]
 fn a_bad_listen_address_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let from_flag = plain(&mut Command::new(oomguard_binary()))
+    let from_flag = oomguard_command()
         .env_remove(LISTEN_ENV)
         .args(["exporter", "--listen", "localhost", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
-    let from_env = plain(&mut Command::new(oomguard_binary()))
+    let from_env = oomguard_command()
         .env(LISTEN_ENV, "127.0.0.1:notaport")
         .args(["exporter", "--dir"])
         .arg(dir.path())

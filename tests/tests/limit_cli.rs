@@ -4,38 +4,19 @@
 //! bad settings, and with `--data-dir` of a real stopped PostgreSQL cluster.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use oomguard_cli::pgcluster::{default_settings, Cluster, ClusterOptions};
-use oomguard_tests::{cgroup_v2_fixture, guarded, plain, probe, workspace_root};
+use oomguard_tests::{cgroup_v2_fixture, guarded, oomguard_command, probe, run_output};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-fn oomguard() -> Command {
-    let binary: PathBuf = workspace_root().join("target/release/oomguard");
-    assert!(
-        binary.is_file(),
-        "{} not found: run `cargo build --release` first",
-        binary.display()
-    );
-    let mut command = Command::new(binary);
-    plain(&mut command);
-    command
-}
-
-fn output(command: &mut Command) -> (Output, String, String) {
-    let output = command.output().expect("run oomguard");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output, stdout, stderr)
-}
-
 /// `oomguard limit --dir SEGMENTS` with the cgroup root at `root` and `env` added; `args` after
 /// `limit`. Returns stdout, panicking with stderr unless it succeeds.
 fn limit(segments: &Path, root: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
-    let mut command = oomguard();
+    let mut command = oomguard_command();
     command
         .arg("limit")
         .arg("--dir")
@@ -43,7 +24,7 @@ fn limit(segments: &Path, root: &Path, env: &[(&str, &str)], args: &[&str]) -> S
         .args(args)
         .env("OOM_GUARD_CGROUP_ROOT", root)
         .envs(env.iter().copied());
-    let (out, stdout, stderr) = output(&mut command);
+    let (out, stdout, stderr) = run_output(&mut command);
     assert!(
         out.status.success(),
         "{command:?}: {}\n{stdout}\n{stderr}",
@@ -241,8 +222,12 @@ fn a_guarded_process_records_the_same_derivation() {
             "{text}"
         );
 
-        let (out, status, stderr) =
-            output(oomguard().arg("status").arg("--dir").arg(segments.path()));
+        let (out, status, stderr) = run_output(
+            oomguard_command()
+                .arg("status")
+                .arg("--dir")
+                .arg(segments.path()),
+        );
         assert!(out.status.success(), "{stderr}");
         let limit_line = status.lines().find(|l| l.starts_with("limit ")).unwrap();
         assert!(
@@ -262,8 +247,8 @@ fn a_guarded_process_records_the_same_derivation() {
         );
         assert!(!kernel_line.contains("TIGHT"), "{kernel_line}");
 
-        let (out, status, _) = output(
-            oomguard()
+        let (out, status, _) = run_output(
+            oomguard_command()
                 .args(["status", "--json", "--dir"])
                 .arg(segments.path()),
         );
@@ -353,8 +338,8 @@ fn bad_settings_fail_naming_the_variable() {
         ),
     ];
     for (env, root, expected) in cases {
-        let (out, stdout, stderr) = output(
-            oomguard()
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
                 .arg("limit")
                 .arg("--dir")
                 .arg(segments.path())
@@ -370,8 +355,8 @@ fn bad_settings_fail_naming_the_variable() {
     }
     // A cgroup file in the wrong format names the file.
     std::fs::write(root.join("sys/fs/cgroup/memory.max"), "lots\n").unwrap();
-    let (out, _, stderr) = output(
-        oomguard()
+    let (out, _, stderr) = run_output(
+        oomguard_command()
             .arg("limit")
             .arg("--dir")
             .arg(segments.path())
@@ -388,8 +373,8 @@ fn bad_settings_fail_naming_the_variable() {
     );
     // A data directory that is none.
     std::fs::write(root.join("sys/fs/cgroup/memory.max"), "max\n").unwrap();
-    let (out, _, stderr) = output(
-        oomguard()
+    let (out, _, stderr) = run_output(
+        oomguard_command()
             .arg("limit")
             .arg("--dir")
             .arg(segments.path())
@@ -457,8 +442,8 @@ fn data_dir_asks_postgres_for_shared_memory() {
     let mut client = cluster.connect().unwrap();
     assert_eq!(predicted, show_shared_memory_size(&mut client));
     // A running cluster cannot be asked with -C: a clear error.
-    let (out, _, stderr) = output(
-        oomguard()
+    let (out, _, stderr) = run_output(
+        oomguard_command()
             .arg("limit")
             .arg("--dir")
             .arg(segments.path())
