@@ -1,7 +1,7 @@
 //! What the kernel says: finding the domain's memory cgroup once, deriving the limit from it
-//! (cgroup limit − PostgreSQL shared memory − reserve), and reading the cgroup's real usage now
-//! and then so the guard can tighten when the kernel sees less headroom than the guard's own
-//! count suggests.
+//! (cgroup limit − PostgreSQL shared memory − reserve), and reading the cgroup's real usage (and
+//! the limit, which an in-place resize changes) now and then, so the guard can tighten when the
+//! kernel sees less headroom than the guard's own count suggests.
 //!
 //! Cost: discovery (`/proc/self/cgroup`, `/proc/self/mountinfo`, the limits up the tree, about
 //! 8 KiB of stack) runs once per domain, in the first guarded process. Readings (`memory.current`
@@ -172,6 +172,7 @@ pub fn refresh(header: &Header, now_ns: u64) {
             snapshot.shmem_bytes.store(reading.shmem, Relaxed);
             snapshot.max_events.store(reading.max_events, Relaxed);
             snapshot.oom_kill_events.store(reading.oom_kills, Relaxed);
+            follow_limit(header, &fs, version, &dir[..len]);
             let cgroup_limit = inputs.cgroup_limit_bytes.load(Relaxed);
             snapshot.limit_bytes.store(cgroup_limit, Relaxed);
             let headroom = cgroup_limit.saturating_sub(inputs.reserve_bytes.load(Relaxed));
@@ -182,6 +183,48 @@ pub fn refresh(header: &Header, now_ns: u64) {
         Err(_) => {
             snapshot.read_errors.fetch_add(1, Relaxed);
         }
+    }
+}
+
+/// Follows a change of the limit that applies (an in-place pod resize rewrites `memory.max`):
+/// re-reads the cgroup level it came from and, if it changed, re-derives reserve and limit. A
+/// smaller limit appearing at another level is not seen until the domain starts again.
+fn follow_limit(header: &Header, fs: &SysFs<'_>, version: cgroup::Version, own_dir: &[u8]) {
+    let inputs = &header.limit_inputs;
+    if inputs.cgroup_limit_origin.load(Relaxed) != 0 {
+        return; // MemTotal or v1's hierarchical limit: nothing of ours to watch
+    }
+    let mut dir = own_dir;
+    for _ in 0..inputs.cgroup_levels_up.load(Relaxed) {
+        match dir.iter().rposition(|&b| b == b'/') {
+            Some(slash) => dir = &dir[..slash],
+            None => return,
+        }
+    }
+    let level = Level { dir, up: 0 };
+    let limit = match version {
+        cgroup::Version::V2 => v2::read_max(fs, level),
+        cgroup::Version::V1 => v1::read_limit_in_bytes(fs, level),
+    };
+    let Ok(Some(bytes)) = limit else {
+        return;
+    };
+    let bytes = bytes.min(inputs.mem_total_bytes.load(Relaxed));
+    if bytes == inputs.cgroup_limit_bytes.load(Relaxed) {
+        return;
+    }
+    inputs.cgroup_limit_bytes.store(bytes, Relaxed);
+    let reserve = match (
+        inputs.reserve_from_env.load(Relaxed),
+        inputs.reserve_percent.load(Relaxed),
+    ) {
+        (0, _) => default_reserve(bytes),
+        (_, 0) => inputs.reserve_bytes.load(Relaxed),
+        (_, percent) => Reserve::Percent(percent).bytes(bytes),
+    };
+    inputs.reserve_bytes.store(reserve, Relaxed);
+    if let Some(derived) = apply_derived(header) {
+        report_derived(header, derived);
     }
 }
 

@@ -393,6 +393,15 @@ pub fn cgroup_v2_fixture(dir: &Path, max: &str, anon: u64, shmem: u64) -> PathBu
     root
 }
 
+/// Rewrites the fixture cgroup's `memory.max` (an in-place resize), in the forms of
+/// [`cgroup_v2_fixture`].
+pub fn set_cgroup_max(root: &Path, max: &str) {
+    write_fixture_file(
+        &root.join("sys/fs/cgroup/memory.max"),
+        &format!("{}\n", kernel_max(max)),
+    );
+}
+
 /// Rewrites what the fixture's kernel says is in use: `memory.stat` with `anon` and `shmem`
 /// (`file` = shmem + 4 MiB) and `memory.current` = anon + file. Each file is replaced atomically
 /// (a rename), as a kernel file never shows half a write.

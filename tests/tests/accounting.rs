@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use oomguard_cli::segment::{self, Segment, Snapshot};
-use oomguard_tests::{library_path, Probe};
+use oomguard_tests::{cgroup_v2_fixture, library_path, set_cgroup_max, Probe};
 
 const MIB: i64 = 1 << 20;
 /// Documented bound: a thread holds at most 2 x 128 KiB of unused reservation.
@@ -465,4 +465,42 @@ fn a_thread_that_only_frees_returns_its_credit_when_it_exits() {
     );
     probe.proceed();
     probe.finish();
+}
+
+#[test]
+fn a_derived_limit_follows_an_in_place_resize_of_the_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cgroup_v2_fixture(dir.path(), "512Mi", 16 * MIB as u64, 4 * MIB as u64);
+    let root_text = root.to_str().unwrap();
+    let env = [
+        ("OOM_GUARD_LIMIT", "auto"),
+        ("OOM_GUARD_CGROUP_ROOT", root_text),
+    ];
+    let mut holder = start(dir.path(), &["hold", "1048576", "1"], &env);
+    holder.expect("held");
+    let limit = || segment_in(dir.path()).snapshot().unwrap().limit_bytes;
+    assert_eq!(
+        limit(),
+        Some((512 - 64) << 20),
+        "512 MiB less the default 64 MiB reserve"
+    );
+
+    set_cgroup_max(&root, "1Gi");
+    // The guard reads the cgroup at most every 100 ms, when a process reserves: start short-lived
+    // guarded processes until one has read the new limit.
+    let resized = (1u64 << 30) - (1u64 << 30) / 100 * 10; // default reserve: 10% above 640 MiB
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while limit() != Some(resized) {
+        assert!(std::time::Instant::now() < deadline, "still {:?}", limit());
+        let mut probe = start(dir.path(), &["hold", "1048576", "1"], &env);
+        probe.expect("held");
+        probe.proceed();
+        probe.expect("freed");
+        probe.proceed();
+        probe.finish();
+    }
+    holder.proceed();
+    holder.expect("freed");
+    holder.proceed();
+    holder.finish();
 }
