@@ -455,6 +455,19 @@ fn kernel_max(max: &str) -> String {
     max.to_owned()
 }
 
+/// Runs the `accounting` probe's `hold 1 MiB x 8` under the guard in segment directory `dir`
+/// (`env` as for [`Probe::start`]), calls `inspect(pid)` while it holds, then lets it finish
+/// and checks that it succeeded.
+pub fn while_holding(dir: &Path, env: &[(&str, &str)], inspect: impl FnOnce(u32)) {
+    let mut probe = Probe::start("accounting", dir, &["hold", "1048576", "8"], env);
+    assert_eq!(probe.expect("held"), "held");
+    inspect(probe.pid() as u32);
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
+}
+
 /// A probe process under the guard, driven line by line: it says what it did on stdout and
 /// waits for a line on stdin before going on, so a test can look at the shared segment at
 /// well-defined moments (no sleeps).

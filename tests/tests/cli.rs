@@ -2,36 +2,18 @@
 //! processes, `run` putting the guard in front of a real program, `demo` end to end, and clear
 //! errors with non-zero exits for bad input.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use oomguard_tests::{guarded, library_path, oomguard_binary, oomguard_command, probe, run_output};
-
-/// Runs `hold 1 MiB x 8` under the guard in `dir`, calls `inspect` while it holds, then lets it
-/// finish.
-fn while_holding(dir: &Path, inspect: impl FnOnce(u32)) {
-    let mut command = Command::new(probe("accounting"));
-    guarded(&mut command, dir, &[("OOM_GUARD_LIMIT", "512Mi")])
-        .args(["hold", "1048576", "8"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "held\n");
-    inspect(child.id());
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"go\ngo\n").unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
-}
+use oomguard_tests::{
+    guarded, library_path, oomguard_binary, oomguard_command, probe, run_output, while_holding,
+};
 
 #[test]
 fn status_shows_a_live_guarded_process() {
     let dir = tempfile::tempdir().unwrap();
-    while_holding(dir.path(), |pid| {
+    while_holding(dir.path(), &[("OOM_GUARD_LIMIT", "512Mi")], |pid| {
         let (out, stdout, stderr) = run_output(
             oomguard_command()
                 .arg("status")
@@ -89,12 +71,7 @@ fn status_reaps_and_reports_a_killed_process() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    let (out, stdout, stderr) = run_output(
-        oomguard_command()
-            .arg("status")
-            .arg("--dir")
-            .arg(dir.path()),
-    );
+    let (out, stdout, stderr) = output_of_status(dir.path());
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("1 dead processes reaped now"), "{stdout}");
     assert!(stdout.contains("(no live guarded process)"), "{stdout}");
@@ -104,23 +81,13 @@ fn status_reaps_and_reports_a_killed_process() {
 #[test]
 fn status_without_a_segment_or_with_a_foreign_one_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, _, stderr) = run_output(
-        oomguard_command()
-            .arg("status")
-            .arg("--dir")
-            .arg(dir.path()),
-    );
+    let (out, _, stderr) = output_of_status(dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("no oomguard segment"), "{stderr}");
     assert!(stderr.contains("OOM_GUARD_DIR"), "{stderr}");
 
     std::fs::write(dir.path().join("oomguard-0-feed"), b"not a segment at all").unwrap();
-    let (out, _, stderr) = run_output(
-        oomguard_command()
-            .arg("status")
-            .arg("--dir")
-            .arg(dir.path()),
-    );
+    let (out, _, stderr) = output_of_status(dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("oomguard-0-feed"), "{stderr}");
     assert!(stderr.contains("truncated"), "{stderr}");
@@ -279,7 +246,7 @@ fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
 #[test]
 fn status_from_another_pid_namespace_never_reaps_live_processes() {
     let dir = tempfile::tempdir().unwrap();
-    while_holding(dir.path(), |pid| {
+    while_holding(dir.path(), &[("OOM_GUARD_LIMIT", "512Mi")], |pid| {
         // A sidecar container sees other pids: there, the probe's pid is nobody's.
         let output = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc"])

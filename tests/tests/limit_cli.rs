@@ -3,12 +3,11 @@
 //! the guard would derive), against a segment that a real guarded probe derived its limit in, with
 //! bad settings, and with `--data-dir` of a real stopped PostgreSQL cluster.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use oomguard_cli::pgcluster::{default_settings, Cluster, ClusterOptions};
-use oomguard_tests::{cgroup_v2_fixture, guarded, oomguard_command, probe, run_output};
+use oomguard_tests::{cgroup_v2_fixture, oomguard_command, run_output, while_holding};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -138,38 +137,15 @@ fn without_a_segment_it_derives_what_the_guard_would() {
     assert_eq!(json[0]["limit_bytes"], (16u64 << 30) - reserve);
 }
 
-/// Runs `accounting hold 1 MiB x 8` under the guard with a derived limit (no `OOM_GUARD_LIMIT`),
+/// Runs `accounting hold 1 MiB x 8` under the guard with a derived limit (`OOM_GUARD_LIMIT=auto`),
 /// its cgroup root at `root`; calls `inspect` while it holds.
 fn while_holding_derived(segments: &Path, root: &Path, inspect: impl FnOnce(u32)) {
-    let mut command = Command::new(probe("accounting"));
-    guarded(
-        &mut command,
-        segments,
-        &[
-            ("OOM_GUARD_CGROUP_ROOT", root.to_str().unwrap()),
-            ("OOM_GUARD_SHARED_MEMORY", "100Mi"),
-        ],
-    )
-    .env_remove("OOM_GUARD_LIMIT")
-    .args(["hold", "1048576", "8"])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "held\n");
-    inspect(child.id());
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"go\ngo\n").unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let env = [
+        ("OOM_GUARD_LIMIT", "auto"),
+        ("OOM_GUARD_CGROUP_ROOT", root.to_str().unwrap()),
+        ("OOM_GUARD_SHARED_MEMORY", "100Mi"),
+    ];
+    while_holding(segments, &env, inspect);
 }
 
 #[test]

@@ -204,6 +204,49 @@ pub(crate) fn read_key_numbers<F: FileSystem>(
     }
 }
 
+/// The values that a `key value` file gives for a fixed list of keys (unknown keys skipped), for
+/// readers that return a struct of them.
+pub(crate) struct KeyedValues<const N: usize> {
+    keys: &'static [&'static str; N],
+    values: [Option<u64>; N],
+    file: FileId,
+}
+
+impl<const N: usize> KeyedValues<N> {
+    /// The value of `keys[index]`, if the file had it.
+    pub(crate) fn get(&self, index: usize) -> Option<u64> {
+        self.values.get(index).copied().flatten()
+    }
+
+    /// The value of `keys[index]`, which the kernel always writes.
+    pub(crate) fn required(&self, index: usize) -> Result<u64, CgroupError> {
+        self.get(index).ok_or(CgroupError::Incomplete {
+            file: self.file,
+            key: self.keys.get(index).copied().unwrap_or("?"),
+        })
+    }
+}
+
+/// Reads the values of `keys` from the `key value` file at `path`.
+pub(crate) fn read_keyed<F: FileSystem, const N: usize>(
+    fs: &F,
+    path: &[u8],
+    file: FileId,
+    keys: &'static [&'static str; N],
+) -> Result<KeyedValues<N>, CgroupError> {
+    let mut values = [None; N];
+    read_key_numbers(fs, path, file, |key, value| {
+        if let Some(slot) = keys
+            .iter()
+            .position(|k| k.as_bytes() == key)
+            .and_then(|i| values.get_mut(i))
+        {
+            *slot = Some(value);
+        }
+    })?;
+    Ok(KeyedValues { keys, values, file })
+}
+
 /// `MemTotal` from `/proc/meminfo`, in bytes.
 pub(crate) fn read_mem_total<F: FileSystem>(fs: &F) -> Result<u64, CgroupError> {
     let file = FileId::ProcMeminfo;

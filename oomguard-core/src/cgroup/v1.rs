@@ -1,7 +1,7 @@
 //! Readers of the cgroup v1 memory controller's files, one per file, each taking the cgroup
 //! directory as a [`Level`] so that errors name the file and the level.
 
-use super::parse::{read_key_numbers, read_number};
+use super::parse::{read_key_numbers, read_keyed, read_number};
 use super::{CgroupError, Level, MemoryStat};
 use crate::fs::FileSystem;
 
@@ -84,23 +84,9 @@ pub fn read_stat<F: FileSystem>(fs: &F, at: Level<'_>) -> Result<Stat, CgroupErr
         "mapped_file",
         "hierarchical_memory_limit",
     ];
-    let mut values: [Option<u64>; 8] = [None; 8];
-    read_key_numbers(fs, path.as_bytes(), file, |key, value| {
-        if let Some(slot) = KEYS
-            .iter()
-            .position(|k| k.as_bytes() == key)
-            .and_then(|i| values.get_mut(i))
-        {
-            *slot = Some(value);
-        }
-    })?;
-    let get = |i: usize| values.get(i).copied().flatten();
-    let required = |i: usize| {
-        get(i).ok_or(CgroupError::Incomplete {
-            file,
-            key: KEYS.get(i).copied().unwrap_or("?"),
-        })
-    };
+    let values = read_keyed(fs, path.as_bytes(), file, &KEYS)?;
+    let get = |i| values.get(i);
+    let required = |i| values.required(i);
     Ok(Stat {
         rss: required(0)?,
         cache: required(1)?,

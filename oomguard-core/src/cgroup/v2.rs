@@ -1,7 +1,9 @@
 //! Readers of the cgroup v2 memory interface files, one per file, each taking the cgroup
 //! directory as a [`Level`] so that errors name the file and the level.
 
-use super::parse::{fields, parse_u64, read_key_numbers, read_number, read_single_line};
+use super::parse::{
+    fields, parse_u64, read_key_numbers, read_keyed, read_number, read_single_line,
+};
 use super::{CgroupError, Level, MemoryStat, Pressure};
 use crate::fs::FileSystem;
 
@@ -131,31 +133,16 @@ pub struct Events {
 /// `memory.events`; all but `oom_group_kill` are required.
 pub fn read_events<F: FileSystem>(fs: &F, at: Level<'_>) -> Result<Events, CgroupError> {
     let (path, file) = at.file("memory.events")?;
-    let mut values: [Option<u64>; 6] = [None; 6];
     const KEYS: [&str; 6] = ["low", "high", "max", "oom", "oom_kill", "oom_group_kill"];
-    read_key_numbers(fs, path.as_bytes(), file, |key, value| {
-        if let Some(slot) = KEYS
-            .iter()
-            .position(|k| k.as_bytes() == key)
-            .and_then(|i| values.get_mut(i))
-        {
-            *slot = Some(value);
-        }
-    })?;
-    let get = |i: usize| values.get(i).copied().flatten();
-    let required = |i: usize| {
-        get(i).ok_or(CgroupError::Incomplete {
-            file,
-            key: KEYS.get(i).copied().unwrap_or("?"),
-        })
-    };
+    let values = read_keyed(fs, path.as_bytes(), file, &KEYS)?;
+    let required = |i| values.required(i);
     Ok(Events {
         low: required(0)?,
         high: required(1)?,
         max: required(2)?,
         oom: required(3)?,
         oom_kill: required(4)?,
-        oom_group_kill: get(5),
+        oom_group_kill: values.get(5),
     })
 }
 
