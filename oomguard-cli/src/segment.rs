@@ -476,10 +476,8 @@ pub fn process_is_alive(pid: i32, claimed_at_ns: u64) -> bool {
     }
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !oomguard_core::procstat::owner_gone(&stat, ticks_per_second, claimed_at_ns),
-        Err(_) => true,
-    }
+    let fs = oomguard_core::fs::RootedFs::new("/");
+    oomguard_core::procstat::owner_alive(&fs, pid, claimed_at_ns, ticks_per_second)
 }
 
 /// `/proc/PID/cmdline` with NULs as spaces, or empty when unreadable.

@@ -38,14 +38,7 @@ pub fn collect(dir: &Path) -> Result<Vec<DomainStatus>, SegmentError> {
 
 /// Bytes as operators read them: `256.0 MiB`.
 pub fn human_bytes(bytes: i64) -> String {
-    let sign = if bytes < 0 { "-" } else { "" };
-    let value = bytes.unsigned_abs() as f64;
-    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if value >= size as f64 {
-            return format!("{sign}{:.1} {unit}", value / size as f64);
-        }
-    }
-    format!("{sign}{value} B")
+    oomguard_core::units::Bytes(bytes).to_string()
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.

@@ -12,6 +12,7 @@
 //! - [`config`]: `OOM_GUARD_*` value parsing (sizes, modes, refusal scope) with errors that name
 //!   the accepted forms.
 //! - [`limit`]: the derived limit (cgroup limit − shared memory − reserve) and its inputs.
+//! - [`units`]: byte counts as operators read them.
 //! - [`procstat`]: telling a slot's live owner from a zombie or a reused pid.
 //! - [`cgroup`]: our memory cgroup (v1 or v2), its effective limit and the kernel's usage numbers.
 //! - [`fs`]: the file access those readers go through, so they run on `/` or on fixture trees.
@@ -26,6 +27,7 @@ pub mod layout;
 pub mod limit;
 pub mod pool;
 pub mod procstat;
+pub mod units;
 
 pub use config::{Mode, RefuseScope};
 pub use layout::{Header, ProcessKind, Slot};

@@ -2,6 +2,8 @@
 //! the text of `/proc/PID/stat`; shared by the preload library (reaping before a refusal) and the
 //! CLI.
 
+use crate::fs::FileSystem;
+
 /// Field 22 (`starttime`, clock ticks since boot) of a `/proc/PID/stat` line.
 ///
 /// The command name (field 2) may contain spaces and parentheses, so fields are counted from the
@@ -31,6 +33,51 @@ pub fn owner_gone(stat: &[u8], ticks_per_second: u64, claimed_at_ns: u64) -> boo
     ticks.saturating_mul(tick_ns) > claimed_at_ns.saturating_add(tick_ns)
 }
 
+/// Whether process `pid`, known to exist, is still the owner that claimed its slot at
+/// `claimed_at_ns`, judged from its `/proc/PID/stat` read through `fs`. An unreadable entry
+/// counts as the owner (see [`owner_gone`]).
+pub fn owner_alive<F: FileSystem>(
+    fs: &F,
+    pid: i32,
+    claimed_at_ns: u64,
+    ticks_per_second: u64,
+) -> bool {
+    let mut path = [0u8; 32];
+    let Some(len) = stat_path(pid, &mut path) else {
+        return true;
+    };
+    let mut stat = [0u8; 1024];
+    match fs.read(&path[..len], &mut stat) {
+        Ok(read) => !owner_gone(&stat[..read], ticks_per_second, claimed_at_ns),
+        Err(_) => true,
+    }
+}
+
+/// Writes `/proc/PID/stat` into `buffer`, returning its length.
+fn stat_path(pid: i32, buffer: &mut [u8; 32]) -> Option<usize> {
+    let pid = u32::try_from(pid).ok()?;
+    let mut digits = [0u8; 10];
+    let mut count = 0;
+    let mut rest = pid;
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    let mut push = |byte: u8| {
+        buffer[len] = byte;
+        len += 1;
+    };
+    b"/proc/".iter().for_each(|&b| push(b));
+    digits[..count].iter().rev().for_each(|&b| push(b));
+    b"/stat".iter().for_each(|&b| push(b));
+    Some(len)
+}
+
 /// Field 3 (the state letter: R, S, D, Z, …).
 fn state(stat: &[u8]) -> Option<u8> {
     let after_name = stat.iter().rposition(|&b| b == b')')? + 1;
@@ -43,6 +90,18 @@ fn state(stat: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stat_path_of_a_pid() {
+        let mut buffer = [0u8; 32];
+        let len = stat_path(4242, &mut buffer).unwrap();
+        assert_eq!(&buffer[..len], b"/proc/4242/stat");
+        let len = stat_path(0, &mut buffer).unwrap();
+        assert_eq!(&buffer[..len], b"/proc/0/stat");
+        assert_eq!(stat_path(-1, &mut buffer), None);
+        let len = stat_path(i32::MAX, &mut buffer).unwrap();
+        assert_eq!(&buffer[..len], b"/proc/2147483647/stat");
+    }
 
     const LINE: &[u8] = b"4242 (postgres: a) b) S 1 4242 4242 0 -1 4194560 2466 0 0 0 1 2 0 0 20 0 1 0 987654 176128000 6000 18446744073709551615";
 

@@ -18,10 +18,11 @@ use oomguard_core::layout::{Header, LimitSource, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
 
-use crate::report::{Bytes, Line};
+use crate::report::Line;
 use crate::settings::Settings;
 use crate::tls::ThreadState;
 use crate::{errno, kernel, policy, segment};
+use oomguard_core::units::Bytes;
 
 /// Bytes a thread reserves beyond what a request needs, so the next allocations are local.
 pub const BATCH: i64 = 128 << 10;
@@ -225,19 +226,10 @@ fn is_alive(pid: i32, claimed_at_ns: u64) -> bool {
     if !exists {
         return false;
     }
-    let mut path = [0u8; 32];
-    let mut writer = crate::report::Buffer::new(&mut path);
-    let _ = write!(writer, "/proc/{pid}/stat\0");
-    let Ok(path) = core::ffi::CStr::from_bytes_until_nul(&path) else {
-        return true;
-    };
-    let mut stat = [0u8; 1024];
-    let Some(len) = segment::read_file(path, &mut stat) else {
-        return true;
-    };
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    !oomguard_core::procstat::owner_gone(&stat[..len], ticks_per_second, claimed_at_ns)
+    let fs = crate::sysfs::SysFs::new(&crate::sysfs::REAL_ROOT);
+    oomguard_core::procstat::owner_alive(&fs, pid, claimed_at_ns, ticks_per_second)
 }
 
 /// A clock read through the vDSO (no system call), in nanoseconds.

@@ -16,9 +16,10 @@ use oomguard_core::cgroup::{self, own_cgroup, v1, v2, CgroupError, Level, LimitS
 use oomguard_core::layout::{CgroupState, Header, SharedMemorySource, CGROUP_DIR_CAPACITY};
 use oomguard_core::limit::{apply_derived, default_reserve, Reserve};
 
-use crate::report::{Bytes, Line};
+use crate::report::Line;
 use crate::settings::Settings;
 use crate::sysfs::{Root, SysFs};
+use oomguard_core::units::Bytes;
 
 /// Minimum time between two readings of the cgroup's numbers, domain-wide.
 pub const READ_INTERVAL_NS: u64 = 100_000_000;

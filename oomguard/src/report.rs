@@ -45,27 +45,6 @@ impl Write for Line {
     }
 }
 
-/// Bytes shown the way operators read them (`256.0 MiB`), without floating point.
-pub struct Bytes(pub i64);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (sign, value) = if self.0 < 0 {
-            ("-", self.0.unsigned_abs())
-        } else {
-            ("", self.0 as u64)
-        };
-        let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-        for (name, size) in units {
-            if value >= size {
-                let tenths = value % size * 10 / size;
-                return write!(f, "{sign}{}.{tenths} {name}", value / size);
-            }
-        }
-        write!(f, "{sign}{value} B")
-    }
-}
-
 /// Text written into a borrowed byte buffer; text past its end is an error.
 pub struct Buffer<'a> {
     bytes: &'a mut [u8],

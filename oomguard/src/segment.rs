@@ -14,6 +14,7 @@
 use core::ffi::{c_char, CStr};
 use core::fmt::{self, Write};
 
+use oomguard_core::fs::FileSystem;
 use oomguard_core::layout::{initialise, segment_size, LayoutError, SegmentView, SLOT_COUNT};
 
 use crate::report::Line;
@@ -134,7 +135,9 @@ fn euid() -> u32 {
 /// private cgroup namespace, all read `0::/`; their pids (which reaping relies on) would clash.
 fn domain_hash() -> u64 {
     let mut buffer = [0u8; 2048];
-    let len = read_file(c"/proc/self/cgroup", &mut buffer).unwrap_or(0);
+    let len = crate::sysfs::SysFs::new(&crate::sysfs::REAL_ROOT)
+        .read(b"/proc/self/cgroup", &mut buffer)
+        .unwrap_or(0);
     buffer[..len]
         .iter()
         .chain(&pid_namespace().to_le_bytes())
@@ -153,27 +156,6 @@ pub fn pid_namespace() -> u64 {
     } else {
         0
     }
-}
-
-/// Reads up to `buffer.len()` bytes of a small file.
-pub fn read_file(path: &CStr, buffer: &mut [u8]) -> Option<usize> {
-    // SAFETY: path is NUL-terminated; the fd is closed below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    let mut len = 0;
-    while len < buffer.len() {
-        // SAFETY: the destination range lies inside `buffer`.
-        let n = unsafe { libc::read(fd, buffer[len..].as_mut_ptr().cast(), buffer.len() - len) };
-        if n <= 0 {
-            break;
-        }
-        len += n as usize;
-    }
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    Some(len)
 }
 
 fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {

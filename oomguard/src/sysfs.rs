@@ -57,6 +57,9 @@ impl Root {
     }
 }
 
+/// The real `/` (an empty root).
+pub static REAL_ROOT: Root = Root::new();
+
 /// Files below a [`Root`].
 pub struct SysFs<'a> {
     root: &'a Root,
