@@ -106,6 +106,39 @@ pub fn derive(
         .filter(|&limit| limit > 0)
 }
 
+/// Records how the reserve is chosen (`OOM_GUARD_RESERVE`, or the default when `None`); the bytes
+/// follow from the cgroup limit in [`set_cgroup_limit`].
+pub fn record_reserve(header: &Header, reserve: Option<Reserve>) {
+    let inputs = &header.limit_inputs;
+    let (percent, from_env) = match reserve {
+        Some(Reserve::Percent(percent)) => (percent, 1),
+        Some(Reserve::Bytes(bytes)) => {
+            inputs.reserve_bytes.store(bytes, Relaxed);
+            (0, 1)
+        }
+        None => (0, 0),
+    };
+    inputs.reserve_percent.store(percent, Relaxed);
+    inputs.reserve_from_env.store(from_env, Relaxed);
+}
+
+/// Records the cgroup limit, recomputes a default or percentage reserve for it, and re-derives
+/// the limit. Returns what [`apply_derived`] returns.
+pub fn set_cgroup_limit(header: &Header, cgroup_limit: u64) -> Option<u64> {
+    let inputs = &header.limit_inputs;
+    inputs.cgroup_limit_bytes.store(cgroup_limit, Relaxed);
+    let reserve = match (
+        inputs.reserve_from_env.load(Relaxed),
+        inputs.reserve_percent.load(Relaxed),
+    ) {
+        (0, _) => default_reserve(cgroup_limit),
+        (_, 0) => inputs.reserve_bytes.load(Relaxed), // given in bytes (or 0%)
+        (_, percent) => Reserve::Percent(percent).bytes(cgroup_limit),
+    };
+    inputs.reserve_bytes.store(reserve, Relaxed);
+    apply_derived(header)
+}
+
 /// Recomputes the header's limit from its recorded inputs, if the limit is a derived one.
 /// Returns the new limit (0 when the inputs leave nothing).
 pub fn apply_derived(header: &Header) -> Option<u64> {
@@ -185,6 +218,30 @@ mod tests {
         );
         assert_eq!(derive(100 * MIB, 64 * MIB, false, 64 * MIB), None);
         assert_eq!(derive(128 * MIB, 64 * MIB, false, 64 * MIB), None);
+    }
+
+    #[test]
+    fn the_reserve_follows_the_cgroup_limit_as_it_was_chosen() {
+        let mut buffer = segment_buffer(2);
+        let bytes = as_bytes(&mut buffer);
+        // SAFETY: zeroed, aligned, sized.
+        unsafe { initialise(bytes.as_mut_ptr(), 2, 1) };
+        let header = SegmentView::new(bytes).unwrap().header;
+        header
+            .limit_source
+            .store(LimitSource::Derived as u32, Relaxed);
+        let reserve = |header: &Header| header.limit_inputs.reserve_bytes.load(Relaxed);
+        record_reserve(header, None);
+        assert_eq!(
+            set_cgroup_limit(header, 1024 * MIB),
+            Some(1024 * MIB - default_reserve(1024 * MIB))
+        );
+        assert_eq!(reserve(header), default_reserve(1024 * MIB));
+        record_reserve(header, Some(Reserve::Percent(25)));
+        set_cgroup_limit(header, 2048 * MIB);
+        assert_eq!(reserve(header), Reserve::Percent(25).bytes(2048 * MIB));
+        record_reserve(header, Some(Reserve::Bytes(100 * MIB)));
+        assert_eq!(set_cgroup_limit(header, 4096 * MIB), Some(3996 * MIB));
     }
 
     #[test]

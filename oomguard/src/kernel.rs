@@ -14,7 +14,7 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use oomguard_core::cgroup::{self, own_cgroup, v1, v2, CgroupError, Level, LimitSource};
 use oomguard_core::layout::{CgroupState, Header, SharedMemorySource, CGROUP_DIR_CAPACITY};
-use oomguard_core::limit::{apply_derived, default_reserve, Reserve};
+use oomguard_core::limit::{apply_derived, record_reserve, set_cgroup_limit};
 
 use crate::report::Line;
 use crate::settings::Settings;
@@ -86,18 +86,10 @@ pub fn discover(header: &Header, settings: &Settings) {
         LimitSource::Hierarchical => (1, 0),
         LimitSource::MemTotal => (2, 0),
     };
-    inputs.cgroup_limit_bytes.store(limit.bytes, Relaxed);
     inputs.mem_total_bytes.store(limit.mem_total, Relaxed);
     inputs.cgroup_limit_origin.store(origin, Relaxed);
     inputs.cgroup_levels_up.store(levels_up, Relaxed);
-    let (reserve, percent, from_env) = match settings.reserve {
-        Some(reserve @ Reserve::Percent(percent)) => (reserve.bytes(limit.bytes), percent, 1),
-        Some(reserve) => (reserve.bytes(limit.bytes), 0, 1),
-        None => (default_reserve(limit.bytes), 0, 0),
-    };
-    inputs.reserve_bytes.store(reserve, Relaxed);
-    inputs.reserve_percent.store(percent, Relaxed);
-    inputs.reserve_from_env.store(from_env, Relaxed);
+    record_reserve(header, settings.reserve);
     let state = match cgroup.version() {
         cgroup::Version::V1 => CgroupState::V1,
         cgroup::Version::V2 => CgroupState::V2,
@@ -115,7 +107,7 @@ pub fn discover(header: &Header, settings: &Settings) {
     } else {
         inputs.cgroup_state.store(state as u32, Relaxed);
     }
-    if let Some(derived) = apply_derived(header) {
+    if let Some(derived) = set_cgroup_limit(header, limit.bytes) {
         report_derived(header, derived);
     }
 }
@@ -214,17 +206,7 @@ fn follow_limit(header: &Header, fs: &SysFs<'_>, version: cgroup::Version, own_d
     if bytes == inputs.cgroup_limit_bytes.load(Relaxed) {
         return;
     }
-    inputs.cgroup_limit_bytes.store(bytes, Relaxed);
-    let reserve = match (
-        inputs.reserve_from_env.load(Relaxed),
-        inputs.reserve_percent.load(Relaxed),
-    ) {
-        (0, _) => default_reserve(bytes),
-        (_, 0) => inputs.reserve_bytes.load(Relaxed),
-        (_, percent) => Reserve::Percent(percent).bytes(bytes),
-    };
-    inputs.reserve_bytes.store(reserve, Relaxed);
-    if let Some(derived) = apply_derived(header) {
+    if let Some(derived) = set_cgroup_limit(header, bytes) {
         report_derived(header, derived);
     }
 }
