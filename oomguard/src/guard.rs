@@ -111,13 +111,12 @@ fn initialise() -> bool {
     if mode == Some(Mode::Off) {
         return false;
     }
-    let Some(mapped) = segment::attach(settings.dir, settings.domain) else {
+    let Some(view) = segment::attach(settings.dir, settings.domain) else {
         let mut line = Line::new();
         let _ = write!(line, "no memory for an accounting segment; guard off");
         line.emit();
         return false;
     };
-    let view = mapped.view;
     let header = view.header;
     OWN_PID_NAMESPACE.store(segment::pid_namespace(), Relaxed);
     // The domain's limit: a valid OOM_GUARD_LIMIT is the latest word on it; without one, the

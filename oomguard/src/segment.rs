@@ -19,12 +19,6 @@ use oomguard_core::layout::{initialise, segment_size, LayoutError, SegmentView, 
 
 use crate::report::Line;
 
-/// A mapped segment.
-pub struct Mapped {
-    /// The validated view; the mapping is never unmapped, so it lives as long as the process.
-    pub view: SegmentView<'static>,
-}
-
 /// A NUL-terminated path built on the stack.
 struct PathBuffer {
     bytes: [u8; 512],
@@ -94,9 +88,10 @@ fn last_error(call: &'static str) -> AttachError {
 }
 
 /// Maps the domain's segment, creating it if needed; falls back to a private segment (and says
-/// so on stderr) when the shared one cannot be used. `None` only when not even 512 KiB of private
+/// so on stderr) when the shared one cannot be used. The mapping is never unmapped, so the view
+/// lives as long as the process. `None` only when not even 512 KiB of private
 /// memory can be mapped.
-pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<Mapped> {
+pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<SegmentView<'static>> {
     let mut path = PathBuffer::new();
     let built = path.push(dir.to_bytes())
         && path.push(b"/")
@@ -110,7 +105,7 @@ pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<Mapped> {
         Err(AttachError::PathTooLong)
     };
     match result {
-        Ok(view) => Some(Mapped { view }),
+        Ok(view) => Some(view),
         Err(error) => {
             let mut line = Line::new();
             let _ = write!(
@@ -120,7 +115,7 @@ pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<Mapped> {
                 path.as_str()
             );
             line.emit();
-            private_segment().map(|view| Mapped { view })
+            private_segment()
         }
     }
 }
