@@ -93,10 +93,7 @@ enum Cmd {
 fn status(dir: &std::path::Path, json: bool) -> ExitCode {
     match oomguard_cli::status::collect(dir) {
         Ok(domains) if json => match serde_json::to_string_pretty(&domains) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
+            Ok(text) => print_out(&format!("{text}\n"), "status"),
             Err(error) => {
                 eprintln!("oomguard status: {error}");
                 ExitCode::FAILURE
@@ -104,8 +101,7 @@ fn status(dir: &std::path::Path, json: bool) -> ExitCode {
         },
         Ok(domains) => {
             let reports: Vec<String> = domains.iter().map(oomguard_cli::status::render).collect();
-            println!("{}", reports.join("\n"));
-            ExitCode::SUCCESS
+            print_out(&format!("{}\n", reports.join("\n")), "status")
         }
         Err(error) => {
             eprintln!("oomguard status: {error}");
@@ -124,10 +120,10 @@ fn limit(dir: &std::path::Path, json: bool, data_dir: Option<&std::path::Path>) 
     };
     if json {
         match serde_json::to_string_pretty(&reports) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => print_out(&format!("{text}\n"), "limit"),
             Err(error) => {
                 eprintln!("oomguard limit: {error}");
-                return ExitCode::FAILURE;
+                ExitCode::FAILURE
             }
         }
     } else {
@@ -135,9 +131,27 @@ fn limit(dir: &std::path::Path, json: bool, data_dir: Option<&std::path::Path>) 
             .iter()
             .map(|report| oomguard_cli::limit::render(report, dir))
             .collect();
-        print!("{}", texts.join("\n"));
+        print_out(&texts.join("\n"), "limit")
     }
-    ExitCode::SUCCESS
+}
+
+/// Writes a command's report to stdout. A reader that went away (`oomguard status | head -1`)
+/// ends the command quietly and successfully, as it does other Unix tools; any other write
+/// error is reported.
+fn print_out(text: &str, command: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("oomguard {command}: cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn exporter(listen: &str, dir: &std::path::Path) -> ExitCode {

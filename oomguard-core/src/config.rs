@@ -152,25 +152,50 @@ impl Mode {
 /// Which guarded processes may be refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefuseScope {
-    /// Only PostgreSQL client backends in a state where an ERROR is safe (the default).
+    /// Every PostgreSQL process that runs a query or a job and turns an ERROR into a failed
+    /// query or job (client backends, parallel workers, extensions' background workers,
+    /// autovacuum workers, WAL senders, logical replication workers), in a state where an ERROR
+    /// is safe. The default.
+    Jobs,
+    /// Only PostgreSQL client backends in a state where an ERROR is safe.
     Backends,
     /// Every guarded process: for non-PostgreSQL programs and for tests with plain C programs.
     All,
 }
 
 /// The accepted refusal scopes, quoted by the scope error.
-pub const REFUSE_FORMS: &str = "backends (PostgreSQL client backends only) or all";
+pub const REFUSE_FORMS: &str = "jobs (client backends and every worker that runs a query or a \
+     job), backends (PostgreSQL client backends only) or all";
 
 impl RefuseScope {
-    /// Parses `backends` or `all` (case-insensitive, blanks ignored).
+    /// Parses `jobs`, `backends` or `all` (case-insensitive, blanks ignored).
     pub fn parse(text: &str) -> Option<RefuseScope> {
         let text = text.trim();
-        if text.eq_ignore_ascii_case("backends") {
-            Some(RefuseScope::Backends)
-        } else if text.eq_ignore_ascii_case("all") {
-            Some(RefuseScope::All)
-        } else {
-            None
+        [
+            ("jobs", RefuseScope::Jobs),
+            ("backends", RefuseScope::Backends),
+            ("all", RefuseScope::All),
+        ]
+        .into_iter()
+        .find(|(name, _)| text.eq_ignore_ascii_case(name))
+        .map(|(_, scope)| scope)
+    }
+
+    /// Whether a PostgreSQL process of `kind` may be refused under this scope (in a safe state).
+    pub fn covers(self, kind: crate::ProcessKind) -> bool {
+        use crate::ProcessKind as Kind;
+        match self {
+            RefuseScope::All => true,
+            RefuseScope::Backends => kind == Kind::ClientBackend,
+            RefuseScope::Jobs => matches!(
+                kind,
+                Kind::ClientBackend
+                    | Kind::ParallelWorker
+                    | Kind::BackgroundWorker
+                    | Kind::AutovacuumWorker
+                    | Kind::WalSender
+                    | Kind::LogicalReplicationWorker
+            ),
         }
     }
 }
@@ -222,6 +247,7 @@ mod tests {
         assert_eq!(Mode::from_raw(0), None);
         assert_eq!(RefuseScope::parse("all"), Some(RefuseScope::All));
         assert_eq!(RefuseScope::parse("backends"), Some(RefuseScope::Backends));
+        assert_eq!(RefuseScope::parse(" Jobs "), Some(RefuseScope::Jobs));
         assert_eq!(RefuseScope::parse("everyone"), None);
     }
 }

@@ -200,10 +200,22 @@ pub enum ProcessKind {
     Other = 1,
     /// The postmaster (or a standalone backend): never refused.
     Postmaster = 2,
-    /// A PostgreSQL client backend: the one kind that may be refused.
+    /// A PostgreSQL client backend (a session).
     ClientBackend = 3,
-    /// Any other PostgreSQL process (checkpointer, startup, autovacuum, walsender, …).
+    /// A PostgreSQL process that is never refused: startup, checkpointer, background writer,
+    /// walwriter, archiver, logger, WAL receiver, the autovacuum and logical replication
+    /// launchers, extensions' launchers and schedulers.
     PostgresAuxiliary = 4,
+    /// A parallel query worker: its ERROR is relayed to the leader's query.
+    ParallelWorker = 5,
+    /// A background worker started by an extension to run a job (pg_cron, TimescaleDB).
+    BackgroundWorker = 6,
+    /// An autovacuum worker.
+    AutovacuumWorker = 7,
+    /// A WAL sender (physical or logical replication connection).
+    WalSender = 8,
+    /// A logical replication apply or table synchronisation worker.
+    LogicalReplicationWorker = 9,
 }
 
 impl ProcessKind {
@@ -214,11 +226,17 @@ impl ProcessKind {
             2 => ProcessKind::Postmaster,
             3 => ProcessKind::ClientBackend,
             4 => ProcessKind::PostgresAuxiliary,
+            5 => ProcessKind::ParallelWorker,
+            6 => ProcessKind::BackgroundWorker,
+            7 => ProcessKind::AutovacuumWorker,
+            8 => ProcessKind::WalSender,
+            9 => ProcessKind::LogicalReplicationWorker,
             _ => ProcessKind::Unclassified,
         }
     }
 
-    /// The name used by the CLI and in refusal lines.
+    /// The name used by the CLI and in refusal lines: `pg_stat_activity.backend_type`'s where
+    /// there is one.
     pub fn name(self) -> &'static str {
         match self {
             ProcessKind::Unclassified => "unclassified",
@@ -226,6 +244,11 @@ impl ProcessKind {
             ProcessKind::Postmaster => "postmaster",
             ProcessKind::ClientBackend => "client backend",
             ProcessKind::PostgresAuxiliary => "postgres auxiliary",
+            ProcessKind::ParallelWorker => "parallel worker",
+            ProcessKind::BackgroundWorker => "background worker",
+            ProcessKind::AutovacuumWorker => "autovacuum worker",
+            ProcessKind::WalSender => "walsender",
+            ProcessKind::LogicalReplicationWorker => "logical replication worker",
         }
     }
 }

@@ -81,11 +81,22 @@ impl<'a> Pool<'a> {
         self.after_reserve(slot, new_total, bytes as u64);
     }
 
-    fn after_reserve(&self, slot: &Slot, new_total: i64, bytes: u64) {
+    /// Peaks are not raised here but by [`Pool::record_peaks`] once the allocation the bytes
+    /// were reserved for succeeded: a request glibc then fails (say `malloc(1 << 45)` in a
+    /// process that is never refused) must not leave a peak of 32 TiB behind.
+    fn after_reserve(&self, slot: &Slot, _new_total: i64, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
-        raise_peak(&self.view.header.stats.peak, new_total);
-        let slot_bytes = slot.bytes.fetch_add(bytes, Relaxed).saturating_add(bytes);
-        raise_peak(&slot.peak, slot_bytes);
+        slot.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Raises the domain's and `slot`'s peaks to their current totals. Called after an
+    /// allocation that needed a reservation succeeded.
+    pub fn record_peaks(&self, slot: &Slot) {
+        raise_peak(
+            &self.view.header.stats.peak,
+            self.view.header.total.load(Relaxed),
+        );
+        raise_peak(&slot.peak, slot.bytes.load(Relaxed));
     }
 
     /// Charges `bytes` of dynamic shared memory to the pool (not to a slot: the segment outlives
@@ -331,6 +342,8 @@ mod tests {
             assert_eq!(pool.header().total.load(Relaxed), 1000);
             pool.release(slot, 700);
             assert!(pool.try_reserve(slot, 700));
+            assert_eq!(slot.peak.load(Relaxed), 0, "peaks wait for the allocation");
+            pool.record_peaks(slot);
             assert_eq!(slot.bytes.load(Relaxed), 1000);
             assert_eq!(slot.peak.load(Relaxed), 1000);
             assert_eq!(pool.header().stats.peak.load(Relaxed), 1000);

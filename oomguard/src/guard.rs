@@ -49,7 +49,9 @@ static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 static SLOT_COUNT: AtomicU64 = AtomicU64::new(0);
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
-static SCOPE_ALL: AtomicU8 = AtomicU8::new(0);
+/// This process's [`RefuseScope`], as its index in [`SCOPES`].
+static SCOPE: AtomicU8 = AtomicU8::new(0);
+const SCOPES: [RefuseScope; 3] = [RefuseScope::Jobs, RefuseScope::Backends, RefuseScope::All];
 /// Overdraft bytes left to this process after a refusal, or [`OVERDRAFT_IDLE`]. Armed once per
 /// episode: a process over the limit gets at most 64 KiB more until a normal reservation succeeds.
 static OVERDRAFT_LEFT: AtomicU64 = AtomicU64::new(OVERDRAFT_IDLE);
@@ -150,7 +152,8 @@ fn initialise() -> bool {
     let _ = header
         .mode
         .compare_exchange(0, own_mode as u32, Relaxed, Relaxed);
-    SCOPE_ALL.store(u8::from(settings.scope == RefuseScope::All), Relaxed);
+    let scope = SCOPES.iter().position(|&scope| scope == settings.scope);
+    SCOPE.store(scope.unwrap_or(0) as u8, Relaxed);
     HEADER.store(header as *const Header as *mut Header, Relaxed);
     SLOTS.store(view.slots.as_ptr() as *mut Slot, Relaxed);
     SLOT_COUNT.store(view.slots.len() as u64, Relaxed);
@@ -285,6 +288,14 @@ pub unsafe fn reserve(thread: *mut ThreadState, request: usize, call: &'static s
     }
 }
 
+/// Raises the domain's and this process's peaks after an allocation that needed a reservation
+/// succeeded (see [`Pool::record_peaks`]).
+pub fn record_peaks() {
+    if is_active() {
+        pool().record_peaks(my_slot());
+    }
+}
+
 /// Reserves `need` bytes (plus a batch when it fits) or decides to refuse. Returns the bytes
 /// reserved.
 fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
@@ -373,12 +384,11 @@ fn refuse(pool: &Pool<'_>, slot: &Slot, kind: ProcessKind, bytes: u64, call: &st
 
 /// What this process is and whether it may be refused right now.
 fn classify() -> (ProcessKind, bool) {
-    let scope = if SCOPE_ALL.load(Relaxed) != 0 {
-        RefuseScope::All
-    } else {
-        RefuseScope::Backends
-    };
-    policy::classify(scope)
+    let scope = SCOPES[usize::from(SCOPE.load(Relaxed)).min(SCOPES.len() - 1)];
+    // SAFETY: the calling thread's own state.
+    let in_loader = unsafe { (*crate::tls::current()).in_loader };
+    let decision = policy::classify(scope, in_loader);
+    (decision.kind, decision.refusable)
 }
 
 /// Charges `bytes` of PostgreSQL dynamic shared memory (a tmpfs file grown by `call`) to the
@@ -446,8 +456,8 @@ fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str
     let mut line = Line::new();
     let _ = write!(
         line,
-        "refused {call}({request} bytes) in a process of kind '{}': ",
-        kind.name()
+        "refused {call}({request} bytes) in {}: ",
+        policy::Described(kind)
     );
     let _ = if tight {
         write!(
@@ -603,6 +613,19 @@ extern "C" fn process_exiting() {
         pool().vacate(unsafe { &*slot }, pid);
     }
 }
+
+/// When the library is loaded, before the program's own constructors and `main`: start the
+/// guard, then look up what the refusal policy needs (the C library's `dlopen`, PostgreSQL's
+/// globals) outside any allocation — `dlsym` takes the loader's lock and may allocate itself.
+extern "C" fn library_loaded() {
+    start();
+    crate::loader::resolve();
+    policy::look_up_symbols();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static LIBRARY_LOADED_HOOK: extern "C" fn() = library_loaded;
 
 #[used]
 #[link_section = ".fini_array"]

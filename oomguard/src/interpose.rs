@@ -83,8 +83,16 @@ fn allocate_slowly(
             return null_mut();
         }
         let block = allocate();
-        if !block.is_null() {
+        if block.is_null() {
+            // glibc could not serve it: what was reserved for it goes back at once, or a
+            // never-refused process asking for 2^45 bytes would hold them until its next free
+            // (and every refusable process of the domain would be refused meanwhile).
+            if (*thread).credit > RELEASE_ABOVE {
+                guard::release_excess(thread);
+            }
+        } else {
             charge(block);
+            guard::record_peaks();
         }
         block
     }
@@ -173,6 +181,9 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         if !block.is_null() {
             (*thread).credit += old as i64 - real::block_size(block) as i64;
             (*thread).pending_allocations += 1;
+            if growth > 0 {
+                guard::record_peaks();
+            }
         } else if size == 0 {
             // glibc's realloc(p, 0) frees p and returns NULL.
             (*thread).credit += old as i64;

@@ -8,7 +8,8 @@
 //! - `shared`: PostgreSQL's shared memory (`mmap`, `ftruncate`, `posix_fallocate`,
 //!   `shm_unlink`): observed for the derived limit, dynamic segments charged to the pool.
 //! - `kernel`: the domain's cgroup: the derived limit and the kernel's own usage numbers.
-//! - `policy`: which PostgreSQL processes may be refused.
+//! - `policy`: which PostgreSQL processes may be refused, and when.
+//! - `loader`: `dlopen`: nothing is refused while a library loads; finds LLVM's JIT state.
 //! - `segment`: finding, creating and mapping the shared segment.
 //! - `settings`: the `OOM_GUARD_*` environment.
 //! - `real`, `report`, `errno`, `sysfs`: glibc's allocator, stderr lines, errno, files.
@@ -20,6 +21,7 @@ mod errno;
 mod guard;
 pub mod interpose;
 mod kernel;
+pub mod loader;
 mod policy;
 mod real;
 mod report;

@@ -1,18 +1,77 @@
-//! Which processes may be refused (DESIGN.md §3).
+//! Which processes may be refused, and when (DESIGN.md §3; the README's table by backend type).
 //!
 //! Refusing in the wrong place is worse than no guard: an ERROR inside a critical section becomes
 //! a PANIC, and the postmaster or startup process exiting takes the whole server down. So a
-//! request is refused only in a PostgreSQL client backend that can turn the NULL into
-//! `ERROR: out of memory`: outside critical sections, with an error handler set, not exiting, and
-//! not allocating for error reporting itself. Everything else is accounted and always served.
+//! request is refused only in a PostgreSQL process whose ERROR fails one query or one job and
+//! nothing else — client backends, parallel workers, background workers that run extensions'
+//! jobs, autovacuum workers, WAL senders, logical replication workers (narrowed by
+//! `OOM_GUARD_REFUSE`) — and only in a state where the ERROR is safe:
 //!
-//! PostgreSQL exports the globals that tell; they are looked up with `dlsym` the first time a
-//! process passes the limit (never on the hot path) and read at each decision after that.
+//! - not in a critical section (`CritSectionCount == 0`: an ERROR there is promoted to PANIC);
+//! - an error handler is set (`PG_exception_stack != NULL`: without one, ERROR becomes FATAL);
+//! - not exiting (`proc_exit_inprogress`) and not allocating in `ErrorContext` (reporting an
+//!   error);
+//! - interrupts not held off (`InterruptHoldoffCount == 0`): error recovery and abort processing
+//!   run with interrupts held, and an ERROR raised there recurses;
+//! - not inside `dlopen` and not while LLVM compiles inside PostgreSQL's fatal-on-OOM bracket
+//!   (see `loader`): their NULLs become aborts or FATAL, not ERRORs.
+//!
+//! Everything else is accounted and always served.
+//!
+//! PostgreSQL exports the globals that tell. They are looked up once per process image by the
+//! library's constructor ([`look_up_symbols`], before `main`, never inside an allocation: `dlsym`
+//! takes the loader's lock and clears a pending `dlerror()`), and read at each decision.
 
 use core::ffi::{c_char, c_int, c_void, CStr};
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering::Relaxed};
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
 
 use oomguard_core::{ProcessKind, RefuseScope};
+
+/// `BGW_MAXLEN` of PostgreSQL 11 to 18: `BackgroundWorker` starts with `char bgw_name[96]` and
+/// `char bgw_type[96]`; the guard reads only those two.
+const BGW_MAXLEN: usize = 96;
+
+#[repr(C)]
+struct BackgroundWorkerPrefix {
+    bgw_name: [c_char; BGW_MAXLEN],
+    bgw_type: [c_char; BGW_MAXLEN],
+}
+
+/// PostgreSQL's globals, by index into [`ADDRESSES`].
+const NAMES: [&CStr; 10] = [
+    c"MyBackendType",
+    c"GetBackendTypeDesc",
+    c"IsUnderPostmaster",
+    c"CritSectionCount",
+    c"PG_exception_stack",
+    c"proc_exit_inprogress",
+    c"CurrentMemoryContext",
+    c"ErrorContext",
+    c"InterruptHoldoffCount",
+    c"MyBgworkerEntry",
+];
+
+static ADDRESSES: [AtomicPtr<c_void>; 10] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 10];
+/// Every name in [`NAMES`] was found: this process image is a PostgreSQL server.
+static IS_POSTGRES: AtomicBool = AtomicBool::new(false);
+
+/// Looks PostgreSQL's globals up in this process image. Runs from the library's constructor.
+pub fn look_up_symbols() {
+    let mut all_found = true;
+    for (name, slot) in NAMES.iter().zip(&ADDRESSES) {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.
+        let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        all_found &= !address.is_null();
+        slot.store(address, Relaxed);
+    }
+    if !all_found {
+        // Not PostgreSQL: leave no "undefined symbol" message for the program's own dlerror().
+        // SAFETY: dlerror has no preconditions.
+        unsafe { libc::dlerror() };
+    }
+    IS_POSTGRES.store(all_found, Relaxed);
+}
 
 /// Addresses of PostgreSQL's globals in this process image.
 struct Symbols {
@@ -24,50 +83,12 @@ struct Symbols {
     exit_in_progress: *const bool,
     current_context: *const *const c_void,
     error_context: *const *const c_void,
+    interrupt_holdoff_count: *const u32,
+    my_bgworker_entry: *const *const BackgroundWorkerPrefix,
 }
 
-const LOOKUP_NOT_DONE: u8 = 0;
-const LOOKUP_POSTGRES: u8 = 1;
-const LOOKUP_NOT_POSTGRES: u8 = 2;
-/// A lookup is running (on this or another thread): an allocation that dlsym makes and that
-/// needs a decision meanwhile is treated as not PostgreSQL's (never refused), which ends the
-/// recursion.
-const LOOKUP_RUNNING: u8 = 3;
-
-static LOOKUP: AtomicU8 = AtomicU8::new(LOOKUP_NOT_DONE);
-static ADDRESSES: [AtomicPtr<c_void>; 8] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 8];
-const NAMES: [&CStr; 8] = [
-    c"MyBackendType",
-    c"GetBackendTypeDesc",
-    c"IsUnderPostmaster",
-    c"CritSectionCount",
-    c"PG_exception_stack",
-    c"proc_exit_inprogress",
-    c"CurrentMemoryContext",
-    c"ErrorContext",
-];
-
 fn symbols() -> Option<Symbols> {
-    if LOOKUP
-        .compare_exchange(LOOKUP_NOT_DONE, LOOKUP_RUNNING, Relaxed, Relaxed)
-        .is_ok()
-    {
-        let mut all_found = true;
-        for (name, slot) in NAMES.iter().zip(&ADDRESSES) {
-            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.
-            // It may allocate; the caller's busy flag lets that through unguarded.
-            let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            all_found &= !address.is_null();
-            slot.store(address, Relaxed);
-        }
-        let result = if all_found {
-            LOOKUP_POSTGRES
-        } else {
-            LOOKUP_NOT_POSTGRES
-        };
-        LOOKUP.store(result, Relaxed);
-    }
-    if LOOKUP.load(Relaxed) != LOOKUP_POSTGRES {
+    if !IS_POSTGRES.load(Relaxed) {
         return None;
     }
     let address = |index: usize| ADDRESSES[index].load(Relaxed);
@@ -86,30 +107,130 @@ fn symbols() -> Option<Symbols> {
         exit_in_progress: address(5).cast(),
         current_context: address(6).cast(),
         error_context: address(7).cast(),
+        interrupt_holdoff_count: address(8).cast(),
+        my_bgworker_entry: address(9).cast(),
     })
 }
 
 /// What the process is and whether the request it is making may be refused right now.
-pub fn classify(scope: RefuseScope) -> (ProcessKind, bool) {
+pub struct Decision {
+    /// The kind recorded in the process's slot.
+    pub kind: ProcessKind,
+    /// Whether refusing is allowed now.
+    pub refusable: bool,
+}
+
+/// Classifies the calling process and decides. `in_loader`: the calling thread is inside
+/// `dlopen`.
+pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
     let Some(symbols) = symbols() else {
-        return (ProcessKind::Other, scope == RefuseScope::All);
+        return Decision {
+            kind: ProcessKind::Other,
+            refusable: scope == RefuseScope::All && !in_loader,
+        };
     };
+    let kind = kind_of(&symbols);
+    let refusable = scope.covers(kind)
+        && !in_loader
+        && !crate::loader::jit_fatal_on_oom()
+        && safe_to_fail(&symbols);
+    Decision { kind, refusable }
+}
+
+fn kind_of(symbols: &Symbols) -> ProcessKind {
     // SAFETY: every pointer is the address of the PostgreSQL global of that name and type, in
     // this process image; they are plain loads of the process's own memory.
     unsafe {
         if !*symbols.is_under_postmaster {
-            return (ProcessKind::Postmaster, scope == RefuseScope::All);
+            return ProcessKind::Postmaster;
         }
         let description = (symbols.get_backend_type_desc)(*symbols.my_backend_type);
-        let is_client_backend =
-            !description.is_null() && CStr::from_ptr(description) == c"client backend";
-        if !is_client_backend {
-            return (ProcessKind::PostgresAuxiliary, scope == RefuseScope::All);
+        if description.is_null() {
+            return ProcessKind::PostgresAuxiliary;
         }
-        let safe_to_fail = core::ptr::read_volatile(symbols.crit_section_count) == 0
+        match CStr::from_ptr(description).to_bytes() {
+            b"client backend" => ProcessKind::ClientBackend,
+            b"autovacuum worker" => ProcessKind::AutovacuumWorker,
+            b"walsender" => ProcessKind::WalSender,
+            b"background worker" => background_worker_kind(bgw_type(symbols)),
+            _ => ProcessKind::PostgresAuxiliary,
+        }
+    }
+}
+
+/// The `bgw_type` of this background worker (what `pg_stat_activity.backend_type` shows), if
+/// any.
+fn bgw_type(symbols: &Symbols) -> Option<&'static [u8]> {
+    // SAFETY: `MyBgworkerEntry` is PostgreSQL's `BackgroundWorker *`, null outside background
+    // workers; it points into the process's own memory for the process's lifetime.
+    let entry = unsafe { *symbols.my_bgworker_entry };
+    if entry.is_null() {
+        return None;
+    }
+    // SAFETY: a BackgroundWorker starts with the two fixed-size name arrays.
+    let field = unsafe { &(*entry).bgw_type };
+    // SAFETY: c_char and u8 have the same layout.
+    let bytes: &[u8; BGW_MAXLEN] = unsafe { &*(field as *const [c_char; BGW_MAXLEN]).cast() };
+    let len = bytes
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(BGW_MAXLEN);
+    Some(&bytes[..len])
+}
+
+/// A background worker's kind from its `bgw_type`. Launchers and schedulers (PostgreSQL's logical
+/// replication launcher, pg_cron's launcher, TimescaleDB's scheduler) are never refused: the
+/// jobs they start are, and a refused launcher would stop every job until it is restarted.
+fn background_worker_kind(bgw_type: Option<&[u8]>) -> ProcessKind {
+    let Some(name) = bgw_type else {
+        return ProcessKind::PostgresAuxiliary;
+    };
+    let contains = |word: &[u8]| {
+        name.windows(word.len())
+            .any(|window| window.eq_ignore_ascii_case(word))
+    };
+    if name == b"parallel worker" {
+        ProcessKind::ParallelWorker
+    } else if contains(b"launcher") || contains(b"scheduler") {
+        ProcessKind::PostgresAuxiliary
+    } else if name.starts_with(b"logical replication") {
+        ProcessKind::LogicalReplicationWorker
+    } else {
+        ProcessKind::BackgroundWorker
+    }
+}
+
+/// Whether an ERROR raised now fails the current query or job cleanly.
+fn safe_to_fail(symbols: &Symbols) -> bool {
+    // SAFETY: as in `kind_of`.
+    unsafe {
+        core::ptr::read_volatile(symbols.crit_section_count) == 0
+            && core::ptr::read_volatile(symbols.interrupt_holdoff_count) == 0
             && !(*symbols.exception_stack).is_null()
             && !*symbols.exit_in_progress
-            && *symbols.current_context != *symbols.error_context;
-        (ProcessKind::ClientBackend, safe_to_fail)
+            && *symbols.current_context != *symbols.error_context
+    }
+}
+
+/// The process as `pg_stat_activity.backend_type` names it, for the refusal line: `client
+/// backend`, `parallel worker`, `background worker "pg_cron"`, …
+pub struct Described(pub ProcessKind);
+
+impl fmt::Display for Described {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let worker_type = match self.0 {
+            ProcessKind::BackgroundWorker | ProcessKind::LogicalReplicationWorker => {
+                symbols().as_ref().and_then(bgw_type)
+            }
+            _ => None,
+        };
+        match worker_type {
+            Some(name) if self.0 == ProcessKind::BackgroundWorker => {
+                let name = core::str::from_utf8(name).unwrap_or("?");
+                write!(f, "background worker \"{name}\"")
+            }
+            Some(name) => f.write_str(core::str::from_utf8(name).unwrap_or("?")),
+            None => f.write_str(self.0.name()),
+        }
     }
 }

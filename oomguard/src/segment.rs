@@ -67,6 +67,35 @@ enum AttachError {
     System(&'static str, i32),
     Layout(LayoutError),
     PathTooLong,
+    /// The file is not one this process could have created: someone else may control it.
+    Untrusted(Untrusted),
+}
+
+/// What makes an existing segment file untrustworthy. Another user who can plant the file could
+/// set the limit to one byte (every backend refused) or truncate it (SIGBUS in every process).
+enum Untrusted {
+    NotRegular,
+    Owner { uid: u32, euid: u32 },
+    Mode(u32),
+    Size { found: i64, expected: usize },
+}
+
+impl fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Untrusted::NotRegular => write!(f, "not a regular file"),
+            Untrusted::Owner { uid, euid } => {
+                write!(f, "owned by uid {uid}, not by this process's uid {euid}")
+            }
+            Untrusted::Mode(mode) => write!(
+                f,
+                "mode {mode:04o} gives other users access (the guard creates it 0600)"
+            ),
+            Untrusted::Size { found, expected } => {
+                write!(f, "{found} bytes, a segment of this build has {expected}")
+            }
+        }
+    }
 }
 
 impl fmt::Display for AttachError {
@@ -79,6 +108,7 @@ impl fmt::Display for AttachError {
             }
             AttachError::Layout(error) => write!(f, "{error}"),
             AttachError::PathTooLong => write!(f, "the path is too long"),
+            AttachError::Untrusted(why) => write!(f, "untrusted file: {why}; not attached"),
         }
     }
 }
@@ -179,17 +209,81 @@ fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError
 }
 
 fn map_existing(fd: i32) -> Result<SegmentView<'static>, AttachError> {
-    // SAFETY: an all-zero stat is a valid out-parameter.
-    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: fd is open and stat is writable.
-    let result = if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-        Err(last_error("fstat"))
-    } else {
-        map(fd, stat.st_size as usize)
-    };
+    let result = check_trusted(fd)
+        .and_then(|len| allocate_pages(fd, len).map(|()| len))
+        .and_then(|len| map(fd, len));
     // SAFETY: fd is ours; the mapping survives its closing.
     unsafe { libc::close(fd) };
     result
+}
+
+/// Checks, before anything is mapped, that an existing segment file is one this process could
+/// have created itself: a regular file of our effective uid, with no group or other permission,
+/// of exactly this build's size. Returns its size.
+fn check_trusted(fd: i32) -> Result<usize, AttachError> {
+    // SAFETY: an all-zero stat is a valid out-parameter.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fd is open and stat is writable.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(last_error("fstat"));
+    }
+    let expected = segment_size(SLOT_COUNT);
+    let untrusted = if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        Untrusted::NotRegular
+    } else if stat.st_uid != euid() {
+        Untrusted::Owner {
+            uid: stat.st_uid,
+            euid: euid(),
+        }
+    } else if stat.st_mode & 0o077 != 0 {
+        Untrusted::Mode(stat.st_mode & 0o7777)
+    } else if stat.st_size != expected as i64 {
+        Untrusted::Size {
+            found: stat.st_size,
+            expected,
+        }
+    } else {
+        return Ok(expected);
+    };
+    Err(AttachError::Untrusted(untrusted))
+}
+
+/// Gives the first `len` bytes of `fd` real pages now. A tmpfs file sized with `ftruncate`
+/// alone gets its pages on first touch, and a touch that finds the file system full is a
+/// SIGBUS: in the postmaster that stops the server. (`/dev/shm` is 64 MiB in Docker and
+/// Kubernetes, shared with PostgreSQL's parallel-query segments; PostgreSQL allocates those up
+/// front for the same reason.)
+fn allocate_pages(fd: i32, len: usize) -> Result<(), AttachError> {
+    // fallocate(2) directly: our own `posix_fallocate` export is PostgreSQL's DSM hook.
+    // SAFETY: fd is open for writing; mode 0 only allocates, it never changes the contents.
+    if unsafe { libc::fallocate(fd, 0, 0, len as libc::off_t) } == 0 {
+        return Ok(());
+    }
+    if crate::errno::get() != libc::EOPNOTSUPP {
+        return Err(last_error("fallocate"));
+    }
+    // A file system without fallocate: write the pages instead (zeros over a zero-filled new
+    // file, or over holes of an existing one; only bytes that read as zero are rewritten).
+    let zeros = [0u8; 4096];
+    let mut page = [0u8; 4096];
+    let mut offset = 0;
+    while offset < len {
+        let chunk = zeros.len().min(len - offset);
+        // SAFETY: `page` is writable for `chunk` bytes.
+        let read = unsafe { libc::pread(fd, page.as_mut_ptr().cast(), chunk, offset as i64) };
+        if read != chunk as isize {
+            return Err(last_error("pread"));
+        }
+        if page[..chunk] == zeros[..chunk] {
+            // SAFETY: `zeros` is readable for `chunk` bytes.
+            let written = unsafe { libc::pwrite(fd, zeros.as_ptr().cast(), chunk, offset as i64) };
+            if written != chunk as isize {
+                return Err(last_error("pwrite"));
+            }
+        }
+        offset += chunk;
+    }
+    Ok(())
 }
 
 /// A read-write shared mapping of the first `len` bytes of `fd`.
@@ -264,6 +358,8 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
             return Err(last_error("ftruncate"));
         }
+        // Before the file is published: a full file system leaves no half-usable segment.
+        allocate_pages(fd, len)?;
         let base = map_shared(fd, len)?;
         // SAFETY: the file is new, zero-filled by ftruncate, sized and not yet published.
         unsafe { initialise(base as *mut u8, SLOT_COUNT, pid as u32) };

@@ -19,7 +19,7 @@ pub struct Settings {
     pub mode: Option<Mode>,
     /// `OOM_GUARD_LIMIT`, when given and valid.
     pub limit: Option<u64>,
-    /// `OOM_GUARD_REFUSE` (default: PostgreSQL client backends only).
+    /// `OOM_GUARD_REFUSE` (default: every PostgreSQL process that runs a query or a job).
     pub scope: RefuseScope,
     /// A value could not be read: run in report mode.
     pub malformed: bool,
@@ -60,7 +60,7 @@ impl Settings {
         let mut settings = Settings {
             mode: None,
             limit: None,
-            scope: RefuseScope::Backends,
+            scope: RefuseScope::Jobs,
             malformed: false,
             dir: var(c"OOM_GUARD_DIR")
                 .filter(|dir| !dir.is_empty())

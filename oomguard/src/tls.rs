@@ -18,6 +18,9 @@ pub struct ThreadState {
     pub exit_hook_armed: bool,
     /// Rounds of thread-exit destructors that settled this thread's credit.
     pub exit_rounds: u8,
+    /// Set while this thread is inside `dlopen`: the loader and library constructors cannot
+    /// turn a NULL into an ERROR, so nothing they ask for is refused (see `loader`).
+    pub in_loader: bool,
     /// Successful allocations not yet added to the process slot. Not next to `credit` on
     /// purpose: adjacent, the compiler merges the two updates into five vector instructions
     /// where apart they are two.
@@ -70,6 +73,7 @@ pub fn current() -> *mut ThreadState {
                 busy: false,
                 exit_hook_armed: false,
                 exit_rounds: 0,
+                in_loader: false,
                 pending_allocations: 0,
             })
         };

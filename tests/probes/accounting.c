@@ -19,6 +19,9 @@
  *                              (after the first refusal only the overdraft is left); wait
  *   consumer COUNT SIZE        the main thread allocates COUNT blocks, another thread frees
  *                              them all and exits; "consumed"; wait
+ *   impossible SIZE            malloc, calloc, realloc, posix_memalign and aligned_alloc of SIZE
+ *                              bytes (more than glibc can give): "impossible N null" with the
+ *                              number of NULL results; wait
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -253,6 +256,22 @@ static int consumer(long count, size_t size) {
     return 0;
 }
 
+static int impossible(size_t size) {
+    int nulls = 0;
+    void *small = malloc(64);
+    void *out = NULL;
+    nulls += malloc(size) == NULL;
+    nulls += calloc(1, size) == NULL;
+    nulls += realloc(small, size) == NULL;
+    nulls += posix_memalign(&out, 64, size) == ENOMEM;
+    nulls += aligned_alloc(64, size) == NULL;
+    free(small);
+    printf("impossible %d null\n", nulls);
+    fflush(stdout);
+    wait_line();
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "hold") == 0)
         return hold(strtoull(argv[2], NULL, 10), atol(argv[3]));
@@ -268,6 +287,8 @@ int main(int argc, char **argv) {
         return overdraft(strtoull(argv[2], NULL, 10));
     if (argc >= 4 && strcmp(argv[1], "consumer") == 0)
         return consumer(atol(argv[2]), strtoull(argv[3], NULL, 10));
+    if (argc >= 3 && strcmp(argv[1], "impossible") == 0)
+        return impossible(strtoull(argv[2], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "refused-calls") == 0)
         return refused_calls(strtoull(argv[2], NULL, 10));
     fprintf(stderr, "usage: see the comment at the top of accounting.c\n");

@@ -392,7 +392,12 @@ fn malformed_values_are_reported_once_and_fall_back_to_report_mode() {
 fn a_foreign_segment_file_is_reported_and_never_crashes_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("oomguard-custom");
-    std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+    // Ours, private and of the right size (see hardening.rs for files that are not), but not a
+    // segment.
+    let foreign =
+        vec![0x5a; oomguard_core::layout::segment_size(oomguard_core::layout::SLOT_COUNT)];
+    std::fs::write(&path, &foreign).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut probe = start(
         dir.path(),
         &["until-null", "1048576"],
@@ -410,11 +415,7 @@ fn a_foreign_segment_file_is_reported_and_never_crashes_the_process() {
     let stderr = probe.finish();
     assert!(stderr.contains("bad magic"), "{stderr}");
     assert!(stderr.contains("privately"), "{stderr}");
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        vec![0x5a; 4096],
-        "left alone"
-    );
+    assert!(std::fs::read(&path).unwrap() == foreign, "left alone");
     let error = Segment::open(&path).err().expect("the CLI rejects it too");
     assert!(error.to_string().contains("bad magic"), "{error}");
 }

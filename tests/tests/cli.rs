@@ -278,3 +278,32 @@ fn status_from_another_pid_namespace_never_reaps_live_processes() {
 fn output_of_status(dir: &Path) -> (Output, String, String) {
     run_output(oomguard_command().arg("status").arg("--dir").arg(dir))
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_status_and_limit_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    while_holding(dir.path(), &[], |_| {
+        for args in [&["status"][..], &["status", "--json"], &["limit"]] {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            // SAFETY: both descriptors were just created and are owned here alone.
+            let (read_end, write_end) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            drop(read_end); // like `| head -1` after its line: nobody reads any more
+            let (out, _, stderr) = run_output(
+                oomguard_command()
+                    .args(args)
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(Stdio::from(write_end)),
+            );
+            assert!(
+                out.status.success() && stderr.is_empty(),
+                "oomguard {args:?} into a closed pipe: {} {stderr}",
+                out.status
+            );
+        }
+    });
+}

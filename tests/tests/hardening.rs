@@ -1,0 +1,162 @@
+//! Faults around the guard that must neither crash the guarded process nor skew the numbers
+//! (issue 9): a request glibc cannot serve, a segment directory on a full tmpfs, a segment file
+//! planted by someone else. Real processes under `LD_PRELOAD`, a real tmpfs mount.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use oomguard_cli::segment::{self, Segment};
+use oomguard_tests::Probe;
+
+const MIB: i64 = 1 << 20;
+
+#[test]
+fn a_request_glibc_cannot_serve_leaves_nothing_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    // A process that is never refused (not PostgreSQL): the guard reserves the request and
+    // then glibc says no. 2^45 bytes is more than this machine can map.
+    let mut probe = Probe::start(
+        "accounting",
+        dir.path(),
+        &["impossible", &(1u64 << 45).to_string()],
+        &[("OOM_GUARD_REFUSE", "backends")],
+    );
+    assert_eq!(probe.expect("impossible"), "impossible 5 null");
+    let paths = segment::find(dir.path()).unwrap();
+    let snapshot = Segment::open(&paths[0]).unwrap().snapshot().unwrap();
+    assert!(
+        snapshot.total_bytes < MIB,
+        "the failed calls left {} bytes reserved: {snapshot:#?}",
+        snapshot.total_bytes
+    );
+    assert!(
+        snapshot.peak_bytes < MIB,
+        "the failed calls left a peak of {} bytes",
+        snapshot.peak_bytes
+    );
+    probe.proceed();
+    probe.finish();
+}
+
+/// A tmpfs mounted at `dir` with `size`, unmounted on drop.
+struct Tmpfs<'a>(&'a Path);
+
+impl<'a> Tmpfs<'a> {
+    fn mount(dir: &'a Path, size: &str) -> Tmpfs<'a> {
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("run mount(8)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {} (this test needs root: run the tests as root, as \
+             .ci/run does)",
+            dir.display()
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn a_full_segment_directory_means_private_accounting_not_sigbus() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = dir.path().join("shm");
+    fs::create_dir(&shm).unwrap();
+    let _tmpfs = Tmpfs::mount(&shm, "1m");
+    // Leave a few pages: the segment (more than 512 KiB) no longer fits.
+    fs::write(shm.join("filler"), vec![1u8; 1000 * 1024]).unwrap();
+    let mut probe = Probe::start("accounting", &shm, &["hold", "1048576", "4"], &[]);
+    probe.expect("held");
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    let stderr = probe.finish();
+    assert!(
+        stderr.contains("cannot use the shared segment") && stderr.contains("No space left"),
+        "no clear line about the full directory: {stderr}"
+    );
+    let leftovers: Vec<_> = fs::read_dir(&shm)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "filler")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a failed creation left {leftovers:?} behind"
+    );
+}
+
+/// Creates a valid segment named `name` in `dir` with a short guarded run, and returns its bytes.
+fn make_segment(dir: &Path, name: &str) -> Vec<u8> {
+    oomguard_tests::while_holding(dir, &[("OOM_GUARD_DOMAIN", name)], |_| {});
+    fs::read(dir.join(name)).expect("the run created its segment")
+}
+
+/// Runs the `hold` probe with `OOM_GUARD_DOMAIN=name` and returns its stderr.
+fn attach_to(dir: &Path, name: &str) -> String {
+    let mut probe = Probe::start(
+        "accounting",
+        dir,
+        &["hold", "1048576", "4"],
+        &[("OOM_GUARD_DOMAIN", name)],
+    );
+    probe.expect("held");
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish()
+}
+
+#[test]
+fn a_segment_planted_by_another_user_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = make_segment(dir.path(), "model");
+    let cases: [(&str, Option<u32>, u32, usize, &str); 3] = [
+        // name, owner (None: ours), mode, length, what the line must say
+        (
+            "foreign",
+            Some(65534),
+            0o666,
+            valid.len(),
+            "owned by uid 65534",
+        ),
+        ("world-writable", None, 0o666, valid.len(), "mode 0666"),
+        ("short", None, 0o600, 4096, "4096 bytes"),
+    ];
+    for (name, owner, mode, len, expected) in cases {
+        let path = dir.path().join(name);
+        fs::write(&path, &valid[..len]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), None).expect("chown (needs root)");
+        }
+        let before = fs::read(&path).unwrap();
+        let stderr = attach_to(dir.path(), name);
+        assert!(
+            stderr.contains("untrusted file") && stderr.contains(expected),
+            "{name}: no clear line saying {expected:?}: {stderr}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "{name}: the guard wrote into a file it must not trust"
+        );
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o7777, mode, "{name}: mode changed");
+    }
+}
