@@ -171,7 +171,8 @@ impl Segment {
         if self.reap_blocker()?.is_some() {
             return Ok(None);
         }
-        Ok(Some(Pool::new(self.view()?).reap_dead(process_is_alive)))
+        let pool = Pool::new(self.view()?).in_pid_namespace(own_pid_namespace().unwrap_or(0));
+        Ok(Some(pool.reap_dead(process_is_alive)))
     }
 
     /// The numbers, copied out.

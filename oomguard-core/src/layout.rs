@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"OOMGUARD";
 /// Bumped whenever a field moves or changes meaning.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Number of process slots; a process that finds none free is accounted in [`Header::overflow`].
 pub const SLOT_COUNT: u32 = 4096;
 
@@ -266,6 +266,10 @@ pub struct Slot {
     /// this pid but started later is not the owner (the pid was reused). Taken from the vDSO, so
     /// claiming a slot costs a forked child no system call.
     pub claimed_at_ns: AtomicU64,
+    /// Inode of the owner's PID namespace (`/proc/self/ns/pid`), 0 if unknown. Its pid means
+    /// something only there: a process of another namespace that shares the domain (an explicit
+    /// `OOM_GUARD_DOMAIN`) neither claims this slot by pid nor judges its owner dead.
+    pub pid_namespace: AtomicU64,
     /// Bytes this process has reserved from the pool (its allocations plus its threads' unused
     /// reservations). Never below zero: a forked child that frees memory it inherited from its
     /// parent releases nothing (the parent still holds it, and freeing copies the page).

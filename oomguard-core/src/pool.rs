@@ -15,12 +15,31 @@ use crate::layout::{Header, ProcessKind, SegmentView, Slot, PID_BUSY, PID_FREE};
 #[derive(Clone, Copy)]
 pub struct Pool<'a> {
     view: SegmentView<'a>,
+    /// The caller's PID namespace: slots it claims are marked with it, and only slots marked
+    /// with it are matched by pid or judged dead.
+    pid_namespace: u64,
 }
 
 impl<'a> Pool<'a> {
-    /// A pool over `view`.
+    /// A pool over `view`, for a caller in PID namespace 0 ("unknown"; tests).
     pub fn new(view: SegmentView<'a>) -> Pool<'a> {
-        Pool { view }
+        Pool {
+            view,
+            pid_namespace: 0,
+        }
+    }
+
+    /// The same pool for a caller in PID namespace `inode` (`/proc/self/ns/pid`).
+    pub fn in_pid_namespace(self, inode: u64) -> Pool<'a> {
+        Pool {
+            pid_namespace: inode,
+            ..self
+        }
+    }
+
+    /// Whether `slot`'s pid is one of the caller's PID namespace.
+    fn pid_is_ours(&self, slot: &Slot) -> bool {
+        slot.pid_namespace.load(Relaxed) == self.pid_namespace
     }
 
     /// The segment header.
@@ -186,7 +205,10 @@ impl<'a> Pool<'a> {
         let slots = self.view.slots;
         if replaces_image {
             for slot in slots {
-                if slot.pid.load(Relaxed) == pid && self.take_over(slot, pid) {
+                if slot.pid.load(Relaxed) == pid
+                    && self.pid_is_ours(slot)
+                    && self.take_over(slot, pid)
+                {
                     self.reclaim(slot);
                     return self.fill(slot, pid, claimed_at_ns);
                 }
@@ -212,7 +234,7 @@ impl<'a> Pool<'a> {
         for slot in self.view.slots {
             let pid = slot.pid.load(Acquire);
             let claimed_at = slot.claimed_at_ns.load(Relaxed);
-            if pid <= 0 || is_alive(pid, claimed_at) {
+            if pid <= 0 || !self.pid_is_ours(slot) || is_alive(pid, claimed_at) {
                 continue;
             }
             if self.take_over(slot, pid) {
@@ -284,7 +306,13 @@ impl<'a> Pool<'a> {
     fn fill(&self, slot: &'a Slot, pid: i32, claimed_at_ns: u64) -> &'a Slot {
         slot.kind.store(ProcessKind::Unclassified as u32, Relaxed);
         slot.claimed_at_ns.store(claimed_at_ns, Relaxed);
-        slot.bytes.store(0, Relaxed);
+        slot.pid_namespace.store(self.pid_namespace, Relaxed);
+        // A slot is free with zero bytes, unless its last owner released after vacating (a
+        // thread still freeing while another one exits): such leftovers leave the total too.
+        let leftover = slot.bytes.swap(0, Relaxed);
+        if leftover != 0 {
+            self.view.header.total.fetch_sub(leftover, AcqRel);
+        }
         slot.peak.store(0, Relaxed);
         for counter in [
             &slot.allocations,
@@ -416,6 +444,43 @@ mod tests {
                     .count(),
                 1
             );
+        });
+    }
+
+    #[test]
+    fn other_pid_namespaces_slots_are_neither_claimed_nor_reaped() {
+        with_pool(4, 0, |pool| {
+            let theirs = pool.in_pid_namespace(7).claim(10, 1, true);
+            pool.in_pid_namespace(7).reserve_regardless(theirs, 100);
+            let ours = pool.in_pid_namespace(8);
+            let mine = ours.claim(10, 2, true);
+            assert!(
+                !core::ptr::eq(theirs, mine),
+                "pid 10 of namespace 7 kept its slot"
+            );
+            assert_eq!(theirs.bytes.load(Relaxed), 100);
+            assert_eq!(
+                ours.reap_dead(|_, _| false),
+                1,
+                "only our own pid 10 is judged"
+            );
+            assert_eq!(theirs.pid.load(Relaxed), 10);
+            assert_eq!(pool.header().total.load(Relaxed), 100);
+        });
+    }
+
+    #[test]
+    fn bytes_left_in_a_free_slot_leave_the_total_when_it_is_reused() {
+        with_pool(2, 0, |pool| {
+            let slot = pool.claim(5, 1, true);
+            pool.reserve_regardless(slot, 64);
+            pool.vacate(slot, 5);
+            // A late release of the vacated process's other thread, then a late reservation.
+            pool.reserve_regardless(slot, 32);
+            assert_eq!(pool.header().total.load(Relaxed), 32);
+            let reused = pool.claim(6, 1, true);
+            assert!(core::ptr::eq(slot, reused));
+            assert_eq!(pool.header().total.load(Relaxed), 0);
         });
     }
 

@@ -182,7 +182,7 @@ fn pool() -> Pool<'static> {
             slots: core::slice::from_raw_parts(slots, count),
         }
     };
-    Pool::new(view)
+    Pool::new(view).in_pid_namespace(OWN_PID_NAMESPACE.load(Relaxed))
 }
 
 /// This process's slot, claimed on first use in a forked child (a child that execs or exits
@@ -211,13 +211,10 @@ fn claim_slot(replaces_image: bool) {
     SLOT.store(slot as *const Slot as *mut Slot, Relaxed);
 }
 
-/// Frees the slots of dead processes, if the segment's pids are ours to judge (the domain
-/// name includes the PID namespace, but `OOM_GUARD_DOMAIN` can join any segment).
+/// Frees the slots of dead processes of our PID namespace (the domain name includes the PID
+/// namespace, but `OOM_GUARD_DOMAIN` can join any segment: other namespaces' slots are theirs
+/// to judge).
 fn reap(pool: &Pool<'_>) -> u32 {
-    let theirs = pool.header().pid_namespace.load(Relaxed);
-    if theirs != 0 && theirs != OWN_PID_NAMESPACE.load(Relaxed) {
-        return 0;
-    }
     pool.reap_dead(is_alive)
 }
 

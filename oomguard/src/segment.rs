@@ -69,6 +69,8 @@ enum AttachError {
     PathTooLong,
     /// The file is not one this process could have created: someone else may control it.
     Untrusted(Untrusted),
+    /// The file was removed or replaced between our open and our lock: open it again.
+    Unlinked,
 }
 
 /// What makes an existing segment file untrustworthy. Another user who can plant the file could
@@ -109,6 +111,7 @@ impl fmt::Display for AttachError {
             AttachError::Layout(error) => write!(f, "{error}"),
             AttachError::PathTooLong => write!(f, "the path is too long"),
             AttachError::Untrusted(why) => write!(f, "untrusted file: {why}; not attached"),
+            AttachError::Unlinked => write!(f, "the file was replaced while attaching"),
         }
     }
 }
@@ -184,7 +187,9 @@ pub fn pid_namespace() -> u64 {
 }
 
 fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
-    for _ in 0..2 {
+    // A retry when the segment was created by someone else meanwhile, or removed (`oomguard
+    // clean`) between our open and our lock.
+    for _ in 0..4 {
         // SAFETY: the path is NUL-terminated.
         let fd = unsafe {
             libc::open(
@@ -193,7 +198,13 @@ fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError
             )
         };
         if fd >= 0 {
-            return map_existing(fd);
+            let result = map_existing(fd, path);
+            // SAFETY: fd is ours; the mapping (and with it the lock) survives its closing.
+            unsafe { libc::close(fd) };
+            match result {
+                Err(AttachError::Unlinked) => continue,
+                result => return result,
+            }
         }
         if crate::errno::get() != libc::ENOENT {
             return Err(last_error("open"));
@@ -208,13 +219,96 @@ fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError
     Err(AttachError::System("open", libc::ENOENT))
 }
 
-fn map_existing(fd: i32) -> Result<SegmentView<'static>, AttachError> {
-    let result = check_trusted(fd)
-        .and_then(|len| allocate_pages(fd, len).map(|()| len))
-        .and_then(|len| map(fd, len));
-    // SAFETY: fd is ours; the mapping survives its closing.
-    unsafe { libc::close(fd) };
-    result
+/// Takes (or converts to) an open-file-description lock of `kind` on the whole file, without
+/// waiting. Returns false when another holder's lock conflicts (or on error).
+///
+/// Every guarded process holds a read lock on its segment for as long as it maps it: the lock
+/// belongs to the open file description, which the mapping keeps alive after the descriptor is
+/// closed and which forked children share, and the kernel drops it when the last process
+/// holding the mapping exits or execs, however it ends. So a segment nobody holds a read lock on
+/// has no live process: it is stale. `oomguard status` tests that with `F_OFD_GETLK`, `oomguard
+/// clean` removes such files under a write lock, and a guarded process that finds one resets it.
+fn lock(fd: i32, kind: i32) -> bool {
+    // SAFETY: an all-zero flock is a valid argument (whole file from offset 0); l_pid must be
+    // 0 for OFD locks.
+    let mut request: libc::flock = unsafe { core::mem::zeroed() };
+    request.l_type = kind as i16;
+    request.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: fd is open, request is a valid flock.
+    unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut request) == 0 }
+}
+
+/// Takes the read lock every attached process holds, waiting out a process that resets a stale
+/// segment under the write lock (microseconds; given up after about a second).
+fn share_lock(fd: i32) -> Result<(), AttachError> {
+    for _ in 0..1000 {
+        if lock(fd, libc::F_RDLCK) {
+            return Ok(());
+        }
+        let error = crate::errno::get();
+        if error != libc::EAGAIN && error != libc::EACCES {
+            return Err(AttachError::System("fcntl(F_OFD_SETLK)", error));
+        }
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: a valid timespec; an interrupted sleep just retries sooner.
+        unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+    }
+    Err(AttachError::System("fcntl(F_OFD_SETLK)", libc::EAGAIN))
+}
+
+/// Whether `fd` is still the file `path` names (not unlinked or replaced since we opened it).
+fn still_named(fd: i32, path: &PathBuffer) -> bool {
+    // SAFETY: all-zero stats are valid out-parameters; fd is open, path NUL-terminated.
+    unsafe {
+        let mut opened: libc::stat = core::mem::zeroed();
+        let mut named: libc::stat = core::mem::zeroed();
+        libc::fstat(fd, &mut opened) == 0
+            && libc::lstat(path.as_ptr(), &mut named) == 0
+            && opened.st_dev == named.st_dev
+            && opened.st_ino == named.st_ino
+    }
+}
+
+fn map_existing(fd: i32, path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
+    let len = check_trusted(fd)?;
+    // Alone on it (nobody holds a read lock): a stale segment, left by processes that are all
+    // gone (a stopped server, a restarted container). It is reset below, under this lock.
+    let stale = lock(fd, libc::F_WRLCK);
+    if !stale {
+        share_lock(fd)?;
+    }
+    if !still_named(fd, path) {
+        return Err(AttachError::Unlinked);
+    }
+    allocate_pages(fd, len)?;
+    let view = map(fd, len)?;
+    if stale {
+        reset(view);
+        // Converting the write lock to a read lock is atomic: nobody can slip in between.
+        if !lock(fd, libc::F_RDLCK) {
+            return Err(last_error("fcntl(F_OFD_SETLK)"));
+        }
+    }
+    Ok(view)
+}
+
+/// Starts a stale segment afresh, as if just created: its slots name dead processes (perhaps
+/// of another PID namespace, whose pids nobody here could judge), its peak and counters belong
+/// to a finished run. Only a segment of this layout is reset; anything else was refused by
+/// [`map`] already.
+fn reset(view: SegmentView<'static>) {
+    let base = view.header as *const oomguard_core::Header as *mut u8;
+    let len = segment_size(view.header.slot_count);
+    // SAFETY: we hold the only lock on the file, so no guarded process uses the mapping; it is
+    // `len` bytes long and writable. Readers (the CLI) only read, and see a fresh segment.
+    unsafe {
+        core::ptr::write_bytes(base, 0, len);
+        initialise(base, SLOT_COUNT, libc::getpid() as u32);
+    }
+    record_pid_namespace(base.cast());
 }
 
 /// Checks, before anything is mapped, that an existing segment file is one this process could
@@ -364,6 +458,13 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         // SAFETY: the file is new, zero-filled by ftruncate, sized and not yet published.
         unsafe { initialise(base as *mut u8, SLOT_COUNT, pid as u32) };
         record_pid_namespace(base);
+        // Live from the moment it is published (see `lock`).
+        if !lock(fd, libc::F_RDLCK) {
+            let error = last_error("fcntl(F_OFD_SETLK)");
+            // SAFETY: the mapping is ours and unpublished.
+            unsafe { libc::munmap(base, len) };
+            return Err(error);
+        }
         // SAFETY: both paths are NUL-terminated.
         if unsafe { libc::link(temporary.as_ptr(), path.as_ptr()) } != 0 {
             let error = last_error("link");

@@ -236,10 +236,19 @@ fn a_child_gone_without_cleanup_is_reaped() {
     probe.finish();
 }
 
+/// A guarded process that holds 1 MiB until dropped, so the domain stays live (a domain with no
+/// live process is stale, and the next process to start resets it).
+fn keeper(dir: &Path, env: &[(&str, &str)]) -> Probe {
+    let mut keeper = start(dir, &["hold", "1048576", "1"], env);
+    keeper.expect("held");
+    keeper
+}
+
 #[test]
 fn memory_of_a_killed_process_is_reclaimed_before_anyone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("OOM_GUARD_LIMIT", "100Mi")];
+    let _keeper = keeper(dir.path(), &env);
     let mut holder = start(dir.path(), &["hold", "1048576", "80"], &env);
     holder.expect("held");
     holder.child.kill().unwrap(); // SIGKILL: no clean-up runs
@@ -266,6 +275,7 @@ fn memory_of_a_killed_process_is_reclaimed_before_anyone_is_refused() {
 #[test]
 fn exec_replaces_the_slot_of_the_old_image() {
     let dir = tempfile::tempdir().unwrap();
+    let _keeper = keeper(dir.path(), &[]);
     let mut probe = start(dir.path(), &["exec", "33554432"], &[]);
     probe.expect("held"); // said by the new image: hold 1 MiB x 4
     let after = snapshot(dir.path());
