@@ -64,7 +64,12 @@ impl Reserve {
     pub fn parse(text: &str) -> Result<Reserve, ReserveError> {
         let text = text.trim();
         if let Some(number) = text.strip_suffix('%') {
-            return match number.trim().parse::<u32>() {
+            let number = number.trim();
+            // Digits only: `u32::from_str` would also take a sign (`+15%`).
+            if !number.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ReserveError::Percent);
+            }
+            return match number.parse::<u32>() {
                 Ok(percent) if percent <= MAX_RESERVE_PERCENT => Ok(Reserve::Percent(percent)),
                 _ => Err(ReserveError::Percent),
             };
