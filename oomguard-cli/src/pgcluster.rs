@@ -11,7 +11,8 @@
 //! - [`Cluster`]: `initdb` into `BASE/data`, a private unix-socket directory `BASE/sock` (no TCP),
 //!   the server log `BASE/postgres.log`; starting `postgres` directly as our child with extra
 //!   environment (this is how `LD_PRELOAD=…/liboomguard.so` and `OOM_GUARD_*` reach the server),
-//!   waiting for readiness by really connecting, fast shutdown, and stopping on drop.
+//!   optionally inside a given cgroup ([`ClusterOptions::cgroup`]), waiting for readiness by
+//!   really connecting, fast shutdown, and stopping on drop.
 //! - Small helpers the tests use to prove what happened: [`backend_pids_by_type`],
 //!   [`pid_maps_library`], and [`stage_library`] (copy the preload library somewhere the
 //!   unprivileged server user can read it).
@@ -24,6 +25,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -484,6 +486,11 @@ pub struct ClusterOptions {
     /// started it exits (`PR_SET_PDEATHSIG`), so a killed test run leaves no server behind.
     /// Turn it off if the cluster is started on a thread that ends before the cluster should.
     pub die_with_parent: bool,
+    /// A cgroup directory (v1 or v2) the postmaster joins before it execs, so that the server
+    /// and every process it forks run inside it from the start. Its `cgroup.procs` is opened by
+    /// us (we may be root while the server user could not open it) and the child writes `0`
+    /// (itself) into it.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -495,6 +502,7 @@ impl Default for ClusterOptions {
             start_timeout: DEFAULT_START_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             die_with_parent: true,
+            cgroup: None,
         }
     }
 }
@@ -549,6 +557,7 @@ pub struct Cluster {
     start_timeout: Duration,
     stop_timeout: Duration,
     die_with_parent: bool,
+    cgroup: Option<PathBuf>,
     child: Option<Child>,
     // Last, so the directory outlives the server (Drop stops the server first anyway).
     temp: Option<tempfile::TempDir>,
@@ -614,6 +623,7 @@ impl Cluster {
             start_timeout: opts.start_timeout,
             stop_timeout: opts.stop_timeout,
             die_with_parent: opts.die_with_parent,
+            cgroup: opts.cgroup.clone(),
             child: None,
             temp: None,
         };
@@ -732,7 +742,38 @@ impl Cluster {
                 });
             }
         }
-        let child = cmd.spawn().with_context(|| {
+        // Opened here and kept open until the spawn returned; O_CLOEXEC closes it in the server.
+        let cgroup_procs = match &self.cgroup {
+            Some(dir) => {
+                let path = dir.join("cgroup.procs");
+                let file = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&path)
+                    .with_context(|| format!("could not open {}", path.display()))?;
+                Some(file)
+            }
+            None => None,
+        };
+        if let Some(file) = &cgroup_procs {
+            let fd = file.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec; it only calls write on an
+            // fd that the parent keeps open until spawn returns, which is async-signal-safe, and
+            // does not allocate or take locks.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // "0" moves the writing process itself (both cgroup v1 and v2).
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    if written != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let spawned = cmd.spawn();
+        drop(cgroup_procs);
+        let child = spawned.with_context(|| {
             format!(
                 "could not start {} as user `{}`",
                 self.binaries.postgres.display(),

@@ -5,8 +5,9 @@
 //! release-built `liboomguard.so` and the probes are, and the guard's environment. It also owns
 //! what the tests of the `oomguard` binary share: where the release-built binary is and how to run
 //! it ([`oomguard_command`], [`run_output`]), finding `promtool`, and a real exporter on a free
-//! loopback port ([`Exporter`]) scraped with a raw HTTP GET ([`http_get`]). It contains no tests
-//! itself; they live in `tests/*.rs`.
+//! loopback port ([`Exporter`]) scraped with a raw HTTP GET ([`http_get`]), and real memory
+//! cgroups for the tests that meet the kernel's OOM killer ([`cgroup`]). It contains no tests
+//! itself (beyond unit tests of its parsers); they live in `tests/*.rs`.
 
 use std::env;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,6 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use oomguard_cli::exporter::LISTEN_ENV;
+
+pub mod cgroup;
 
 /// Overrides [`library_path`] when set (absolute path of a `liboomguard.so`).
 pub const LIBRARY_ENV: &str = "OOMGUARD_LIBRARY";
