@@ -154,8 +154,8 @@ impl Mode {
 pub enum RefuseScope {
     /// Every PostgreSQL process that runs a query or a job and turns an ERROR into a failed
     /// query or job (client backends, parallel workers, extensions' background workers,
-    /// autovacuum workers, WAL senders, logical replication workers), in a state where an ERROR
-    /// is safe. The default.
+    /// autovacuum workers, logical replication workers), in a state where an ERROR is safe. The
+    /// default.
     Jobs,
     /// Only PostgreSQL client backends in a state where an ERROR is safe.
     Backends,
@@ -193,11 +193,25 @@ impl RefuseScope {
                     | Kind::ParallelWorker
                     | Kind::BackgroundWorker
                     | Kind::AutovacuumWorker
-                    | Kind::WalSender
                     | Kind::LogicalReplicationWorker
             ),
         }
     }
+}
+
+/// What `OOM_GUARD_DOMAIN` accepts, quoted by its error.
+pub const DOMAIN_FORMS: &str =
+    "a plain file name of at most 200 bytes: no '/', not '.' or '..', not empty";
+
+/// Checks an `OOM_GUARD_DOMAIN` value: the segment's file name inside `OOM_GUARD_DIR`, so a
+/// path (`../x`, `a/b`) would put the segment somewhere else.
+pub fn domain_is_valid(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
 }
 
 #[cfg(test)]
@@ -248,6 +262,10 @@ mod tests {
         assert_eq!(RefuseScope::parse("all"), Some(RefuseScope::All));
         assert_eq!(RefuseScope::parse("backends"), Some(RefuseScope::Backends));
         assert_eq!(RefuseScope::parse(" Jobs "), Some(RefuseScope::Jobs));
+        for bad in [&b""[..], b".", b"..", b"../x", b"a/b", &[b'x'; 201]] {
+            assert!(!domain_is_valid(bad), "{bad:?}");
+        }
+        assert!(domain_is_valid(b"oomguard-pg-main"));
         assert_eq!(RefuseScope::parse("everyone"), None);
     }
 }

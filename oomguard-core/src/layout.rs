@@ -212,7 +212,9 @@ pub enum ProcessKind {
     BackgroundWorker = 6,
     /// An autovacuum worker.
     AutovacuumWorker = 7,
-    /// A WAL sender (physical or logical replication connection).
+    /// A WAL sender (physical or logical replication connection): never refused. Its ERROR
+    /// breaks the replication stream: with synchronous replication every commit waits, and
+    /// logical decoding starts over from the slot's restart point, into the same memory.
     WalSender = 8,
     /// A logical replication apply or table synchronisation worker.
     LogicalReplicationWorker = 9,

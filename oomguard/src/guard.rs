@@ -60,6 +60,11 @@ static LAST_REPORT_NS: AtomicU64 = AtomicU64::new(0);
 static UNREPORTED_REFUSALS: AtomicU64 = AtomicU64::new(0);
 static THREAD_EXIT_KEY: AtomicU64 = AtomicU64::new(u64::MAX);
 static OWN_PID_NAMESPACE: AtomicU64 = AtomicU64::new(0);
+/// Bytes of memory this process inherited at fork that it may still free: such frees release
+/// nothing (the parent still holds that memory, and the free even copies the page). Set at fork
+/// to the parent's reserved bytes plus what the parent itself still had inherited, an upper
+/// bound of the memory live in the parent; used up by this process's returns to the pool.
+static INHERITED: AtomicU64 = AtomicU64::new(0);
 /// This process's [`Mode`] (enforce or report).
 static MODE: AtomicU32 = AtomicU32::new(Mode::Report as u32);
 
@@ -506,9 +511,31 @@ pub unsafe fn release_excess(thread: *mut ThreadState) {
             (*thread).credit = BATCH;
             // Claiming a forked child's slot may reap, i.e. make system calls: free keeps errno.
             let saved = errno::get();
-            pool().release(my_slot(), excess as u64);
+            give_back(excess as u64);
             errno::set(saved);
         }
+    }
+}
+
+/// Returns `bytes` of a thread's credit to the pool, less what frees of inherited memory put
+/// into it (see [`INHERITED`]): in a forked child, returns are counted against its inheritance
+/// first. So a child that allocates and then frees what it inherited keeps its own count
+/// (it never under-counts by its frees of inherited blocks as long as they are returned here),
+/// and over-counts by at most what it inherited until it has freed that much.
+fn give_back(bytes: u64) {
+    let mut inherited = INHERITED.load(Relaxed);
+    let absorbed = loop {
+        let absorbed = bytes.min(inherited);
+        if absorbed == 0 {
+            break 0;
+        }
+        match INHERITED.compare_exchange_weak(inherited, inherited - absorbed, Relaxed, Relaxed) {
+            Ok(_) => break absorbed,
+            Err(seen) => inherited = seen,
+        }
+    };
+    if bytes > absorbed {
+        pool().release(my_slot(), bytes - absorbed);
     }
 }
 
@@ -567,7 +594,7 @@ unsafe fn settle(thread: *mut ThreadState) {
     unsafe {
         let credit = core::mem::take(&mut (*thread).credit);
         if credit > 0 {
-            pool().release(my_slot(), credit as u64);
+            give_back(credit as u64);
         } else if credit < 0 {
             pool().reserve_regardless(my_slot(), credit.unsigned_abs());
         }
@@ -587,6 +614,16 @@ extern "C" fn forked_child() {
         (*thread).credit = 0;
         (*thread).pending_allocations = 0;
     }
+    // What the parent held (its slot, if it had claimed one yet) is what this child may free
+    // without releasing anything, on top of what the parent had inherited itself.
+    let parent_slot = SLOT.load(Relaxed);
+    let parent_bytes = if parent_slot.is_null() {
+        0
+    } else {
+        // SAFETY: the parent's slot, in the segment this child inherited mapped.
+        unsafe { (*parent_slot).bytes.load(Relaxed).max(0) as u64 }
+    };
+    INHERITED.fetch_add(parent_bytes, Relaxed);
     OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
     LAST_REAP_NS.store(0, Relaxed);
     LAST_REPORT_NS.store(0, Relaxed);

@@ -4,19 +4,25 @@
 //! a PANIC, and the postmaster or startup process exiting takes the whole server down. So a
 //! request is refused only in a PostgreSQL process whose ERROR fails one query or one job and
 //! nothing else — client backends, parallel workers, background workers that run extensions'
-//! jobs, autovacuum workers, WAL senders, logical replication workers (narrowed by
-//! `OOM_GUARD_REFUSE`) — and only in a state where the ERROR is safe:
+//! jobs, autovacuum workers, logical replication workers (narrowed by `OOM_GUARD_REFUSE`) — and
+//! only in a state where the ERROR is safe:
 //!
 //! - not in a critical section (`CritSectionCount == 0`: an ERROR there is promoted to PANIC);
 //! - an error handler is set (`PG_exception_stack != NULL`: without one, ERROR becomes FATAL);
-//! - not exiting (`proc_exit_inprogress`) and not allocating in `ErrorContext` (reporting an
-//!   error);
-//! - interrupts not held off (`InterruptHoldoffCount == 0`): error recovery and abort processing
-//!   run with interrupts held, and an ERROR raised there recurses;
+//! - not exiting (`proc_exit_inprogress`), not told to turn every ERROR into FATAL
+//!   (`ExitOnAnyError`), and not allocating in `ErrorContext` (reporting an error);
 //! - not inside `dlopen` and not while LLVM compiles inside PostgreSQL's fatal-on-OOM bracket
 //!   (see `loader`): their NULLs become aborts or FATAL, not ERRORs.
 //!
 //! Everything else is accounted and always served.
+//!
+//! Considered and left out: `InterruptHoldoffCount > 0`. Error recovery runs with interrupts held,
+//! but so does all code that holds an LWLock or a buffer content lock, where an ERROR is routine
+//! (`AbortTransaction` releases every LWLock): ANALYZE copies its sample rows under a buffer lock,
+//! and an autovacuum worker's auto-analyze of a wide table was OOM-killed with that rule.
+//! Error recovery allocates from contexts PostgreSQL reserves for it (`ErrorContext`,
+//! `TransactionAbortContext`), and what it mallocs right after a refusal gets the guard's
+//! overdraft.
 //!
 //! PostgreSQL exports the globals that tell. They are looked up once per process image by the
 //! library's constructor ([`look_up_symbols`], before `main`, never inside an allocation: `dlsym`
@@ -48,8 +54,8 @@ const NAMES: [&CStr; 10] = [
     c"proc_exit_inprogress",
     c"CurrentMemoryContext",
     c"ErrorContext",
-    c"InterruptHoldoffCount",
     c"MyBgworkerEntry",
+    c"ExitOnAnyError",
 ];
 
 static ADDRESSES: [AtomicPtr<c_void>; 10] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 10];
@@ -83,8 +89,8 @@ struct Symbols {
     exit_in_progress: *const bool,
     current_context: *const *const c_void,
     error_context: *const *const c_void,
-    interrupt_holdoff_count: *const u32,
     my_bgworker_entry: *const *const BackgroundWorkerPrefix,
+    exit_on_any_error: *const bool,
 }
 
 fn symbols() -> Option<Symbols> {
@@ -107,8 +113,8 @@ fn symbols() -> Option<Symbols> {
         exit_in_progress: address(5).cast(),
         current_context: address(6).cast(),
         error_context: address(7).cast(),
-        interrupt_holdoff_count: address(8).cast(),
-        my_bgworker_entry: address(9).cast(),
+        my_bgworker_entry: address(8).cast(),
+        exit_on_any_error: address(9).cast(),
     })
 }
 
@@ -205,9 +211,9 @@ fn safe_to_fail(symbols: &Symbols) -> bool {
     // SAFETY: as in `kind_of`.
     unsafe {
         core::ptr::read_volatile(symbols.crit_section_count) == 0
-            && core::ptr::read_volatile(symbols.interrupt_holdoff_count) == 0
             && !(*symbols.exception_stack).is_null()
             && !*symbols.exit_in_progress
+            && !*symbols.exit_on_any_error
             && *symbols.current_context != *symbols.error_context
     }
 }

@@ -7,7 +7,9 @@
 use core::ffi::{c_char, CStr};
 use core::fmt::Write;
 
-use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS};
+use oomguard_core::config::{
+    domain_is_valid, limit_is_auto, parse_size, DOMAIN_FORMS, MODE_FORMS, REFUSE_FORMS,
+};
 use oomguard_core::limit::Reserve;
 use oomguard_core::{Mode, RefuseScope};
 
@@ -72,6 +74,13 @@ impl Settings {
                 .filter(|root| !root.is_empty())
                 .unwrap_or(DEFAULT_CGROUP_ROOT),
         };
+        if let Some(domain) = settings.domain {
+            if !domain_is_valid(domain.to_bytes()) {
+                settings.domain = None;
+                let value = domain.to_str().unwrap_or("\u{fffd}");
+                settings.complain("OOM_GUARD_DOMAIN", value, DOMAIN_FORMS);
+            }
+        }
         if let Some(value) = text(c"OOM_GUARD_MODE") {
             match Mode::parse(value) {
                 Some(mode) => settings.mode = Some(mode),

@@ -9,7 +9,8 @@
  *   threads T ROUNDS HOLD      T threads churn malloc/calloc/realloc/posix_memalign/free, then
  *                              each holds HOLD bytes; "holding"; wait; threads free and exit;
  *                              "done"; wait
- *   fork SIZE HOW              parent holds 8 MiB; child frees 4 MiB of it, holds SIZE, says
+ *   fork SIZE HOW [late]       parent holds 8 MiB; child frees 4 MiB of it, holds SIZE (with
+ *                              "late": holds SIZE first, then frees), says
  *                              "child PID", waits, then leaves by HOW (exit|_exit); parent
  *                              waits for it: "child gone"; wait
  *   exec SIZE                  holds SIZE, then execs itself as "hold 1048576 4"
@@ -148,7 +149,7 @@ static int threads(int count, long rounds, size_t hold_size) {
     return 0;
 }
 
-static int fork_child(size_t size, const char *how) {
+static int fork_child(size_t size, const char *how, int late) {
     enum { PARENT_BLOCKS = 8 };
     void *parent[PARENT_BLOCKS];
     for (int i = 0; i < PARENT_BLOCKS; i++) {
@@ -158,9 +159,16 @@ static int fork_child(size_t size, const char *how) {
     pid_t child = fork();
     if (child < 0) return 2;
     if (child == 0) {
+        void *mine = NULL;
+        if (late) {
+            mine = malloc(size);
+            memset(mine, 2, size);
+        }
         for (int i = 0; i < PARENT_BLOCKS / 2; i++) free(parent[i]);
-        void *mine = malloc(size);
-        memset(mine, 2, size);
+        if (!late) {
+            mine = malloc(size);
+            memset(mine, 2, size);
+        }
         printf("child %d\n", (int)getpid());
         fflush(stdout);
         wait_line();
@@ -280,7 +288,8 @@ int main(int argc, char **argv) {
     if (argc >= 5 && strcmp(argv[1], "threads") == 0)
         return threads(atoi(argv[2]), atol(argv[3]), strtoull(argv[4], NULL, 10));
     if (argc >= 4 && strcmp(argv[1], "fork") == 0)
-        return fork_child(strtoull(argv[2], NULL, 10), argv[3]);
+        return fork_child(strtoull(argv[2], NULL, 10), argv[3],
+                          argc >= 5 && strcmp(argv[4], "late") == 0);
     if (argc >= 3 && strcmp(argv[1], "exec") == 0)
         return exec_self(strtoull(argv[2], NULL, 10), argv[0]);
     if (argc >= 3 && strcmp(argv[1], "overdraft") == 0)

@@ -182,8 +182,14 @@ fn threads_stay_within_the_error_bound_and_return_to_baseline() {
 }
 
 fn fork_case(how: &str) -> (tempfile::TempDir, Probe, i32) {
+    fork_case_in_order(how, "early")
+}
+
+/// `fork_case` with the child's frees of inherited memory `"early"` (before it allocates) or
+/// `"late"` (after): either way they must not cancel what the child allocated itself.
+fn fork_case_in_order(how: &str, order: &str) -> (tempfile::TempDir, Probe, i32) {
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = start(dir.path(), &["fork", "16777216", how], &[]);
+    let mut probe = start(dir.path(), &["fork", "16777216", how, order], &[]);
     let line = probe.expect("child ");
     let child: i32 = line["child ".len()..].parse().unwrap();
     let both = snapshot(dir.path());
@@ -242,6 +248,13 @@ fn keeper(dir: &Path, env: &[(&str, &str)]) -> Probe {
     let mut keeper = start(dir, &["hold", "1048576", "1"], env);
     keeper.expect("held");
     keeper
+}
+
+#[test]
+fn a_child_freeing_inherited_memory_after_allocating_keeps_its_own_count() {
+    let (_dir, mut probe, _child) = fork_case_in_order("exit", "late");
+    probe.proceed();
+    probe.finish();
 }
 
 #[test]
