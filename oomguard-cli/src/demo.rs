@@ -246,12 +246,7 @@ pub fn run(library: &Path, limit: &str, step: bool) -> Result<()> {
 
 fn print_status(guarded: &GuardedCluster) -> Result<()> {
     let segment = guarded.segment()?;
-    let reaped_now = segment.reap_dead()?;
-    let report = status::DomainStatus {
-        reaped_now,
-        not_reaped_because: segment.reap_blocker()?,
-        snapshot: segment.snapshot()?,
-    };
+    let report = status::domain_status(&segment)?;
     for line in status::render(&report).lines() {
         println!("  {line}");
     }

@@ -8,7 +8,10 @@
 //! reaps dead processes' slots as `oomguard status` does, and encodes what it read through a
 //! `prometheus-client` [`Collector`] of constant gauges and counters. A missing or unreadable
 //! directory or segment is counted in `oomguard_exporter_read_errors_total`, logged to stderr and
-//! shown as `oomguard_up 0`; it never stops the exporter. Domain series carry one label,
+//! shown as `oomguard_up 0`; it never stops the exporter. Stale segments (no guarded process has
+//! them mapped: an earlier run's) are not errors and not exported, whose limit and peak would
+//! pass for current ones; they are only counted, in `oomguard_stale_domains`. With no live
+//! segment at all the scrape is `oomguard_up 0`, as with none. Domain series carry one label,
 //! `domain` (the segment's file name); there are no per-process series.
 //!
 //! Formats: clients that accept `application/openmetrics-text` (Prometheus does) get the
@@ -30,7 +33,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::segment::{self, Segment, Snapshot};
+use crate::segment::{self, Liveness, SegmentError, Snapshot};
 
 /// Where the exporter listens unless `--listen` or [`LISTEN_ENV`] says otherwise. Port 10187:
 /// Prometheus' exporter port range 9100–9999 is fully allocated, and 9187 is postgres_exporter's,
@@ -54,6 +57,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_up",
     "oomguard_build_info",
     "oomguard_exporter_read_errors_total",
+    "oomguard_stale_domains",
     "oomguard_limit_bytes",
     "oomguard_limit_input_bytes",
     "oomguard_allocated_bytes",
@@ -109,31 +113,53 @@ pub fn parse_listen(value: &str) -> Result<SocketAddr, ExporterError> {
     })
 }
 
-/// What one scrape read: every domain that could be read, and what could not.
+/// What one scrape read: every live domain that could be read, how many were stale, and what
+/// could not be read.
 #[derive(Debug, Default)]
 pub struct Reading {
-    /// Domain name (the segment's file name) and its numbers.
+    /// Domain name (the segment's file name) and its numbers, for live domains only: a stale
+    /// domain's numbers are an earlier run's, and exporting them would show a dead server's
+    /// limit and peak as current.
     pub domains: Vec<(String, Snapshot)>,
-    /// One message per directory or segment that could not be read.
+    /// Stale segments in the directory (`None` when it could not be listed).
+    pub stale: Option<u64>,
+    /// One message per directory or segment that could not be read (and "no live segment").
     pub errors: Vec<String>,
+    /// Things worth saying that are not errors (a lock that could not be tested).
+    pub notes: Vec<String>,
 }
 
 impl Reading {
-    /// Reads every segment in `dir`, reaping dead processes' slots where we may write.
+    /// Reads every segment in `dir`, reaping dead processes' slots of live domains where we may
+    /// write, and counting stale ones.
     pub fn take(dir: &Path) -> Reading {
         let mut reading = Reading::default();
-        let paths = match segment::find(dir) {
-            Ok(paths) => paths,
+        let opened = match segment::open_each(dir) {
+            Ok(opened) => opened,
             Err(error) => {
+                if matches!(error, SegmentError::NoneFound { .. }) {
+                    reading.stale = Some(0);
+                }
                 reading.errors.push(error.to_string());
                 return reading;
             }
         };
-        for path in paths {
-            let snapshot = Segment::open(&path).and_then(|segment| {
-                segment.reap_dead()?;
-                segment.snapshot()
-            });
+        let mut stale = 0;
+        reading.errors = opened.bad.iter().map(ToString::to_string).collect();
+        for segment in &opened.domains {
+            let path = segment.path();
+            match segment.liveness() {
+                Liveness::Stale => {
+                    stale += 1;
+                    continue;
+                }
+                Liveness::Unknown(error) => reading.notes.push(format!(
+                    "cannot test the lock of {} ({error}): exported as live",
+                    path.display()
+                )),
+                Liveness::Live => {}
+            }
+            let snapshot = segment.reap_dead().and_then(|_| segment.snapshot());
             match snapshot {
                 Ok(snapshot) => {
                     let name = path
@@ -144,6 +170,16 @@ impl Reading {
                 }
                 Err(error) => reading.errors.push(error.to_string()),
             }
+        }
+        reading.stale = Some(stale);
+        if reading.domains.is_empty() && reading.errors.is_empty() {
+            // Like an empty directory: nothing the guard runs now is visible here.
+            reading.errors.push(format!(
+                "no live oomguard segment in {}: {stale} stale ones left by earlier runs \
+                 (`oomguard clean` removes them); no guarded process runs, or the guard uses \
+                 another directory (OOM_GUARD_DIR)",
+                dir.display()
+            ));
         }
         reading
     }
@@ -279,9 +315,9 @@ impl Families {
         Families(vec![
             gauge(
                 "oomguard_up",
-                "1 if the segment directory was listed and every segment in it was read on this \
-                 scrape, 0 if not (see oomguard_exporter_read_errors_total and the exporter's \
-                 stderr).",
+                "1 if the segment directory was listed, every segment in it was read on this \
+                 scrape and at least one is live, 0 if not (see \
+                 oomguard_exporter_read_errors_total and the exporter's stderr).",
                 false,
                 vec![(Vec::new(), up)],
             ),
@@ -297,6 +333,18 @@ impl Families {
                  and to read a segment file.",
                 false,
                 vec![(Vec::new(), read_errors)],
+            ),
+            gauge(
+                "oomguard_stale_domains",
+                "Segments in the directory that no guarded process has mapped: left by earlier \
+                 runs (a stopped server, a restarted container), not exported, each holding \
+                 tmpfs memory until `oomguard clean` removes it or the domain's next process \
+                 reuses it.",
+                false,
+                reading
+                    .stale
+                    .map(|stale| vec![(Vec::new(), saturating_i64(stale))])
+                    .unwrap_or_default(),
             ),
             gauge(
                 "oomguard_limit",
@@ -585,14 +633,20 @@ impl Exporter {
     pub fn scrape(&self, openmetrics: bool) -> Exposition {
         let reading = Reading::take(&self.dir);
         let mut last_errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
-        if *last_errors != reading.errors {
-            for error in &reading.errors {
-                eprintln!("oomguard exporter: {error}");
+        let said: Vec<String> = reading
+            .errors
+            .iter()
+            .chain(&reading.notes)
+            .cloned()
+            .collect();
+        if *last_errors != said {
+            for line in &said {
+                eprintln!("oomguard exporter: {line}");
             }
-            if reading.errors.is_empty() {
+            if said.is_empty() {
                 eprintln!("oomguard exporter: every segment read again");
             }
-            last_errors.clone_from(&reading.errors);
+            *last_errors = said;
         }
         drop(last_errors);
         let errors = self
@@ -716,8 +770,29 @@ mod tests {
         initialise, segment_size, CgroupState, SegmentView, SharedMemorySource,
     };
 
-    /// A real segment file in `dir` with a few numbers set, as the guard would leave it.
-    fn write_segment(dir: &Path, name: &str, cgroup_read: bool) {
+    /// Holds the read lock every guarded process holds on its segment (see `segment`): the
+    /// segment is live while the returned file is open.
+    fn hold(path: &Path) -> std::fs::File {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: an all-zero flock is the whole file; l_pid must be 0 for OFD locks.
+        let mut request: libc::flock = unsafe { std::mem::zeroed() };
+        request.l_type = libc::F_RDLCK as libc::c_short;
+        // SAFETY: an open descriptor and a valid flock.
+        let locked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+        assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
+        file
+    }
+
+    /// A real segment file in `dir` with a few numbers set, as the guard would leave it, and live:
+    /// the lock is held until the returned file is dropped.
+    fn write_segment(dir: &Path, name: &str, cgroup_read: bool) -> std::fs::File {
+        write_stale_segment(dir, name, cgroup_read);
+        hold(&dir.join(name))
+    }
+
+    /// As [`write_segment`], but with nobody holding it: as an earlier run leaves it.
+    fn write_stale_segment(dir: &Path, name: &str, cgroup_read: bool) {
         let path = dir.join(name);
         let file = std::fs::File::create_new(&path).unwrap();
         file.set_len(segment_size(4) as u64).unwrap();
@@ -832,8 +907,8 @@ mod tests {
     #[test]
     fn domains_are_labelled_and_cgroup_gauges_appear_once_read() {
         let dir = tempfile::tempdir().unwrap();
-        write_segment(dir.path(), "oomguard-0-a", false);
-        write_segment(dir.path(), "oomguard-0-b", true);
+        let _a = write_segment(dir.path(), "oomguard-0-a", false);
+        let _b = write_segment(dir.path(), "oomguard-0-b", true);
         let exporter = Exporter::new(dir.path());
         let om = exporter.scrape(true).body;
         for line in [
@@ -851,6 +926,7 @@ mod tests {
             "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
             "oomguard_reclaimed_orphan_bytes_total{domain=\"oomguard-0-a\"} 0",
             "oomguard_exporter_read_errors_total 0",
+            "oomguard_stale_domains 0",
             "oomguard_cgroup_memory_usage_bytes{domain=\"oomguard-0-b\"} 104857600",
             "oomguard_cgroup_memory_limit_bytes{domain=\"oomguard-0-b\"} 536870912",
             "oomguard_cgroup_memory_anon_bytes{domain=\"oomguard-0-b\"} 62914560",
@@ -909,7 +985,7 @@ mod tests {
     #[test]
     fn metric_names_are_exactly_what_is_encoded() {
         let dir = tempfile::tempdir().unwrap();
-        write_segment(dir.path(), "oomguard-0-all", true);
+        let _held = write_segment(dir.path(), "oomguard-0-all", true);
         let exporter = Exporter::new(dir.path());
         for openmetrics in [true, false] {
             let body = exporter.scrape(openmetrics).body;
@@ -924,12 +1000,41 @@ mod tests {
     #[test]
     fn a_bad_segment_is_counted_and_the_good_ones_still_served() {
         let dir = tempfile::tempdir().unwrap();
-        write_segment(dir.path(), "oomguard-0-good", false);
+        let _held = write_segment(dir.path(), "oomguard-0-good", false);
         std::fs::write(dir.path().join("oomguard-0-junk"), b"not a segment").unwrap();
         let body = Exporter::new(dir.path()).scrape(true).body;
         assert!(body.contains("\noomguard_up 0\n"), "{body}");
         assert!(body.contains("oomguard_exporter_read_errors_total 1\n"));
         assert!(body.contains("oomguard_allocated_bytes{domain=\"oomguard-0-good\"} 5242880"));
         assert!(!body.contains("oomguard-0-junk"));
+    }
+
+    #[test]
+    fn stale_domains_are_counted_not_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        write_stale_segment(dir.path(), "oomguard-0-old", true);
+        let exporter = Exporter::new(dir.path());
+        let only_stale = exporter.scrape(true).body;
+        assert!(only_stale.contains("\noomguard_up 0\n"), "{only_stale}");
+        assert!(
+            only_stale.contains("\noomguard_stale_domains 1\n"),
+            "{only_stale}"
+        );
+        assert!(!only_stale.contains("domain="), "{only_stale}");
+        let held = write_segment(dir.path(), "oomguard-0-live", false);
+        let body = exporter.scrape(false).body;
+        for line in [
+            "oomguard_up 1",
+            "oomguard_stale_domains 1",
+            "oomguard_allocated_bytes{domain=\"oomguard-0-live\"} 5242880",
+        ] {
+            assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
+        }
+        assert!(!body.contains("oomguard-0-old"), "{body}");
+        // The live one's last process is gone: both stale now.
+        drop(held);
+        let body = exporter.scrape(true).body;
+        assert!(body.contains("\noomguard_stale_domains 2\n"), "{body}");
+        assert!(body.contains("\noomguard_up 0\n"), "{body}");
     }
 }

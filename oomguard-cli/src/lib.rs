@@ -4,12 +4,15 @@
 //! - [`run`]: `oomguard run -- COMMAND…`: locate `liboomguard.so`, validate `OOM_GUARD_*`, set
 //!   `LD_PRELOAD`, exec.
 //! - [`demo`]: `oomguard demo` and the guarded cluster it and the end-to-end tests run.
-//! - [`status`]: `oomguard status`: reading, reaping and rendering domains.
+//! - [`status`]: `oomguard status`: reading, reaping and rendering domains, live and stale.
+//! - [`clean`]: `oomguard clean`: removing stale segments and leftover temporary files.
 //! - [`exporter`]: `oomguard exporter`: the guard's numbers as Prometheus metrics over HTTP.
 //! - [`limit`]: `oomguard limit`: the limit's derivation, input by input, recorded or predicted.
-//! - [`segment`]: finding, validating and reading the guard's shared segments.
+//! - [`segment`]: finding, validating and reading the guard's shared segments, and telling live
+//!   ones from stale ones.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
 
+pub mod clean;
 pub mod demo;
 pub mod exporter;
 pub mod limit;

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::pgcluster::PgBinaries;
 use crate::segment::{
-    self, LimitInputsSnapshot, Segment, SegmentError, Snapshot, ORIGIN_CGROUP, ORIGIN_HIERARCHICAL,
+    self, Found, LimitInputsSnapshot, SegmentError, Snapshot, ORIGIN_CGROUP, ORIGIN_HIERARCHICAL,
     ORIGIN_MEM_TOTAL, RESERVE_DEFAULT, RESERVE_FROM_ENV,
 };
 use crate::status::human_bytes;
@@ -50,6 +50,8 @@ pub const SOURCE_POSTGRES: &str = "postgres -C shared_memory_size";
 pub struct LimitReport {
     /// The segment file, or `None` for what the guard would derive in this environment.
     pub domain: Option<String>,
+    /// No guarded process has the segment mapped: these are an earlier run's numbers.
+    pub stale: bool,
     /// The limit in force (`None`: the guard only accounts).
     pub limit_bytes: Option<u64>,
     /// `OOM_GUARD_LIMIT`, `derived` or `none`.
@@ -136,6 +138,7 @@ impl LimitReport {
         }
         LimitReport {
             domain: Some(snapshot.path.clone()),
+            stale: false,
             limit_bytes: snapshot.limit_bytes,
             limit_source: snapshot.limit_source,
             derived_bytes: inputs.derived_bytes(),
@@ -146,11 +149,12 @@ impl LimitReport {
     }
 }
 
-/// The reports of every domain in `dir`, or `Ok(None)` when there is none yet (no segment, or
-/// no such directory).
-pub fn from_segments(dir: &Path) -> Result<Option<Vec<LimitReport>>, SegmentError> {
-    let paths = match segment::find(dir) {
-        Ok(paths) => paths,
+/// The reports of every domain in `dir` (live ones first, then stale ones), with one error per
+/// file that could not be read; `Ok(None)` when there is none yet (no segment, or no such
+/// directory).
+pub fn from_segments(dir: &Path) -> Result<Option<Found<LimitReport>>, SegmentError> {
+    let opened = match segment::open_each(dir) {
+        Ok(opened) => opened,
         Err(SegmentError::NoneFound { .. }) => return Ok(None),
         Err(SegmentError::Directory { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -159,14 +163,22 @@ pub fn from_segments(dir: &Path) -> Result<Option<Vec<LimitReport>>, SegmentErro
         }
         Err(error) => return Err(error),
     };
-    paths
-        .iter()
-        .map(|path| {
-            let snapshot = Segment::open(path)?.snapshot()?;
-            Ok(LimitReport::from_snapshot(&snapshot))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    let mut found = Found {
+        domains: Vec::new(),
+        bad: opened.bad,
+    };
+    for segment in &opened.domains {
+        match segment.snapshot() {
+            Ok(snapshot) => {
+                let mut report = LimitReport::from_snapshot(&snapshot);
+                report.stale = segment.is_stale();
+                found.domains.push(report);
+            }
+            Err(error) => found.bad.push(error),
+        }
+    }
+    found.domains.sort_by_key(|report| report.stale);
+    Ok(Some(found))
 }
 
 /// A variable's value as text, or an error naming it when it is not UTF-8.
@@ -450,6 +462,7 @@ pub fn predict(
     };
     Ok(LimitReport {
         domain: None,
+        stale: false,
         limit_bytes,
         limit_source,
         inputs,
@@ -504,6 +517,9 @@ pub fn render(report: &LimitReport, segment_dir: &Path) -> String {
     match &report.domain {
         Some(path) => {
             let _ = writeln!(out, "domain         {path}");
+            if report.stale {
+                let _ = writeln!(out, "state          {}", segment::STALE_TEXT);
+            }
         }
         None => {
             let _ = writeln!(
@@ -622,13 +638,16 @@ pub fn render(report: &LimitReport, segment_dir: &Path) -> String {
     out
 }
 
-/// `oomguard limit`: the reports of the domains in `segment_dir`, or (none there, or a
-/// `data_dir` given) what the guard would derive here.
-pub fn collect(segment_dir: &Path, data_dir: Option<&Path>) -> Result<Vec<LimitReport>> {
+/// `oomguard limit`: the reports of the domains in `segment_dir` with the files that could not be
+/// read, or (none there, or a `data_dir` given) what the guard would derive here.
+pub fn collect(segment_dir: &Path, data_dir: Option<&Path>) -> Result<Found<LimitReport>> {
     if data_dir.is_none() {
-        if let Some(reports) = from_segments(segment_dir)? {
-            return Ok(reports);
+        if let Some(found) = from_segments(segment_dir)? {
+            return Ok(found);
         }
     }
-    Ok(vec![predict(&|name| std::env::var_os(name), data_dir)?])
+    Ok(Found {
+        domains: vec![predict(&|name| std::env::var_os(name), data_dir)?],
+        bad: Vec::new(),
+    })
 }

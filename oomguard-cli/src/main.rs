@@ -1,6 +1,6 @@
 //! The `oomguard` command line: argument parsing and dispatch only; the work lives in the
-//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::limit`], [`oomguard_cli::exporter`],
-//! [`oomguard_cli::demo`]).
+//! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::limit`],
+//! [`oomguard_cli::clean`], [`oomguard_cli::exporter`], [`oomguard_cli::demo`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -37,7 +37,9 @@ enum Cmd {
         command: Vec<OsString>,
     },
     /// Show each guard domain: mode, limit, total, peak, refusals, and its processes by usage.
-    /// Slots of processes that died without cleaning up are reaped first.
+    /// Slots of processes that died without cleaning up are reaped first. Stale domains (no
+    /// guarded process left) come last, marked as such. A file that cannot be read is named on
+    /// stderr and the command exits 1, after showing the domains it could read.
     Status {
         /// Directory holding the guard's segments.
         #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
@@ -45,6 +47,18 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Remove stale segments (no guarded process has them mapped: left by earlier runs) and
+    /// the guard's leftover temporary files (`oomguard-*.tmp` older than a minute whose creator
+    /// is gone). Never removes a live segment, follows a symbolic link, or removes another
+    /// user's file unless run as root; prints one line per file.
+    Clean {
+        /// Directory holding the guard's segments.
+        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Explain each guard domain's limit input by input: the cgroup limit and where it came
     /// from, PostgreSQL shared memory, the reserve, the result, and the guard's total against
@@ -90,35 +104,73 @@ enum Cmd {
     },
 }
 
+/// Prints one stderr line per file that could not be read. Returns whether there was any: the
+/// command then exits 1 after showing every domain it could read (README: Reading `oomguard
+/// status`).
+fn report_bad(bad: &[oomguard_cli::segment::SegmentError], command: &str) -> bool {
+    for error in bad {
+        eprintln!("oomguard {command}: {error}");
+    }
+    !bad.is_empty()
+}
+
+/// The exit status of a command that printed what it could (`printed`) and reported bad files
+/// (`any_bad`).
+fn exit_code(printed: ExitCode, any_bad: bool) -> ExitCode {
+    if any_bad {
+        ExitCode::FAILURE
+    } else {
+        printed
+    }
+}
+
 fn status(dir: &std::path::Path, json: bool) -> ExitCode {
-    match oomguard_cli::status::collect(dir) {
-        Ok(domains) if json => match serde_json::to_string_pretty(&domains) {
+    let found = match oomguard_cli::status::collect(dir) {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!("oomguard status: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let any_bad = report_bad(&found.bad, "status");
+    // Nothing readable: the errors say it all (no empty table, no `[]` to mistake for "no
+    // domain").
+    if found.domains.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    let printed = if json {
+        match serde_json::to_string_pretty(&found.domains) {
             Ok(text) => print_out(&format!("{text}\n"), "status"),
             Err(error) => {
                 eprintln!("oomguard status: {error}");
                 ExitCode::FAILURE
             }
-        },
-        Ok(domains) => {
-            let reports: Vec<String> = domains.iter().map(oomguard_cli::status::render).collect();
-            print_out(&format!("{}\n", reports.join("\n")), "status")
         }
-        Err(error) => {
-            eprintln!("oomguard status: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    } else {
+        let reports: Vec<String> = found
+            .domains
+            .iter()
+            .map(oomguard_cli::status::render)
+            .collect();
+        print_out(&format!("{}\n", reports.join("\n")), "status")
+    };
+    exit_code(printed, any_bad)
 }
 
 fn limit(dir: &std::path::Path, json: bool, data_dir: Option<&std::path::Path>) -> ExitCode {
-    let reports = match oomguard_cli::limit::collect(dir, data_dir) {
-        Ok(reports) => reports,
+    let found = match oomguard_cli::limit::collect(dir, data_dir) {
+        Ok(found) => found,
         Err(error) => {
             eprintln!("oomguard limit: {error:#}");
             return ExitCode::FAILURE;
         }
     };
-    if json {
+    let any_bad = report_bad(&found.bad, "limit");
+    if found.domains.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    let reports = found.domains;
+    let printed = if json {
         match serde_json::to_string_pretty(&reports) {
             Ok(text) => print_out(&format!("{text}\n"), "limit"),
             Err(error) => {
@@ -132,7 +184,33 @@ fn limit(dir: &std::path::Path, json: bool, data_dir: Option<&std::path::Path>) 
             .map(|report| oomguard_cli::limit::render(report, dir))
             .collect();
         print_out(&texts.join("\n"), "limit")
+    };
+    exit_code(printed, any_bad)
+}
+
+fn clean(dir: &std::path::Path, dry_run: bool) -> ExitCode {
+    let outcomes = match oomguard_cli::clean::clean(dir, dry_run) {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            eprintln!("oomguard clean: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut text = String::new();
+    for outcome in &outcomes {
+        text.push_str(&outcome.to_string());
+        text.push('\n');
     }
+    if outcomes.is_empty() {
+        text = format!(
+            "nothing to clean: no oomguard-* file in {}\n",
+            dir.display()
+        );
+    }
+    let failed = outcomes
+        .iter()
+        .any(|outcome| outcome.action == oomguard_cli::clean::Action::Failed);
+    exit_code(print_out(&text, "clean"), failed)
 }
 
 /// Writes a command's report to stdout. A reader that went away (`oomguard status | head -1`)
@@ -216,6 +294,7 @@ fn main() -> ExitCode {
             data_dir,
         } => limit(&dir, json, data_dir.as_deref()),
         Cmd::Exporter { listen, dir } => exporter(&listen, &dir),
+        Cmd::Clean { dir, dry_run } => clean(&dir, dry_run),
         Cmd::Demo {
             limit,
             library,

@@ -29,6 +29,15 @@ pub const REFUSE_ENV: &str = "OOM_GUARD_REFUSE";
 pub const RESERVE_ENV: &str = "OOM_GUARD_RESERVE";
 /// The guard's shared memory override.
 pub const SHARED_MEMORY_ENV: &str = "OOM_GUARD_SHARED_MEMORY";
+/// The segment's file name, when the default (per user, cgroup and PID namespace) won't do.
+pub const DOMAIN_ENV: &str = "OOM_GUARD_DOMAIN";
+/// The longest [`DOMAIN_ENV`] accepted, in bytes: with the directory and the guard's
+/// `.PID.tmp` suffix it stays well inside the guard's 512-byte path buffer and NAME_MAX (255).
+pub const DOMAIN_MAX_BYTES: usize = 200;
+/// What [`DOMAIN_ENV`] accepts.
+pub const DOMAIN_FORMS: &str = "a plain file name of 1 to 200 bytes, without '/', not '.' or \
+                                '..' (start it with oomguard- so that oomguard status, limit, \
+                                clean and the exporter find it)";
 
 const BUILD_HINT: &str =
     "build it with `cargo build --release -p oomguard` (it lands in target/release/) or install \
@@ -264,8 +273,9 @@ use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS,
 use oomguard_core::limit::{Reserve, RESERVE_FORMS};
 use oomguard_core::{Mode, RefuseScope};
 
-/// Checks `OOM_GUARD_LIMIT`, `OOM_GUARD_MODE` and `OOM_GUARD_REFUSE` as read by `get` (unset is
-/// fine: the guard has defaults). A set but invalid value is an error naming the variable and
+/// Checks `OOM_GUARD_LIMIT`, `OOM_GUARD_MODE`, `OOM_GUARD_REFUSE`, `OOM_GUARD_RESERVE`,
+/// `OOM_GUARD_SHARED_MEMORY` and `OOM_GUARD_DOMAIN` as read by `get` (unset is fine: the guard
+/// has defaults). A set but invalid value is an error naming the variable and
 /// the accepted forms.
 pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), RunError> {
     type Check = fn(&str) -> Result<(), String>;
@@ -295,6 +305,15 @@ pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), 
             parse_size(v).map(drop).map_err(|e| e.reason().to_string())
         }),
     ];
+    if let Some(raw) = get(DOMAIN_ENV) {
+        // A file name is bytes: no UTF-8 requirement, unlike the other settings.
+        check_domain_name(raw.as_bytes()).map_err(|reason| RunError::InvalidSetting {
+            var: DOMAIN_ENV,
+            value: raw.to_string_lossy().into_owned(),
+            reason,
+            accepted: DOMAIN_FORMS,
+        })?;
+    }
     for (var, accepted, check) in checks {
         let Some(raw) = get(var) else { continue };
         let invalid = |value: String, reason: String| RunError::InvalidSetting {
@@ -310,6 +329,28 @@ pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), 
             ));
         };
         check(text).map_err(|reason| invalid(text.to_string(), reason))?;
+    }
+    Ok(())
+}
+
+/// Checks an `OOM_GUARD_DOMAIN` value: the segment's file name, joined to `OOM_GUARD_DIR` by the
+/// guard, so it must name a file *in* that directory. Empty is refused too: `VAR=$UNSET` is a
+/// mistake more often than a wish for the default, which leaving the variable unset gives.
+pub fn check_domain_name(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty (unset it for the default domain)".to_owned());
+    }
+    if name == b"." || name == b".." {
+        return Err("it names a directory, not a file".to_owned());
+    }
+    if name.contains(&b'/') {
+        return Err("it contains '/': the segment must be a file in OOM_GUARD_DIR".to_owned());
+    }
+    if name.len() > DOMAIN_MAX_BYTES {
+        return Err(format!(
+            "it is {} bytes long, more than {DOMAIN_MAX_BYTES}",
+            name.len()
+        ));
     }
     Ok(())
 }
@@ -608,6 +649,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("whole number"), "{err}");
+    }
+
+    #[test]
+    fn domain_names_are_plain_file_names() {
+        for good in [
+            "oomguard-pg",
+            "x",
+            "..x",
+            "a.b",
+            "é",
+            "d".repeat(200).as_str(),
+        ] {
+            assert!(check_domain_name(good.as_bytes()).is_ok(), "{good}");
+        }
+        assert!(
+            check_domain_name(b"oomguard-\xff").is_ok(),
+            "bytes, not UTF-8"
+        );
+        for (bad, says) in [
+            ("", "empty"),
+            (".", "directory"),
+            ("..", "directory"),
+            ("../x", "'/'"),
+            ("a/b", "'/'"),
+            ("/dev/shm/x", "'/'"),
+            ("d".repeat(201).as_str(), "201 bytes"),
+        ] {
+            let err = validate_guard_env(env_of(&[(DOMAIN_ENV, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{DOMAIN_ENV}={bad:?} is not valid: ")),
+                "{err}"
+            );
+            assert!(err.contains(says) && err.contains(DOMAIN_FORMS), "{err}");
+        }
     }
 
     #[test]

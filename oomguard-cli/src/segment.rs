@@ -4,7 +4,14 @@
 //! A segment is mapped read-write when the file allows it, so dead processes' slots can be reaped
 //! (the same compare-and-swap protocol the guard uses), and read-only otherwise. Every file is
 //! validated before a field is trusted: a foreign, truncated or other-version file is an error
-//! naming the file, never a crash.
+//! naming the file, never a crash, and [`open_each`] reports it on its own so that one bad file
+//! never hides the good ones.
+//!
+//! This module also owns the test of a domain's lifecycle ([`Segment::liveness`],
+//! [`lock_state`]): every guarded process holds an open-file-description read lock on its
+//! segment for as long as it maps it (the kernel drops it when the last such process exits or
+//! execs, SIGKILL included), so a segment nobody holds a lock on is *stale*, left by an earlier
+//! run. The test takes no lock itself (`F_OFD_GETLK`), so it never disturbs a starting guard.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -91,6 +98,80 @@ pub fn find(dir: &Path) -> Result<Vec<PathBuf>, SegmentError> {
     Ok(found)
 }
 
+/// What reading every segment of a directory gave: the domains that could be read, and one
+/// error (naming the file) per file that could not. A foreign, truncated or other-version file
+/// next to the guard's own must not hide them.
+#[derive(Debug)]
+pub struct Found<T> {
+    /// The readable domains, in the order the caller chose.
+    pub domains: Vec<T>,
+    /// The files that could not be read, each with why.
+    pub bad: Vec<SegmentError>,
+}
+
+/// Opens and validates every segment of `dir` ([`find`]), each on its own. Fails only when the
+/// directory cannot be listed or holds no `oomguard-*` file at all.
+pub fn open_each(dir: &Path) -> Result<Found<Segment>, SegmentError> {
+    let mut found = Found {
+        domains: Vec::new(),
+        bad: Vec::new(),
+    };
+    for path in find(dir)? {
+        match Segment::open(&path) {
+            Ok(segment) => found.domains.push(segment),
+            Err(error) => found.bad.push(error),
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a segment has a live guarded process, as its lock says.
+#[derive(Debug)]
+pub enum Liveness {
+    /// Some process holds a lock on it: a guarded process has it mapped (or one is resetting a
+    /// stale segment, or `oomguard clean` is looking at it).
+    Live,
+    /// Nobody holds a lock: every process that mapped it is gone.
+    Stale,
+    /// The lock could not be tested (a file system without OFD locks, say). Callers treat the
+    /// segment as live: calling a live domain stale would hide it or remove it.
+    Unknown(std::io::Error),
+}
+
+impl Liveness {
+    /// Only a segment whose lock test said so is stale; an untestable one counts as live.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Liveness::Stale)
+    }
+}
+
+/// Tests, without taking it, whether a write lock on the whole of `file` would conflict with a
+/// lock someone holds (`F_OFD_GETLK`; works on a read-only descriptor). Locks held through
+/// another open file description of this very process count too, as they should: such a process
+/// is a live guarded one.
+pub fn lock_state(file: &File) -> Liveness {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is a valid argument: l_start 0 and l_len 0 are the whole file,
+    // l_pid must be 0 for OFD requests.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: the descriptor is open for as long as `file` lives, and `request` is a valid,
+    // writable flock.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut request) } != 0 {
+        return Liveness::Unknown(std::io::Error::last_os_error());
+    }
+    if request.l_type == libc::F_UNLCK as libc::c_short {
+        Liveness::Stale
+    } else {
+        Liveness::Live
+    }
+}
+
+/// What `oomguard status` says of a stale domain.
+pub const STALE_TEXT: &str = "stale: no guarded process has it mapped (left by an earlier run); \
+                              `oomguard clean` removes it";
+
 enum Mapping {
     Writable(MmapRaw),
     ReadOnly(Mmap),
@@ -99,6 +180,8 @@ enum Mapping {
 /// A mapped, validated segment file.
 pub struct Segment {
     path: PathBuf,
+    /// Kept open for the lock test ([`Segment::liveness`]); it never takes a lock.
+    file: File,
     mapping: Mapping,
 }
 
@@ -109,22 +192,38 @@ impl Segment {
             path: path.to_owned(),
             source,
         };
-        let mapping = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(file) => Mapping::Writable(MmapRaw::map_raw(&file).map_err(io)?),
+        let (file, mapping) = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => {
+                let mapping = Mapping::Writable(MmapRaw::map_raw(&file).map_err(io)?);
+                (file, mapping)
+            }
             Err(_) => {
                 let file = File::open(path).map_err(io)?;
                 // SAFETY: the file is shared with live processes that change it only through
                 // atomics; we read it through atomics too and never hand out plain references
                 // to changing data.
-                Mapping::ReadOnly(unsafe { MmapOptions::new().map(&file) }.map_err(io)?)
+                let mapping =
+                    Mapping::ReadOnly(unsafe { MmapOptions::new().map(&file) }.map_err(io)?);
+                (file, mapping)
             }
         };
         let segment = Segment {
             path: path.to_owned(),
+            file,
             mapping,
         };
         segment.view()?;
         Ok(segment)
+    }
+
+    /// Whether a guarded process has this segment mapped now ([`lock_state`]).
+    pub fn liveness(&self) -> Liveness {
+        lock_state(&self.file)
+    }
+
+    /// Whether no guarded process has this segment mapped (an untestable lock counts as live).
+    pub fn is_stale(&self) -> bool {
+        self.liveness().is_stale()
     }
 
     /// The file.

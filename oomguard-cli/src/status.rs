@@ -1,39 +1,91 @@
 //! `oomguard status`: the guard's domains, limit, totals, denials and per-process table, for
-//! people (a table) and machines (`--json`). Dead processes' slots are reaped first and reported.
+//! people (a table) and machines (`--json`). Dead processes' slots of live domains are reaped
+//! first and reported.
+//!
+//! This module owns reading every domain of the directory for the report ([`collect`]: live
+//! domains first, then stale ones, each bad file reported on its own) and rendering one domain
+//! ([`render`]). A stale domain (no guarded process has its segment mapped) is shown with its last
+//! numbers and a `state` line, and never reaped: its slots name processes that are gone, whose
+//! pids may belong to anyone by now.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::segment::{self, LimitInputsSnapshot, Segment, SegmentError, Snapshot};
+use crate::segment::{self, Found, LimitInputsSnapshot, Liveness, Segment, SegmentError, Snapshot};
 
-/// One domain's report: what was reaped and the numbers afterwards.
+/// One domain's report: whether it is live, what was reaped and the numbers afterwards.
 #[derive(Debug, Serialize)]
 pub struct DomainStatus {
+    /// No guarded process has the segment mapped: it was left by an earlier run (the next
+    /// guarded process of the domain resets it; `oomguard clean` removes it).
+    pub stale: bool,
+    /// Why the lock test failed, when it did (the domain is then treated as live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_unknown_because: Option<String>,
     /// Slots of dead processes freed by this call (`None`: see `not_reaped_because`).
     pub reaped_now: Option<u32>,
-    /// Why this call could not reap (read-only segment, another PID namespace).
+    /// Why this call could not reap (stale, read-only segment, another PID namespace).
     pub not_reaped_because: Option<&'static str>,
-    /// The numbers.
+    /// The numbers. For a stale domain `processes` is empty: its slots name processes that are
+    /// gone (see `stale_slots`).
     #[serde(flatten)]
     pub snapshot: Snapshot,
+    /// Slots a stale domain's dead processes left behind (0 for a live domain).
+    pub stale_slots: usize,
 }
 
-/// Reads every segment in `dir`, reaping dead slots where we may write.
-pub fn collect(dir: &Path) -> Result<Vec<DomainStatus>, SegmentError> {
-    segment::find(dir)?
-        .iter()
-        .map(|path| {
-            let segment = Segment::open(path)?;
-            let reaped_now = segment.reap_dead()?;
-            Ok(DomainStatus {
-                reaped_now,
-                not_reaped_because: segment.reap_blocker()?,
-                snapshot: segment.snapshot()?,
-            })
-        })
-        .collect()
+/// Reads every segment in `dir`, reaping dead slots of live domains where we may write. Live
+/// domains come first, then stale ones (each group in file-name order); a file that cannot be
+/// read is reported in [`Found::bad`] and the others are still read. Fails only when the
+/// directory cannot be listed or holds no `oomguard-*` file.
+pub fn collect(dir: &Path) -> Result<Found<DomainStatus>, SegmentError> {
+    let opened = segment::open_each(dir)?;
+    let mut found = Found {
+        domains: Vec::new(),
+        bad: opened.bad,
+    };
+    for segment in &opened.domains {
+        match domain_status(segment) {
+            Ok(status) => found.domains.push(status),
+            Err(error) => found.bad.push(error),
+        }
+    }
+    // Stable: file-name order within each group.
+    found.domains.sort_by_key(|status| status.stale);
+    Ok(found)
+}
+
+/// One domain's report: reaped first when live; when stale, its last numbers without the dead
+/// processes' slots.
+pub fn domain_status(segment: &Segment) -> Result<DomainStatus, SegmentError> {
+    let liveness = segment.liveness();
+    if liveness.is_stale() {
+        let mut snapshot = segment.snapshot()?;
+        let stale_slots = snapshot.processes.len();
+        snapshot.processes.clear();
+        return Ok(DomainStatus {
+            stale: true,
+            liveness_unknown_because: None,
+            reaped_now: None,
+            not_reaped_because: Some("the domain is stale"),
+            snapshot,
+            stale_slots,
+        });
+    }
+    let reaped_now = segment.reap_dead()?;
+    Ok(DomainStatus {
+        stale: false,
+        liveness_unknown_because: match liveness {
+            Liveness::Unknown(error) => Some(error.to_string()),
+            Liveness::Live | Liveness::Stale => None,
+        },
+        reaped_now,
+        not_reaped_because: segment.reap_blocker()?,
+        snapshot: segment.snapshot()?,
+        stale_slots: 0,
+    })
 }
 
 /// Bytes as operators read them: `256.0 MiB`.
@@ -173,6 +225,14 @@ pub fn render(status: &DomainStatus) -> String {
     let mut out = String::new();
     let limit = limit_text(s);
     let _ = writeln!(out, "domain   {}", s.path);
+    if status.stale {
+        let _ = writeln!(out, "state    {}", segment::STALE_TEXT);
+    } else if let Some(why) = &status.liveness_unknown_because {
+        let _ = writeln!(
+            out,
+            "state    live? its lock cannot be tested ({why}); treated as live"
+        );
+    }
     let _ = writeln!(out, "mode     {}", s.mode);
     let _ = writeln!(out, "limit    {limit}");
     let _ = writeln!(
@@ -251,7 +311,13 @@ pub fn render(status: &DomainStatus) -> String {
             shorten(&p.title, 72)
         );
     }
-    if s.processes.is_empty() {
+    if status.stale && status.stale_slots > 0 {
+        let _ = writeln!(
+            out,
+            "{:>8}  (no live guarded process; {} slots left by processes that are gone)",
+            "-", status.stale_slots
+        );
+    } else if s.processes.is_empty() {
         let _ = writeln!(out, "{:>8}  (no live guarded process)", "-");
     }
     out

@@ -16,7 +16,8 @@ use std::process::Command;
 
 use oomguard_cli::exporter::Exporter;
 use oomguard_cli::run::{
-    validate_guard_env, LIMIT_ENV, MODE_ENV, REFUSE_ENV, RESERVE_ENV, SHARED_MEMORY_ENV,
+    validate_guard_env, DOMAIN_ENV, DOMAIN_FORMS, LIMIT_ENV, MODE_ENV, REFUSE_ENV, RESERVE_ENV,
+    SHARED_MEMORY_ENV,
 };
 use oomguard_cli::segment::{Segment, SegmentError};
 use oomguard_cli::{limit, status};
@@ -177,12 +178,22 @@ fn layout_of(bytes: &[u8]) -> Result<u32, LayoutError> {
     SegmentView::new(aligned).map(|view| view.slots.len() as u32)
 }
 
-/// A fresh segment directory holding `bytes` as the one segment file.
-fn segment_dir(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+/// A fresh segment directory holding `bytes` as the one segment file, live: the returned file
+/// holds the open-file-description read lock every guarded process holds on its segment until
+/// it is dropped.
+fn segment_dir(bytes: &[u8]) -> (tempfile::TempDir, PathBuf, std::fs::File) {
+    use std::os::fd::AsRawFd;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(FILE_NAME);
     std::fs::write(&path, bytes).unwrap();
-    (dir, path)
+    let held = std::fs::File::open(&path).unwrap();
+    // SAFETY: an all-zero flock is the whole file; l_pid must be 0 for OFD locks.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_RDLCK as libc::c_short;
+    // SAFETY: an open descriptor and a valid flock.
+    let locked = unsafe { libc::fcntl(held.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
+    (dir, path, held)
 }
 
 /// An error about a bad segment: one line naming the file.
@@ -200,15 +211,20 @@ proptest! {
     #![proptest_config(config(128))]
 
     /// `Segment::open`, `status::collect`, `limit::from_segments` and the exporter's scrape on a
-    /// file: an error naming the file exactly when core rejects it, a full report otherwise.
+    /// file, live or stale: an error naming the file exactly when core rejects it, a full report
+    /// otherwise, marked stale exactly when nobody holds its lock; exported only when live.
     #[test]
-    fn the_cli_reads_only_valid_segments(make in make()) {
+    fn the_cli_reads_only_valid_segments(make in make(), live in any::<bool>()) {
         let bytes = make.bytes();
         let expected = layout_of(&bytes);
-        let (dir, path) = segment_dir(&bytes);
+        let (dir, path, held) = segment_dir(&bytes);
+        if !live {
+            drop(held);
+        }
 
         match (Segment::open(&path), expected) {
             (Ok(segment), Ok(slots)) => {
+                prop_assert_eq!(segment.is_stale(), !live);
                 let snapshot = segment.snapshot().unwrap();
                 prop_assert_eq!(snapshot.slot_count, slots);
                 prop_assert!(snapshot.processes.len() <= slots as usize);
@@ -222,42 +238,55 @@ proptest! {
             (Err(error), Ok(_)) => prop_assert!(false, "rejected a valid segment: {error}"),
         }
 
-        match status::collect(dir.path()) {
-            Ok(domains) => {
-                prop_assert!(expected.is_ok());
-                prop_assert_eq!(domains.len(), 1);
-                let text = status::render(&domains[0]);
+        // A file is there: the directory as a whole never fails, the file is good or bad.
+        let found = status::collect(dir.path()).unwrap();
+        match expected {
+            Ok(slots) => {
+                prop_assert!(found.bad.is_empty(), "{:?}", found.bad);
+                prop_assert_eq!(found.domains.len(), 1);
+                let text = status::render(&found.domains[0]);
                 prop_assert!(text.contains(&path.display().to_string()), "{}", text);
-                let json = serde_json::to_string(&domains).unwrap();
+                prop_assert_eq!(text.contains("state    stale"), !live, "{}", text);
+                let json = serde_json::to_string(&found.domains).unwrap();
                 let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-                prop_assert_eq!(value[0]["slot_count"].as_u64(), expected.ok().map(u64::from));
+                prop_assert_eq!(value[0]["slot_count"].as_u64(), Some(u64::from(slots)));
+                prop_assert_eq!(value[0]["stale"].as_bool(), Some(!live));
             }
-            Err(error) => {
-                prop_assert!(expected.is_err(), "{}", error);
-                check_names_file(&error.to_string(), &path)?;
+            Err(_) => {
+                prop_assert!(found.domains.is_empty());
+                prop_assert_eq!(found.bad.len(), 1);
+                check_names_file(&found.bad[0].to_string(), &path)?;
             }
         }
 
         match limit::from_segments(dir.path()) {
-            Ok(Some(reports)) => {
-                prop_assert!(expected.is_ok());
-                prop_assert_eq!(reports.len(), 1);
-                let text = limit::render(&reports[0], dir.path());
-                prop_assert!(!text.is_empty());
-                serde_json::to_string(&reports).unwrap();
-            }
+            Ok(Some(found)) => match expected {
+                Ok(_) => {
+                    prop_assert!(found.bad.is_empty(), "{:?}", found.bad);
+                    prop_assert_eq!(found.domains.len(), 1);
+                    prop_assert_eq!(found.domains[0].stale, !live);
+                    let text = limit::render(&found.domains[0], dir.path());
+                    prop_assert!(!text.is_empty());
+                    serde_json::to_string(&found.domains).unwrap();
+                }
+                Err(_) => {
+                    prop_assert!(found.domains.is_empty());
+                    prop_assert_eq!(found.bad.len(), 1);
+                    check_names_file(&found.bad[0].to_string(), &path)?;
+                }
+            },
             Ok(None) => prop_assert!(false, "the segment was not found"),
-            Err(error) => {
-                prop_assert!(expected.is_err(), "{}", error);
-                check_names_file(&error.to_string(), &path)?;
-            }
+            Err(error) => prop_assert!(false, "the directory failed: {}", error),
         }
 
         let exporter = Exporter::new(dir.path());
         for openmetrics in [false, true] {
             let body = exporter.scrape(openmetrics).body;
-            let up = if expected.is_ok() { "\noomguard_up 1\n" } else { "\noomguard_up 0\n" };
+            let up = if expected.is_ok() && live { "\noomguard_up 1\n" } else { "\noomguard_up 0\n" };
             prop_assert!(body.contains(up), "{}", body);
+            let stale = u8::from(expected.is_ok() && !live);
+            prop_assert!(body.contains(&format!("\noomguard_stale_domains {stale}\n")), "{}", body);
+            prop_assert_eq!(body.contains(FILE_NAME), expected.is_ok() && live, "{}", body);
         }
     }
 }
@@ -292,7 +321,7 @@ proptest! {
     fn the_binary_reports_bad_segments_on_one_line(make in make()) {
         let bytes = make.bytes();
         let expected = layout_of(&bytes);
-        let (dir, path) = segment_dir(&bytes);
+        let (dir, path, _live) = segment_dir(&bytes);
         let dir_arg = dir.path().as_os_str();
         for (args, prefix) in [
             (vec!["status".as_ref(), "--dir".as_ref(), dir_arg], "oomguard status: "),
@@ -332,18 +361,21 @@ proptest! {
 fn value() -> impl Strategy<Value = OsString> {
     prop_oneof![
         any::<String>().prop_map(OsString::from),
-        "[ ]{0,1}(auto|AUTO|enforce|Report|OFF|all|backends|on|1Gi|1GB|512MiB|0|15%|91%|\\+5%|-1|1\\.5Gi|)[ \n]{0,1}"
+        "[ ]{0,1}(auto|AUTO|enforce|Report|OFF|all|backends|on|1Gi|1GB|512MiB|0|15%|91%|\\+5%|-1|1\\.5Gi|\\.|\\.\\.|\\.\\./x|oomguard-pg|a/b|)[ \n]{0,1}"
             .prop_map(OsString::from),
         proptest::collection::vec(any::<u8>(), 0..12).prop_map(OsString::from_vec),
+        // Around OOM_GUARD_DOMAIN's 200-byte limit.
+        "oomguard-[a-z]{185,195}".prop_map(OsString::from),
     ]
 }
 
-const VARIABLES: [&str; 5] = [
+const VARIABLES: [&str; 6] = [
     LIMIT_ENV,
     MODE_ENV,
     REFUSE_ENV,
     RESERVE_ENV,
     SHARED_MEMORY_ENV,
+    DOMAIN_ENV,
 ];
 
 proptest! {
@@ -359,15 +391,22 @@ proptest! {
             LIMIT_ENV | SHARED_MEMORY_ENV => SIZE_FORMS,
             MODE_ENV => MODE_FORMS,
             REFUSE_ENV => REFUSE_FORMS,
+            DOMAIN_ENV => DOMAIN_FORMS,
             _ => RESERVE_FORMS,
         };
-        let valid = raw.to_str().is_some_and(|text| match var {
+        // A domain is a file name: any bytes but '/', not empty, '.' or '..', at most 200.
+        let bytes = raw.as_encoded_bytes();
+        let valid = if var == DOMAIN_ENV {
+            !bytes.is_empty() && bytes != b"." && bytes != b".." && !bytes.contains(&b'/') && bytes.len() <= 200
+        } else {
+            raw.to_str().is_some_and(|text| match var {
             LIMIT_ENV => limit_is_auto(text) || parse_size(text).is_ok(),
             MODE_ENV => Mode::parse(text).is_some(),
             REFUSE_ENV => RefuseScope::parse(text).is_some(),
             RESERVE_ENV => Reserve::parse(text).is_ok(),
             _ => parse_size(text).is_ok(),
-        });
+            })
+        };
         match result {
             Ok(()) => prop_assert!(valid, "{var}={raw:?} accepted"),
             Err(error) => {
@@ -376,7 +415,7 @@ proptest! {
                 prop_assert!(message.starts_with(&format!("{var}=")), "{}", message);
                 prop_assert!(message.contains(forms), "{}", message);
                 prop_assert!(!message.contains('\n'), "{:?}", message);
-                if raw.to_str().is_none() {
+                if raw.to_str().is_none() && var != DOMAIN_ENV {
                     prop_assert!(message.contains("not valid UTF-8"), "{}", message);
                 }
             }

@@ -193,6 +193,23 @@ impl Exporter {
     pub fn stderr_so_far(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
     }
+
+    /// Waits (at most 10 s) for a stderr line that `wanted` accepts and returns it, or `Err` with
+    /// the lines seen meanwhile. The exporter logs before it answers a scrape, but the line passes
+    /// through a pipe and a reader thread, so it may arrive after the response: wait for it rather
+    /// than look once.
+    pub fn wait_for_stderr(&self, wanted: impl Fn(&str) -> bool) -> Result<String, Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => return Err(seen),
+            }
+        }
+    }
 }
 
 impl Drop for Exporter {

@@ -1,6 +1,7 @@
 //! The `oomguard` binary as a user runs it: `status` against segments written by real guarded
-//! processes, `run` putting the guard in front of a real program, `demo` end to end, and clear
-//! errors with non-zero exits for bad input.
+//! processes (live and stale domains, a bad file beside a good one), `clean` removing only stale
+//! segments while a live domain carries on, `run` putting the guard in front of a real program,
+//! `demo` end to end, and clear errors with non-zero exits for bad input.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use oomguard_tests::{
     guarded, library_path, oomguard_binary, oomguard_command, probe, run_output, while_holding,
+    Probe,
 };
 
 #[test]
@@ -59,6 +61,10 @@ fn status_shows_a_live_guarded_process() {
 #[test]
 fn status_reaps_and_reports_a_killed_process() {
     let dir = tempfile::tempdir().unwrap();
+    // A live process keeps the domain live: a killed one's slot is then reaped by `status`
+    // (were it the last, the domain would be stale, and stale domains are never reaped).
+    let mut survivor = Probe::start("accounting", dir.path(), &["hold", "1048576", "1"], &[]);
+    survivor.expect("held");
     let mut command = Command::new(probe("accounting"));
     guarded(&mut command, dir.path(), &[])
         .args(["hold", "1048576", "8"])
@@ -74,8 +80,245 @@ fn status_reaps_and_reports_a_killed_process() {
     let (out, stdout, stderr) = output_of_status(dir.path());
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("1 dead processes reaped now"), "{stdout}");
-    assert!(stdout.contains("(no live guarded process)"), "{stdout}");
-    assert!(stdout.contains("total    0 B"), "{stdout}");
+    assert!(!stdout.contains("state "), "live: {stdout}");
+    assert!(row_of(&stdout, survivor.pid() as u32).is_some(), "{stdout}");
+    assert!(
+        !stdout.contains(&format!("{:>8}  ", child.id())),
+        "the killed process is gone from the table: {stdout}"
+    );
+    survivor.proceed();
+    survivor.expect("freed");
+    survivor.proceed();
+    survivor.finish();
+}
+
+/// The table row of `pid` in `status` output.
+fn row_of(stdout: &str, pid: u32) -> Option<&str> {
+    stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with(&format!("{pid} ")))
+}
+
+/// `oomguard status --json --dir DIR`, which must succeed.
+fn status_json(dir: &Path) -> serde_json::Value {
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .args(["status", "--json", "--dir"])
+            .arg(dir),
+    );
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_str(&stdout).expect("valid JSON")
+}
+
+/// The domain of `status --json` whose segment is `name`.
+fn domain_named<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    json.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"].as_str().unwrap().ends_with(&format!("/{name}")))
+        .unwrap_or_else(|| panic!("no domain {name} in {json:#}"))
+}
+
+#[test]
+fn a_domain_whose_processes_exited_is_stale_and_clean_removes_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // An earlier run: its only process held 8 MiB and exited.
+    while_holding(dir.path(), &[("OOM_GUARD_DOMAIN", "oomguard-old")], |_| {});
+    // A running server of another domain (of the same one, it would reset the stale segment).
+    let mut live = Probe::start(
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "8"],
+        &[("OOM_GUARD_DOMAIN", "oomguard-live")],
+    );
+    live.expect("held");
+    let live_pid = live.pid() as u32;
+
+    let (out, stdout, stderr) = output_of_status(dir.path());
+    assert!(out.status.success(), "{stderr}");
+    let live_at = stdout.find("oomguard-live\n").expect(&stdout);
+    let old_at = stdout.find("oomguard-old\n").expect(&stdout);
+    assert!(live_at < old_at, "live domains first:\n{stdout}");
+    let (live_text, old_text) = stdout.split_at(old_at);
+    assert!(!live_text.contains("state "), "{live_text}");
+    assert!(row_of(live_text, live_pid).is_some(), "{live_text}");
+    assert!(
+        old_text.contains(
+            "state    stale: no guarded process has it mapped (left by an earlier run); \
+             `oomguard clean` removes it"
+        ),
+        "{old_text}"
+    );
+    assert!(
+        old_text.contains("dead processes not reaped: the domain is stale"),
+        "{old_text}"
+    );
+    assert!(old_text.contains("(no live guarded process"), "{old_text}");
+    let json = status_json(dir.path());
+    assert_eq!(domain_named(&json, "oomguard-old")["stale"], true);
+    assert_eq!(domain_named(&json, "oomguard-live")["stale"], false);
+    assert!(
+        domain_named(&json, "oomguard-old")["peak_bytes"]
+            .as_i64()
+            .unwrap()
+            >= 8 << 20,
+        "a stale domain shows its last numbers: {json:#}"
+    );
+
+    let old = dir.path().join("oomguard-old");
+    let live_segment = dir.path().join("oomguard-live");
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .args(["clean", "--dry-run", "--dir"])
+            .arg(dir.path()),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("would remove {}: stale", old.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("kept         {}: live", live_segment.display())),
+        "{stdout}"
+    );
+    assert!(old.exists(), "a dry run removes nothing");
+
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .arg("clean")
+            .env("OOM_GUARD_DIR", dir.path()),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stdout.contains(&format!("removed      {}: stale", old.display())),
+        "{stdout}"
+    );
+    assert!(!old.exists(), "the stale segment is gone");
+    assert!(live_segment.exists(), "the live one stays");
+
+    // The live process carries on in its segment: its free is accounted, and a newcomer of its
+    // domain joins it.
+    live.proceed();
+    live.expect("freed");
+    let json = status_json(dir.path());
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json:#}");
+    let process = |json: &serde_json::Value, pid: u32| -> i64 {
+        domain_named(json, "oomguard-live")["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("no process {pid} in {json:#}"))["bytes"]
+            .as_i64()
+            .unwrap()
+    };
+    assert!(
+        process(&json, live_pid) < 8 << 20,
+        "the free was counted: {json:#}"
+    );
+    while_holding(
+        dir.path(),
+        &[("OOM_GUARD_DOMAIN", "oomguard-live")],
+        |newcomer| {
+            let json = status_json(dir.path());
+            assert!(process(&json, newcomer) >= 8 << 20, "{json:#}");
+            assert!(process(&json, live_pid) >= 0, "{json:#}");
+        },
+    );
+    live.proceed();
+    live.finish();
+}
+
+#[test]
+fn a_killed_last_process_leaves_a_stale_domain_which_a_new_start_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = [("OOM_GUARD_DOMAIN", "oomguard-killed")];
+    let mut probe = Probe::start("accounting", dir.path(), &["hold", "1048576", "8"], &domain);
+    probe.expect("held");
+    let json = status_json(dir.path());
+    assert_eq!(json[0]["stale"], false, "{json:#}");
+    probe.child.kill().unwrap();
+    probe.child.wait().unwrap();
+
+    let json = status_json(dir.path());
+    assert_eq!(
+        json[0]["stale"], true,
+        "SIGKILL drops the lock too: {json:#}"
+    );
+    assert_eq!(json[0]["reaped_now"], serde_json::Value::Null, "{json:#}");
+    assert_eq!(json[0]["stale_slots"], 1, "{json:#}");
+    assert!(
+        json[0]["total_bytes"].as_i64().unwrap() >= 8 << 20,
+        "{json:#}"
+    );
+    let (_, stdout, _) = output_of_status(dir.path());
+    assert!(stdout.contains("state    stale"), "{stdout}");
+
+    // The domain's next process finds the stale segment and starts it afresh, in place.
+    let mut fresh = Probe::start("accounting", dir.path(), &["hold", "1048576", "1"], &domain);
+    fresh.expect("held");
+    let json = status_json(dir.path());
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json:#}");
+    assert_eq!(json[0]["stale"], false, "{json:#}");
+    assert!(
+        json[0]["peak_bytes"].as_i64().unwrap() < 8 << 20,
+        "the dead run's peak is gone: {json:#}"
+    );
+    assert_eq!(json[0]["reaped_slots"], 0, "{json:#}");
+    let pids: Vec<i64> = json[0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pids, [i64::from(fresh.pid())], "{json:#}");
+    fresh.proceed();
+    fresh.expect("freed");
+    fresh.proceed();
+    fresh.finish();
+}
+
+#[test]
+fn one_bad_file_does_not_hide_the_good_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("oomguard-0-feed");
+    std::fs::write(&junk, b"not a segment at all").unwrap();
+    while_holding(dir.path(), &[("OOM_GUARD_LIMIT", "512Mi")], |pid| {
+        for args in [&["status"][..], &["status", "--json"], &["limit"]] {
+            let (out, stdout, stderr) =
+                run_output(oomguard_command().args(args).arg("--dir").arg(dir.path()));
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+            assert!(
+                lines[0].starts_with(&format!("oomguard {}: {}", args[0], junk.display()))
+                    && lines[0].contains("truncated"),
+                "{args:?}: {stderr}"
+            );
+            let limit = if args.contains(&"--json") {
+                (512u64 << 20).to_string()
+            } else {
+                "512.0 MiB".to_owned()
+            };
+            assert!(
+                stdout.contains(&limit),
+                "{args:?}: the good domain:\n{stdout}"
+            );
+            if args == ["status"] {
+                assert!(row_of(&stdout, pid).is_some(), "{stdout}");
+            }
+        }
+    });
+    // clean keeps it: it may be another version's live segment.
+    let (out, stdout, stderr) =
+        run_output(oomguard_command().args(["clean", "--dir"]).arg(dir.path()));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("kept         {}: not a segment", junk.display())),
+        "{stdout}"
+    );
+    assert!(junk.exists());
 }
 
 #[test]
@@ -131,6 +374,8 @@ fn run_rejects_bad_settings_before_starting_anything() {
         ("OOM_GUARD_LIMIT", "12GB", "ambiguous"),
         ("OOM_GUARD_MODE", "strict", "enforce, report or off"),
         ("OOM_GUARD_REFUSE", "everyone", "backends"),
+        ("OOM_GUARD_DOMAIN", "../x", "'/'"),
+        ("OOM_GUARD_DOMAIN", "..", "not a file"),
     ] {
         let (out, stdout, stderr) = run_output(
             oomguard_command()

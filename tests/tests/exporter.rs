@@ -2,15 +2,18 @@
 //! a guarded PostgreSQL over loopback HTTP, scraped with a plain HTTP/1.0 GET. A hog query's
 //! refusal shows up in `oomguard_denied_allocations_total`; the classic-format scrape passes
 //! `promtool check metrics` (Debian package `prometheus`; the test fails without it); SIGTERM
-//! stops the exporter with status 0. Also: an empty directory is `oomguard_up 0`, not a crash, and
-//! a bad `--listen` is a clear error.
+//! stops the exporter with status 0. Also: an empty directory is `oomguard_up 0`, not a crash;
+//! stale domains (their processes exited or were SIGKILLed) are counted in
+//! `oomguard_stale_domains` and not exported; a bad `--listen` is a clear error.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use oomguard_cli::demo::{GuardedCluster, HOG_QUERY};
 use oomguard_cli::exporter::{LISTEN_ENV, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
-use oomguard_tests::{http_get, library_path, oomguard_command, promtool, Exporter};
+use oomguard_tests::{
+    http_get, library_path, oomguard_command, promtool, while_holding, Exporter, Probe,
+};
 use postgres::error::SqlState;
 
 /// What Prometheus 2.x sends when it scrapes.
@@ -183,6 +186,54 @@ fn an_empty_directory_is_served_as_up_0() {
             .any(|line| line.contains("no oomguard segment")),
         "the reason is logged: {stderr:#?}"
     );
+    assert_eq!(exporter.terminate().code(), Some(0));
+}
+
+#[test]
+fn stale_domains_are_counted_not_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    // An earlier run's domain, whose only process exited.
+    while_holding(dir.path(), &[("OOM_GUARD_DOMAIN", "oomguard-old")], |_| {});
+    let mut live = Probe::start(
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "8"],
+        &[("OOM_GUARD_DOMAIN", "oomguard-live")],
+    );
+    live.expect("held");
+    let exporter = Exporter::start(dir.path());
+
+    let body = scrape_openmetrics(&exporter.addr);
+    assert_eq!(sample(&body, "oomguard_up"), 1.0, "{body}");
+    assert_eq!(sample(&body, "oomguard_stale_domains"), 1.0, "{body}");
+    assert_eq!(sample(&body, "oomguard_exporter_read_errors_total"), 0.0);
+    assert!(
+        sample(&body, "oomguard_allocated_bytes") >= (8u64 << 20) as f64,
+        "only the live domain: {body}"
+    );
+    assert!(
+        body.contains("oomguard_allocated_bytes{domain=\"oomguard-live\"} "),
+        "{body}"
+    );
+    assert!(!body.contains("oomguard-old"), "{body}");
+    let classic = http_get(&exporter.addr, "/metrics", None);
+    assert_eq!(sample(&classic.body, "oomguard_stale_domains"), 1.0);
+    assert_promtool_passes(&classic.body);
+
+    // The live domain's last process is SIGKILLed: its domain is stale too, and nothing is live.
+    live.child.kill().unwrap();
+    live.child.wait().unwrap();
+    let body = scrape_openmetrics(&exporter.addr);
+    assert_eq!(sample(&body, "oomguard_stale_domains"), 2.0, "{body}");
+    assert_eq!(sample(&body, "oomguard_up"), 0.0, "{body}");
+    assert!(
+        samples(&body, "oomguard_allocated_bytes").is_empty(),
+        "{body}"
+    );
+    let logged = exporter.wait_for_stderr(|line| {
+        line.contains("no live oomguard segment") && line.contains("2 stale")
+    });
+    assert!(logged.is_ok(), "the reason is logged: {logged:#?}");
     assert_eq!(exporter.terminate().code(), Some(0));
 }
 
