@@ -35,9 +35,7 @@ pub const DOMAIN_ENV: &str = "OOM_GUARD_DOMAIN";
 /// `.PID.tmp` suffix it stays well inside the guard's 512-byte path buffer and NAME_MAX (255).
 pub const DOMAIN_MAX_BYTES: usize = 200;
 /// What [`DOMAIN_ENV`] accepts.
-pub const DOMAIN_FORMS: &str = "a plain file name of 1 to 200 bytes, without '/', not '.' or \
-                                '..' (start it with oomguard- so that oomguard status, limit, \
-                                clean and the exporter find it)";
+pub use oomguard_core::config::DOMAIN_FORMS;
 
 const BUILD_HINT: &str =
     "build it with `cargo build --release -p oomguard` (it lands in target/release/) or install \
@@ -337,6 +335,10 @@ pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), 
 /// guard, so it must name a file *in* that directory. Empty is refused too: `VAR=$UNSET` is a
 /// mistake more often than a wish for the default, which leaving the variable unset gives.
 pub fn check_domain_name(name: &[u8]) -> Result<(), String> {
+    // The guard's own rule decides; what follows only says why.
+    if oomguard_core::config::domain_is_valid(name) {
+        return Ok(());
+    }
     if name.is_empty() {
         return Err("it is empty (unset it for the default domain)".to_owned());
     }
@@ -352,7 +354,7 @@ pub fn check_domain_name(name: &[u8]) -> Result<(), String> {
             name.len()
         ));
     }
-    Ok(())
+    Err("it contains a NUL byte".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -394,10 +394,16 @@ proptest! {
             DOMAIN_ENV => DOMAIN_FORMS,
             _ => RESERVE_FORMS,
         };
-        // A domain is a file name: any bytes but '/', not empty, '.' or '..', at most 200.
+        // A domain is a file name: any bytes but '/' and NUL, not empty, '.' or '..', at most
+        // 200.
         let bytes = raw.as_encoded_bytes();
         let valid = if var == DOMAIN_ENV {
-            !bytes.is_empty() && bytes != b"." && bytes != b".." && !bytes.contains(&b'/') && bytes.len() <= 200
+            !bytes.is_empty()
+                && bytes != b"."
+                && bytes != b".."
+                && !bytes.contains(&b'/')
+                && !bytes.contains(&0)
+                && bytes.len() <= 200
         } else {
             raw.to_str().is_some_and(|text| match var {
             LIMIT_ENV => limit_is_auto(text) || parse_size(text).is_ok(),

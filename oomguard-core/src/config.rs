@@ -200,8 +200,8 @@ impl RefuseScope {
 }
 
 /// What `OOM_GUARD_DOMAIN` accepts, quoted by its error.
-pub const DOMAIN_FORMS: &str =
-    "a plain file name of at most 200 bytes: no '/', not '.' or '..', not empty";
+pub const DOMAIN_FORMS: &str = "a plain file name of 1 to 200 bytes, without '/', not '.' or \
+     '..' (start it with oomguard- so that oomguard status, limit, clean and the exporter find it)";
 
 /// Checks an `OOM_GUARD_DOMAIN` value: the segment's file name inside `OOM_GUARD_DIR`, so a
 /// path (`../x`, `a/b`) would put the segment somewhere else.
