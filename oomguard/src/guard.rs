@@ -65,6 +65,9 @@ static OWN_PID_NAMESPACE: AtomicU64 = AtomicU64::new(0);
 /// to the parent's reserved bytes plus what the parent itself still had inherited, an upper
 /// bound of the memory live in the parent; used up by this process's returns to the pool.
 static INHERITED: AtomicU64 = AtomicU64::new(0);
+/// Bytes this process holds in the shared overflow slot (when it found every slot taken), so
+/// that it can return exactly its own share when it exits.
+static OVERFLOW_HELD: AtomicU64 = AtomicU64::new(0);
 /// This process's [`Mode`] (enforce or report).
 static MODE: AtomicU32 = AtomicU32::new(Mode::Report as u32);
 
@@ -283,6 +286,7 @@ pub unsafe fn reserve(thread: *mut ThreadState, request: usize, call: &'static s
         let granted = grant(need, request, call);
         if let Some(bytes) = granted {
             (*thread).credit = (*thread).credit.saturating_add(bytes as i64);
+            note_overflow(bytes as i64);
         }
         errno::set(saved);
         (*thread).busy = false;
@@ -536,6 +540,16 @@ fn give_back(bytes: u64) {
     };
     if bytes > absorbed {
         pool().release(my_slot(), bytes - absorbed);
+        note_overflow(-((bytes - absorbed) as i64));
+    }
+}
+
+/// Keeps [`OVERFLOW_HELD`] when this process is accounted in the shared overflow slot.
+fn note_overflow(delta: i64) {
+    let slot = SLOT.load(Relaxed);
+    if core::ptr::eq(slot, &pool().header().overflow) {
+        let held = OVERFLOW_HELD.load(Relaxed) as i64;
+        OVERFLOW_HELD.store(held.saturating_add(delta).max(0) as u64, Relaxed);
     }
 }
 
@@ -548,6 +562,14 @@ unsafe fn flush_allocations(thread: *mut ThreadState) {
         if pending > 0 {
             my_slot().allocations.fetch_add(pending, Relaxed);
         }
+    }
+}
+
+/// Arms the calling thread's exit hook, if the guard accounts (see `threads`).
+pub fn arm_exit_hook_of_this_thread() {
+    if is_active() {
+        // SAFETY: the calling thread's own state.
+        unsafe { arm_thread_exit_hook(crate::tls::current()) };
     }
 }
 
@@ -597,6 +619,7 @@ unsafe fn settle(thread: *mut ThreadState) {
             give_back(credit as u64);
         } else if credit < 0 {
             pool().reserve_regardless(my_slot(), credit.unsigned_abs());
+            note_overflow(credit.unsigned_abs() as i64);
         }
         flush_allocations(thread);
     }
@@ -624,6 +647,7 @@ extern "C" fn forked_child() {
         unsafe { (*parent_slot).bytes.load(Relaxed).max(0) as u64 }
     };
     INHERITED.fetch_add(parent_bytes, Relaxed);
+    OVERFLOW_HELD.store(0, Relaxed);
     OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
     LAST_REAP_NS.store(0, Relaxed);
     LAST_REPORT_NS.store(0, Relaxed);
@@ -641,10 +665,18 @@ extern "C" fn process_exiting() {
         return;
     }
     let slot = SLOT.load(Relaxed);
-    if !slot.is_null() {
-        // SAFETY: getpid has no preconditions; `slot` points into the segment.
-        let pid = unsafe { libc::getpid() };
-        pool().vacate(unsafe { &*slot }, pid);
+    if slot.is_null() {
+        return;
+    }
+    let pool = pool();
+    // SAFETY: `slot` points into the never-unmapped segment.
+    let slot = unsafe { &*slot };
+    if core::ptr::eq(slot, &pool.header().overflow) {
+        // A shared slot: give back this process's own share only.
+        pool.release(slot, OVERFLOW_HELD.swap(0, Relaxed));
+    } else {
+        // SAFETY: getpid has no preconditions.
+        pool.vacate(slot, unsafe { libc::getpid() });
     }
 }
 
@@ -654,6 +686,7 @@ extern "C" fn process_exiting() {
 extern "C" fn library_loaded() {
     start();
     crate::loader::resolve();
+    crate::threads::resolve();
     policy::look_up_symbols();
 }
 

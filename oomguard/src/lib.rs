@@ -10,6 +10,7 @@
 //! - `kernel`: the domain's cgroup: the derived limit and the kernel's own usage numbers.
 //! - `policy`: which PostgreSQL processes may be refused, and when.
 //! - `loader`: `dlopen`: nothing is refused while a library loads; finds LLVM's JIT state.
+//! - `threads`: `pthread_create`: every thread returns its credit when it exits.
 //! - `segment`: finding, creating and mapping the shared segment.
 //! - `settings`: the `OOM_GUARD_*` environment.
 //! - `real`, `report`, `errno`, `sysfs`: glibc's allocator, stderr lines, errno, files.
@@ -29,6 +30,7 @@ mod segment;
 mod settings;
 pub mod shared;
 mod sysfs;
+pub mod threads;
 mod tls;
 
 use core::alloc::{GlobalAlloc, Layout};

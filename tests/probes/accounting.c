@@ -18,8 +18,8 @@
  *                              prints one line per function with the result and errno
  *   overdraft SIZE             malloc(SIZE) until NULL, three times in a row: "round R N" each
  *                              (after the first refusal only the overdraft is left); wait
- *   consumer COUNT SIZE        the main thread allocates COUNT blocks, another thread frees
- *                              them all and exits; "consumed"; wait
+ *   consumer COUNT SIZE [ROUNDS] the main thread allocates COUNT blocks, another thread frees
+ *                              them all and exits (ROUNDS times, default 1); "consumed"; wait
  *   impossible SIZE            malloc, calloc, realloc, posix_memalign and aligned_alloc of SIZE
  *                              bytes (more than glibc can give): "impossible N null" with the
  *                              number of NULL results; wait
@@ -248,17 +248,19 @@ static void *consume(void *arg) {
     return NULL;
 }
 
-static int consumer(long count, size_t size) {
-    void **blocks = calloc((size_t)count, sizeof *blocks);
-    for (long i = 0; i < count; i++) {
-        blocks[i] = malloc(size);
-        memset(blocks[i], 1, size);
+static int consumer(long count, size_t size, long rounds) {
+    for (long round = 0; round < rounds; round++) {
+        void **blocks = calloc((size_t)count, sizeof *blocks);
+        for (long i = 0; i < count; i++) {
+            blocks[i] = malloc(size);
+            memset(blocks[i], 1, size);
+        }
+        struct handoff h = {.blocks = blocks, .count = count};
+        pthread_t thread;
+        pthread_create(&thread, NULL, consume, &h);
+        pthread_join(thread, NULL);
+        free(blocks);
     }
-    struct handoff h = {.blocks = blocks, .count = count};
-    pthread_t thread;
-    pthread_create(&thread, NULL, consume, &h);
-    pthread_join(thread, NULL);
-    free(blocks);
     say("consumed");
     wait_line();
     return 0;
@@ -295,7 +297,7 @@ int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "overdraft") == 0)
         return overdraft(strtoull(argv[2], NULL, 10));
     if (argc >= 4 && strcmp(argv[1], "consumer") == 0)
-        return consumer(atol(argv[2]), strtoull(argv[3], NULL, 10));
+        return consumer(atol(argv[2]), strtoull(argv[3], NULL, 10), argc >= 5 ? atol(argv[4]) : 1);
     if (argc >= 3 && strcmp(argv[1], "impossible") == 0)
         return impossible(strtoull(argv[2], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "refused-calls") == 0)

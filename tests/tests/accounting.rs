@@ -492,6 +492,24 @@ fn a_thread_that_only_frees_returns_its_credit_when_it_exits() {
 }
 
 #[test]
+fn threads_that_free_a_little_and_exit_leave_no_credit_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 short-lived threads each free 10 x 10 KB that the main thread allocated: never enough
+    // to reach a batch boundary, so only the thread-exit hook returns their credit.
+    let mut probe = start(dir.path(), &["consumer", "10", "10000", "40"], &[]);
+    probe.expect("consumed");
+    let after = snapshot(dir.path());
+    assert_between(
+        "bytes after 40 threads freed 100 KB each and exited",
+        bytes_of(&after, probe.pid()),
+        0,
+        (128 << 10) + 4096 + RUNTIME_SLACK,
+    );
+    probe.proceed();
+    probe.finish();
+}
+
+#[test]
 fn a_derived_limit_follows_an_in_place_resize_of_the_cgroup() {
     let dir = tempfile::tempdir().unwrap();
     let root = cgroup_v2_fixture(dir.path(), "512Mi", 16 * MIB as u64, 4 * MIB as u64);

@@ -160,3 +160,83 @@ fn a_segment_planted_by_another_user_is_left_alone() {
         assert_eq!(meta.mode() & 0o7777, mode, "{name}: mode changed");
     }
 }
+
+#[test]
+fn a_process_without_a_slot_returns_its_share_of_the_overflow_when_it_exits() {
+    use oomguard_core::layout::SegmentView;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let dir = tempfile::tempdir().unwrap();
+    let len = make_segment(dir.path(), "full").len();
+    // Keep the domain live (an OFD read lock, as every guarded process holds) and take every
+    // slot for this test process, which is alive: the probe finds none free.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join("full"))
+        .unwrap();
+    // SAFETY: an all-zero flock is a valid argument: a read lock on the whole file.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_RDLCK as i16;
+    // SAFETY: a valid descriptor and flock.
+    assert_eq!(
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) },
+        0
+    );
+    // SAFETY: a shared mapping of the whole (fixed-size) file, unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    // SAFETY: `len` mapped bytes, alive until the munmap at the end.
+    let view = SegmentView::new(unsafe { std::slice::from_raw_parts(base as *const u8, len) })
+        .expect("a valid segment");
+    let namespace = fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    for slot in view.slots {
+        slot.claimed_at_ns.store(
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64,
+            Relaxed,
+        );
+        slot.pid_namespace.store(namespace, Relaxed);
+        slot.pid.store(std::process::id() as i32, Relaxed);
+    }
+
+    let mut probe = Probe::start(
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "8"],
+        &[("OOM_GUARD_DOMAIN", "full")],
+    );
+    probe.expect("held");
+    let held = Segment::open(&dir.path().join("full"))
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert!(held.slot_overflows >= 1, "{}", held.slot_overflows);
+    assert!(held.unslotted_bytes >= 8 * MIB, "{}", held.unslotted_bytes);
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
+    let after = view.header.total.load(Relaxed);
+    // SAFETY: nothing refers to the mapping any more.
+    unsafe { libc::munmap(base, len) };
+    assert_eq!(
+        after, 0,
+        "the exited process's overflow bytes stayed counted"
+    );
+}
