@@ -12,12 +12,13 @@
 //! - `loader`: `dlopen`: nothing is refused while a library loads; finds LLVM's JIT state.
 //! - `threads`: `pthread_create`: every thread returns its credit when it exits.
 //! - `segment`: finding, creating and mapping the shared segment.
-//! - `settings`: the `OOM_GUARD_*` environment.
+//! - `settings`: the `OOM_GUARD_*` settings, from the environment and `config_file`.
 //! - `real`, `report`, `errno`, `sysfs`: glibc's allocator, stderr lines, errno, files.
 //!
 //! The library itself never allocates on these paths; its Rust heap (used by nothing on purpose)
 //! goes straight to glibc so it could never recurse into the guard.
 
+mod config_file;
 mod errno;
 mod guard;
 pub mod interpose;

@@ -1,8 +1,11 @@
-//! The guard's configuration, read once per process image from `OOM_GUARD_*` variables.
+//! The guard's configuration, read once per process image from `OOM_GUARD_*` variables and the
+//! configuration file (see `config_file`); a variable in the environment overrides the file.
 //!
 //! A malformed value is reported once on stderr, naming the variable and the accepted forms, and
 //! the guard falls back to report mode: it never crashes the host process and never enforces a
-//! value it could not read.
+//! value it could not read. In a setuid or setgid program (secure execution, where the
+//! environment belongs to the user who started it) the environment is ignored: only the default
+//! configuration file counts.
 
 use core::ffi::{c_char, CStr};
 use core::fmt::Write;
@@ -42,8 +45,12 @@ pub struct Settings {
 const DEFAULT_DIR: &CStr = c"/dev/shm";
 const DEFAULT_CGROUP_ROOT: &CStr = c"/";
 
-/// The value of an environment variable, if set. `getenv` does not allocate.
-fn var(name: &CStr) -> Option<&'static CStr> {
+/// The value of an environment variable, if set and the environment is ours to read.
+/// `getenv` does not allocate.
+fn env(name: &CStr) -> Option<&'static CStr> {
+    if secure_execution() {
+        return None;
+    }
     // SAFETY: `name` is NUL-terminated; the environment outlives any use we make of the value
     // (read once at start-up, before the program could change it).
     let value: *const c_char = unsafe { libc::getenv(name.as_ptr()) };
@@ -51,14 +58,46 @@ fn var(name: &CStr) -> Option<&'static CStr> {
     (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) })
 }
 
-/// A variable's value as text; a value that is not UTF-8 reads as malformed text.
+/// Whether this is a setuid/setgid program (`AT_SECURE`): its environment is not to be trusted.
+fn secure_execution() -> bool {
+    // SAFETY: getauxval has no preconditions.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// A setting: the environment's value, else the configuration file's.
+fn var(name: &CStr) -> Option<&'static CStr> {
+    env(name).or_else(|| crate::config_file::value(name.to_str().unwrap_or("")))
+}
+
+/// A setting's value as text; a value that is not UTF-8 reads as malformed text.
 fn text(name: &CStr) -> Option<&'static str> {
     var(name).map(|value| value.to_str().unwrap_or("\u{fffd}"))
+}
+
+/// Loads the configuration file (`OOM_GUARD_CONFIG`, else the default path). Returns the
+/// problem line to report, if the file exists but cannot be used.
+fn load_config_file() -> Option<Line> {
+    let explicit = env(c"OOM_GUARD_CONFIG").filter(|path| !path.is_empty());
+    let path = explicit.unwrap_or(crate::config_file::DEFAULT_PATH);
+    // SAFETY: called once, by the thread that starts the guard, before any setting is read.
+    match unsafe { crate::config_file::load(path, explicit.is_some()) } {
+        Ok(_) => None,
+        Err(problem) => {
+            let mut line = Line::new();
+            let _ = write!(
+                line,
+                "the configuration file {} {problem}; its settings are ignored",
+                path.to_str().unwrap_or("?")
+            );
+            Some(line)
+        }
+    }
 }
 
 impl Settings {
     /// Reads the environment, reporting each bad value on stderr.
     pub fn from_env() -> Settings {
+        let config_problem = load_config_file();
         let mut settings = Settings {
             mode: None,
             limit: None,
@@ -74,6 +113,9 @@ impl Settings {
                 .filter(|root| !root.is_empty())
                 .unwrap_or(DEFAULT_CGROUP_ROOT),
         };
+        if let Some(line) = config_problem {
+            settings.fall_back(line);
+        }
         if let Some(domain) = settings.domain {
             if !domain_is_valid(domain.to_bytes()) {
                 settings.domain = None;

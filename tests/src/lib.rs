@@ -501,9 +501,25 @@ pub struct Probe {
 impl Probe {
     /// Starts probe `name` with `args` under the guard ([`guarded`]) in segment directory `dir`.
     pub fn start(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Probe {
+        Probe::start_without(name, dir, args, env, &[])
+    }
+
+    /// [`Probe::start`] with the variables `unset` removed from its environment afterwards
+    /// (e.g. the `OOM_GUARD_*` that [`guarded`] sets, to test settings from elsewhere).
+    pub fn start_without(
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Probe {
         use std::process::Stdio;
         let mut command = Command::new(probe(name));
-        guarded(&mut command, dir, env)
+        guarded(&mut command, dir, env);
+        for key in unset {
+            command.env_remove(key);
+        }
+        command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,0 +1,228 @@
+//! The configuration file: the `OOM_GUARD_*` settings for deployments whose environment never
+//! reaches PostgreSQL (Spilo clears it before Patroni starts, Crunchy PGO sets its own
+//! `LD_PRELOAD`; with `/etc/ld.so.preload` the guard needs no environment at all).
+//!
+//! `/etc/oomguard/oomguard.conf` (or `OOM_GUARD_CONFIG`) holds lines `OOM_GUARD_LIMIT=3Gi` with
+//! the variables' names and value forms, `#` comments and blank lines; a value may be quoted
+//! with `"` or `'`. A variable in the environment overrides the file. It is read once per process
+//! image at start-up, into a static buffer (nothing is allocated: this runs inside the first
+//! `malloc`).
+//!
+//! The file is trusted only if it is a regular file owned by root or by the process's user and
+//! writable by nobody else; otherwise (like an unreadable or malformed file) it is reported on
+//! stderr and the process runs in report mode. A line that is not a setting is reported by its
+//! number, never echoed; in a setuid program (where `OOM_GUARD_CONFIG` is ignored with the rest
+//! of the environment) only the default file is read, so no user can make the guard print a file
+//! they could not read.
+
+use core::cell::UnsafeCell;
+use core::ffi::CStr;
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Release};
+
+/// Where the file is read from unless `OOM_GUARD_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &CStr = c"/etc/oomguard/oomguard.conf";
+/// The keys a file may set: every `OOM_GUARD_*` setting.
+pub const KEYS: [&str; 8] = [
+    "OOM_GUARD_LIMIT",
+    "OOM_GUARD_MODE",
+    "OOM_GUARD_RESERVE",
+    "OOM_GUARD_SHARED_MEMORY",
+    "OOM_GUARD_REFUSE",
+    "OOM_GUARD_DIR",
+    "OOM_GUARD_DOMAIN",
+    "OOM_GUARD_CGROUP_ROOT",
+];
+/// Largest file read: a configuration file is a dozen lines.
+const CAPACITY: usize = 8192;
+
+/// The file's bytes, rewritten in place so every value is NUL-terminated, and where each key's
+/// value starts (0: not set; values never start at offset 0).
+struct Store {
+    bytes: UnsafeCell<[u8; CAPACITY + 1]>,
+    values: [AtomicUsize; KEYS.len()],
+}
+
+// SAFETY: written once by the thread that starts the guard, before anything reads it (the
+// `values` stores publish it); read-only afterwards.
+unsafe impl Sync for Store {}
+
+static STORE: Store = Store {
+    bytes: UnsafeCell::new([0; CAPACITY + 1]),
+    values: [const { AtomicUsize::new(0) }; KEYS.len()],
+};
+
+/// Why the file is not used.
+pub enum Problem {
+    /// `OOM_GUARD_CONFIG` names a file that does not exist.
+    Missing,
+    /// open/read/fstat failed with this errno.
+    Unreadable(i32),
+    /// Larger than [`CAPACITY`].
+    TooLarge,
+    /// Not a regular file, or owned by someone else, or writable by others.
+    Untrusted,
+    /// This line is not `KEY=VALUE` with a known key.
+    BadLine(usize),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing => write!(f, "does not exist"),
+            Problem::Unreadable(errno) => {
+                // SAFETY: strerror returns a static or thread-local NUL-terminated string.
+                let text = unsafe { CStr::from_ptr(libc::strerror(*errno)) };
+                write!(f, "cannot be read: {}", text.to_str().unwrap_or("error"))
+            }
+            Problem::TooLarge => write!(f, "is larger than {CAPACITY} bytes"),
+            Problem::Untrusted => write!(
+                f,
+                "is not a regular file owned by root or by this user and writable only by its owner"
+            ),
+            Problem::BadLine(line) => write!(
+                f,
+                "line {line} is not KEY=VALUE with KEY one of OOM_GUARD_LIMIT, _MODE, _RESERVE, \
+                 _SHARED_MEMORY, _REFUSE, _DIR, _DOMAIN, _CGROUP_ROOT"
+            ),
+        }
+    }
+}
+
+/// Reads and parses the file at `path`. A missing file is no problem unless it was asked for
+/// (`explicit`). Returns whether a file was loaded.
+///
+/// # Safety
+/// Only while the guard starts, before anything calls [`value`].
+pub unsafe fn load(path: &CStr, explicit: bool) -> Result<bool, Problem> {
+    // SAFETY: the caller guarantees nobody reads the store concurrently.
+    let bytes = unsafe { &mut *STORE.bytes.get() };
+    let Some(len) = read(path, bytes, explicit)? else {
+        return Ok(false);
+    };
+    let mut found = [0usize; KEYS.len()];
+    let mut start = 0;
+    let mut line_number = 0;
+    while start < len {
+        line_number += 1;
+        let end = bytes[start..len]
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .map_or(len, |at| start + at);
+        if let Some((key, value_start, value_end)) = parse_line(&bytes[..end], start) {
+            let key = key.ok_or(Problem::BadLine(line_number))?;
+            bytes[value_end] = 0;
+            found[key] = value_start;
+        }
+        start = end + 1;
+    }
+    for (slot, value) in STORE.values.iter().zip(found) {
+        slot.store(value, Release);
+    }
+    Ok(true)
+}
+
+/// Reads the file into `bytes` (NUL after the end). `None`: no file, and none was asked for.
+fn read(
+    path: &CStr,
+    bytes: &mut [u8; CAPACITY + 1],
+    explicit: bool,
+) -> Result<Option<usize>, Problem> {
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let errno = crate::errno::get();
+        return match errno {
+            libc::ENOENT if explicit => Err(Problem::Missing),
+            libc::ENOENT => Ok(None),
+            _ => Err(Problem::Unreadable(errno)),
+        };
+    }
+    let result = (|| {
+        // SAFETY: an all-zero stat is a valid out-parameter; fd is open.
+        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+            return Err(Problem::Unreadable(crate::errno::get()));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG
+            || (stat.st_uid != 0 && stat.st_uid != euid)
+            || stat.st_mode & 0o022 != 0
+        {
+            return Err(Problem::Untrusted);
+        }
+        let mut len = 0;
+        loop {
+            if len > CAPACITY {
+                return Err(Problem::TooLarge);
+            }
+            // SAFETY: the buffer has room for `CAPACITY + 1 - len` bytes from `len` on.
+            let got =
+                unsafe { libc::read(fd, bytes[len..].as_mut_ptr().cast(), CAPACITY + 1 - len) };
+            match got {
+                0 => break,
+                n if n > 0 => len += n as usize,
+                _ if crate::errno::get() == libc::EINTR => {}
+                _ => return Err(Problem::Unreadable(crate::errno::get())),
+            }
+        }
+        if len > CAPACITY {
+            return Err(Problem::TooLarge);
+        }
+        bytes[len] = 0;
+        Ok(Some(len))
+    })();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Parses the line `text[start..]`: `None` for a blank or comment line, else the key's index
+/// (`None` if it is not `KEY=VALUE` with a known key) and where its value starts and ends.
+fn parse_line(text: &[u8], start: usize) -> Option<(Option<usize>, usize, usize)> {
+    let is_blank = |byte: &u8| byte.is_ascii_whitespace();
+    let first = start + text[start..].iter().position(|b| !is_blank(b))?;
+    if text[first] == b'#' {
+        return None;
+    }
+    let Some(equals) = text[first..]
+        .iter()
+        .position(|&b| b == b'=')
+        .map(|at| first + at)
+    else {
+        return Some((None, 0, 0));
+    };
+    let key = text[first..equals].trim_ascii_end();
+    let index = KEYS.iter().position(|known| known.as_bytes() == key);
+    let mut value_start = equals + 1;
+    let mut value_end = text.len();
+    while value_start < value_end && is_blank(&text[value_start]) {
+        value_start += 1;
+    }
+    while value_end > value_start && is_blank(&text[value_end - 1]) {
+        value_end -= 1;
+    }
+    if value_end - value_start >= 2 {
+        let (open, close) = (text[value_start], text[value_end - 1]);
+        if open == close && (open == b'"' || open == b'\'') {
+            value_start += 1;
+            value_end -= 1;
+        }
+    }
+    // A key whose value contains a NUL byte cannot be a setting.
+    let index = index.filter(|_| !text[value_start..value_end].contains(&0));
+    Some((index, value_start, value_end))
+}
+
+/// The file's value of `key` (one of [`KEYS`]), if it set one.
+pub fn value(key: &str) -> Option<&'static CStr> {
+    let index = KEYS.iter().position(|known| *known == key)?;
+    let start = STORE.values[index].load(Acquire);
+    if start == 0 {
+        return None;
+    }
+    // SAFETY: published by `load` with a NUL at the value's end; never written again.
+    let bytes: &'static [u8; CAPACITY + 1] = unsafe { &*STORE.bytes.get() };
+    CStr::from_bytes_until_nul(&bytes[start..]).ok()
+}
