@@ -513,8 +513,31 @@ impl Probe {
         env: &[(&str, &str)],
         unset: &[&str],
     ) -> Probe {
+        Probe::start_command(Command::new(probe(name)), dir, args, env, unset)
+    }
+
+    /// [`Probe::start`] through a wrapper command (`wrapper` then the probe's path), e.g.
+    /// `unshare --pid --fork` to run it in a PID namespace of its own.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Probe {
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(probe(name));
+        Probe::start_command(command, dir, args, env, &[])
+    }
+
+    fn start_command(
+        mut command: Command,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Probe {
         use std::process::Stdio;
-        let mut command = Command::new(probe(name));
         guarded(&mut command, dir, env);
         for key in unset {
             command.env_remove(key);
@@ -526,7 +549,7 @@ impl Probe {
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start probe {name}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let stdin = child.stdin.take();
         let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
         Probe {

@@ -240,3 +240,57 @@ fn a_process_without_a_slot_returns_its_share_of_the_overflow_when_it_exits() {
         "the exited process's overflow bytes stayed counted"
     );
 }
+
+#[test]
+fn two_pid_namespaces_sharing_a_domain_keep_their_own_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OOM_GUARD_DOMAIN", "oomguard-shared")];
+    // Both probes are pid 1 of a PID namespace of their own (as two containers sharing a
+    // domain through OOM_GUARD_DOMAIN would be): neither may take the other's slot by pid.
+    let wrapper = ["unshare", "--pid", "--fork"];
+    let mut first = Probe::start_wrapped(
+        &wrapper,
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "8"],
+        &env,
+    );
+    first.expect("held");
+    let mut second = Probe::start_wrapped(
+        &wrapper,
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "8"],
+        &env,
+    );
+    second.expect("held");
+    let snapshot = Segment::open(&dir.path().join("oomguard-shared"))
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    let pid_ones: Vec<i64> = snapshot
+        .processes
+        .iter()
+        .filter(|process| process.pid == 1)
+        .map(|process| process.bytes)
+        .collect();
+    assert_eq!(
+        pid_ones.len(),
+        2,
+        "two slots of pid 1, one per namespace: {snapshot:#?}"
+    );
+    assert!(
+        pid_ones.iter().all(|&bytes| bytes >= 8 * MIB),
+        "each holds its 8 MiB: {pid_ones:?}"
+    );
+    assert_eq!(
+        snapshot.reclaimed_orphan_bytes, 0,
+        "nothing was taken from a live slot"
+    );
+    for mut probe in [first, second] {
+        probe.proceed();
+        probe.expect("freed");
+        probe.proceed();
+        probe.finish();
+    }
+}
