@@ -9,10 +9,13 @@
 //! - [`limit`]: `oomguard limit`: the limit's derivation, input by input, recorded or predicted.
 //! - [`segment`]: finding, validating and reading the guard's shared segments.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
+//! - [`memcg`]: real child memory cgroups, where the demo and the end-to-end tests meet the
+//!   kernel's OOM killer.
 
 pub mod demo;
 pub mod exporter;
 pub mod limit;
+pub mod memcg;
 pub mod pgcluster;
 pub mod run;
 pub mod segment;
