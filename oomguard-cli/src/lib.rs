@@ -11,11 +11,14 @@
 //! - [`segment`]: finding, validating and reading the guard's shared segments, and telling live
 //!   ones from stale ones.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
+//! - [`memcg`]: real child memory cgroups, where the demo and the end-to-end tests meet the
+//!   kernel's OOM killer.
 
 pub mod clean;
 pub mod demo;
 pub mod exporter;
 pub mod limit;
+pub mod memcg;
 pub mod pgcluster;
 pub mod run;
 pub mod segment;

@@ -89,12 +89,23 @@ enum Cmd {
         #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
         dir: PathBuf,
     },
-    /// Demonstrate the guard: a throwaway PostgreSQL cluster under a small limit, a query that
-    /// fails with `ERROR: out of memory` while the server and other sessions carry on.
+    /// Demonstrate the guard on throwaway PostgreSQL clusters. Where a memory cgroup can be
+    /// created (root, or a delegated cgroup), both sides in a real one: without the guard a hog
+    /// query gets its backend SIGKILLed by the kernel's OOM killer and the server drops every
+    /// session; with the guard (by LD_PRELOAD alone, its limit derived from the cgroup) the same
+    /// hog fails with `ERROR: out of memory` while the server and other sessions carry on.
+    /// Elsewhere it says why and shows the guarded side only, under --limit.
     Demo {
-        /// The guard's limit for the demo cluster (an OOM_GUARD_LIMIT value).
+        /// The guard's limit (an OOM_GUARD_LIMIT value) when only the guarded side is shown;
+        /// in a cgroup the guard derives its limit from the cgroup instead.
         #[arg(long, default_value = "256Mi")]
         limit: String,
+        /// The memory limit of the demo's cgroups (at least 512Mi).
+        #[arg(long, value_name = "SIZE", default_value = "768Mi")]
+        cgroup_memory: String,
+        /// Show the guarded side only (under --limit), without a cgroup and the kernel's kill.
+        #[arg(long)]
+        guarded_only: bool,
         /// The preload library [default: as for `run`].
         #[arg(long, value_name = "PATH")]
         library: Option<PathBuf>,
@@ -249,9 +260,9 @@ fn exporter(listen: &str, dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn demo(limit: &str, library: Option<&std::path::Path>, step: bool) -> ExitCode {
+fn demo(options: &oomguard_cli::demo::DemoOptions, library: Option<&std::path::Path>) -> ExitCode {
     let outcome = oomguard_cli::run::validate_guard_env(|name| {
-        (name == oomguard_cli::run::LIMIT_ENV).then(|| limit.into())
+        (name == oomguard_cli::run::LIMIT_ENV).then(|| options.limit.as_str().into())
     })
     .map_err(anyhow::Error::from)
     .and_then(|()| {
@@ -260,7 +271,7 @@ fn demo(limit: &str, library: Option<&std::path::Path>, step: bool) -> ExitCode 
             std::env::var_os(oomguard_cli::run::LIBRARY_ENV).as_deref(),
             &oomguard_cli::run::default_search_paths(),
         )?;
-        oomguard_cli::demo::run(&library, limit, step)
+        oomguard_cli::demo::run(&library, options)
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -297,8 +308,18 @@ fn main() -> ExitCode {
         Cmd::Clean { dir, dry_run } => clean(&dir, dry_run),
         Cmd::Demo {
             limit,
+            cgroup_memory,
+            guarded_only,
             library,
             step,
-        } => demo(&limit, library.as_deref(), step),
+        } => demo(
+            &oomguard_cli::demo::DemoOptions {
+                limit,
+                cgroup_memory,
+                guarded_only,
+                step,
+            },
+            library.as_deref(),
+        ),
     }
 }

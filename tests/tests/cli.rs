@@ -1,15 +1,19 @@
 //! The `oomguard` binary as a user runs it: `status` against segments written by real guarded
 //! processes (live and stale domains, a bad file beside a good one), `clean` removing only stale
 //! segments while a live domain carries on, `run` putting the guard in front of a real program,
-//! `demo` end to end, and clear errors with non-zero exits for bad input.
+//! `demo` end to end (both sides in real memory cgroups as root, the guarded side alone
+//! elsewhere), and clear errors with non-zero exits for bad input.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Instant;
 
+use oomguard_tests::cgroup::{opted_out, SKIP_ENV};
 use oomguard_tests::{
-    guarded, library_path, oomguard_binary, oomguard_command, probe, run_output, while_holding,
-    Probe,
+    guarded, library_path, oomguard_binary, oomguard_command, plain, probe, run_output,
+    while_holding, Probe,
 };
 
 #[test]
@@ -413,17 +417,19 @@ fn bad_flags_are_usage_errors() {
         stderr.contains("OOM_GUARD_LIMIT") && stderr.contains("lots"),
         "{stderr}"
     );
+    let (out, _, stderr) =
+        run_output(oomguard_command().args(["demo", "--cgroup-memory", "100Mi"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("--cgroup-memory") && stderr.contains("512.0 MiB"),
+        "{stderr}"
+    );
 }
 
-#[test]
-fn the_demo_runs_end_to_end() {
-    let (out, stdout, stderr) = run_output(
-        oomguard_command()
-            .arg("demo")
-            .arg("--library")
-            .arg(library_path()),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+/// The guarded side as the demo shows it with `OOM_GUARD_LIMIT` (no cgroup): the array hog
+/// refused once, both sessions and the server carry on.
+fn assert_guarded_side_only(stdout: &str) {
+    assert!(stdout.contains("OOM_GUARD_LIMIT=256Mi"), "{stdout}");
     assert!(
         stdout.contains("ERROR:  out of memory (SQLSTATE 53200)"),
         "{stdout}"
@@ -434,14 +440,190 @@ fn the_demo_runs_end_to_end() {
     );
     assert!(stdout.contains("Session A never noticed"), "{stdout}");
     assert!(stdout.contains("refused  1 allocations"), "{stdout}");
+    assert!(
+        stdout.contains("Without the guard the kernel's OOM killer would have SIGKILLed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("clean shutdown"), "{stdout}");
+    assert!(!stdout.contains("Part 1 of 2"), "{stdout}");
 }
 
+/// The `Created the memory cgroup PATH: …` lines of the demo's output.
+fn demo_cgroups(stdout: &str) -> Vec<PathBuf> {
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("Created the memory cgroup "))
+        .filter_map(|rest| rest.split_once(": limit"))
+        .map(|(path, _)| PathBuf::from(path))
+        .collect()
+}
+
+/// As root (here) the demo shows both sides in real memory cgroups: without the guard the
+/// kernel kills the hog's backend and the server drops session A; with it the hog gets
+/// `ERROR: out of memory` and nothing else happens.
+#[test]
+fn the_demo_runs_end_to_end() {
+    if opted_out("the_demo_runs_end_to_end (both sides; the guarded side alone still runs)") {
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
+                .args(["demo", "--guarded-only", "--library"])
+                .arg(library_path()),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_guarded_side_only(&stdout);
+        return;
+    }
+    let started = Instant::now();
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .arg("demo")
+            .arg("--library")
+            .arg(library_path()),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("Cannot show the kernel's OOM kill here"),
+        "this test needs a memory cgroup (as root; {SKIP_ENV}=1 opts out):\n{stdout}"
+    );
+    let (unguarded, guarded) = stdout
+        .split_once("== Part 2 of 2: with the guard ==")
+        .unwrap_or_else(|| panic!("two parts:\n{stdout}"));
+    assert!(
+        unguarded.contains("Both sides in a real memory cgroup of 768.0 MiB"),
+        "{stdout}"
+    );
+
+    // Part 1: the kernel kills, the server resets, A is dropped.
+    assert!(unguarded.contains("guard mapped: no"), "{unguarded}");
+    assert!(
+        unguarded.contains("session B's connection was closed"),
+        "{unguarded}"
+    );
+    assert!(
+        unguarded.contains("The kernel's OOM killer struck: the cgroup's oom_kill 0 -> 1."),
+        "{unguarded}"
+    );
+    assert!(
+        unguarded.contains("was terminated by signal 9: Killed"),
+        "{unguarded}"
+    );
+    assert!(
+        unguarded.contains("terminating any other active server processes"),
+        "{unguarded}"
+    );
+    assert!(
+        unguarded.contains("which was idle, was dropped too: SELECT 1 -> "),
+        "{unguarded}"
+    );
+
+    // Part 2: the guard's derived limit, the ERROR, everyone survives, no kill.
+    assert!(guarded.contains("guard mapped: yes"), "{guarded}");
+    assert!(
+        guarded.contains(" = cgroup 768.0 MiB − shared memory ")
+            && guarded.contains("(observed) − reserve 76.8 MiB (default)"),
+        "the limit is derived from the cgroup: {guarded}"
+    );
+    assert!(
+        guarded.contains("-> ERROR:  out of memory (SQLSTATE 53200)"),
+        "{guarded}"
+    );
+    assert!(
+        guarded.contains("Session B is still connected: SELECT 1 -> 1"),
+        "{guarded}"
+    );
+    assert!(
+        guarded.contains("Session A never noticed: SELECT count(*) FROM pg_class -> "),
+        "{guarded}"
+    );
+    assert!(
+        guarded.contains("The kernel's OOM killer did nothing: the cgroup's oom_kill 0 -> 0."),
+        "{guarded}"
+    );
+    assert!(
+        guarded.contains("The server log has no crash or restart lines"),
+        "{guarded}"
+    );
+    assert!(guarded.contains("clean shutdown"), "{guarded}");
+
+    let cgroups = demo_cgroups(&stdout);
+    assert_eq!(cgroups.len(), 2, "{stdout}");
+    for cgroup in cgroups {
+        assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+        assert!(
+            stdout.contains(&format!("the cgroup {}", cgroup.display())),
+            "the demo says it removed {}:\n{stdout}",
+            cgroup.display()
+        );
+    }
+    eprintln!("the two-sided demo took {seconds:.1} s");
+}
+
+/// Where no memory cgroup can be created (here: run as `nobody`), the demo says why in one line
+/// and shows the guarded side alone; `--guarded-only` does the same on request.
+#[test]
+fn the_demo_without_a_cgroup_shows_the_guarded_side_and_says_why() {
+    // nobody must be able to run the binary and read the library wherever the workspace is.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("oomguard");
+    let library = dir.path().join("liboomguard.so");
+    std::fs::copy(oomguard_binary(), &binary).unwrap();
+    std::fs::copy(library_path(), &library).unwrap();
+    let mut command = if is_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&binary);
+        command
+    } else {
+        Command::new(&binary)
+    };
+    plain(&mut command)
+        .arg("demo")
+        .arg("--library")
+        .arg(&library);
+    let (out, stdout, stderr) = run_output(&mut command);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(
+            "Cannot show the kernel's OOM kill here: no memory cgroup could be created ("
+        ) && first.contains("Permission denied")
+            && first.ends_with("showing the guarded side only."),
+        "one line says why:\n{stdout}"
+    );
+    assert_guarded_side_only(&stdout);
+
+    let (out, stdout, stderr) = run_output(
+        oomguard_command()
+            .args(["demo", "--guarded-only", "--library"])
+            .arg(library_path()),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("--guarded-only: showing the guarded side only"),
+        "{stdout}"
+    );
+    assert_guarded_side_only(&stdout);
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Ctrl-C at the first pause stops the server and removes the cluster and (both sides, as root
+/// here) the cgroup the server ran in.
 #[test]
 fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
-    let mut child = oomguard_command()
-        .arg("demo")
-        .arg("--step")
+    let guarded_only = opted_out("ctrl_c_during_the_demo… (the cgroup part; the rest still runs)");
+    let mut command = oomguard_command();
+    command.arg("demo").arg("--step");
+    if guarded_only {
+        command.arg("--guarded-only");
+    }
+    let mut child = command
         .arg("--library")
         .arg(library_path())
         .stdin(Stdio::piped())
@@ -451,12 +633,14 @@ fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let (mut directory, mut postmaster) = (None, None);
+    let mut seen = String::new();
     loop {
         let mut line = String::new();
         assert!(
             stdout.read_line(&mut line).unwrap() > 0,
-            "the demo ended early"
+            "the demo ended early:\n{seen}"
         );
+        seen.push_str(&line);
         if let Some(rest) = line.split(" in /tmp/").nth(1) {
             let dir = rest.split(',').next().unwrap();
             directory = Some(PathBuf::from(format!("/tmp/{dir}")));
@@ -476,6 +660,20 @@ fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
     }
     let (directory, postmaster) = (directory.unwrap(), postmaster.unwrap());
     assert!(directory.is_dir());
+    let cgroups = demo_cgroups(&seen);
+    if guarded_only {
+        assert!(cgroups.is_empty(), "{seen}");
+    } else {
+        assert_eq!(cgroups.len(), 1, "the server runs in a cgroup:\n{seen}");
+        let procs = std::fs::read_to_string(cgroups[0].join("cgroup.procs")).unwrap();
+        assert!(
+            procs
+                .lines()
+                .any(|pid| pid.trim() == postmaster.to_string()),
+            "postmaster {postmaster} in {}: {procs}",
+            cgroups[0].display()
+        );
+    }
     // SAFETY: sending SIGINT to our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let output = child.wait_with_output().unwrap();
@@ -486,6 +684,9 @@ fn ctrl_c_during_the_demo_stops_the_server_and_removes_the_cluster() {
     // SAFETY: signal 0 only asks whether the process exists.
     let alive = unsafe { libc::kill(postmaster, 0) } == 0;
     assert!(!alive, "postmaster {postmaster} left running");
+    for cgroup in cgroups {
+        assert!(!cgroup.exists(), "cgroup {} left behind", cgroup.display());
+    }
 }
 
 #[test]

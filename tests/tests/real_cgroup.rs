@@ -32,10 +32,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oomguard_cli::demo::{GuardedCluster, CRASH_LOG_LINES};
+use oomguard_cli::demo::{GuardedCluster, CRASH_LOG_LINES, HASH_AGGREGATE_HOG};
 use oomguard_cli::pgcluster::{self, backend_pids_by_type, Cluster, ClusterOptions};
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
-use oomguard_tests::cgroup::{opted_out, MemoryCgroup};
+use oomguard_tests::cgroup::{self, opted_out, MemoryCgroup};
 use oomguard_tests::library_path;
 use postgres::error::SqlState;
 use postgres::Client;
@@ -62,12 +62,6 @@ fn settings() -> Vec<(&'static str, &'static str)> {
         ("log_autovacuum_min_duration", "0"),
     ]
 }
-
-/// A hash aggregate of 20 million groups: well over 768 MiB.
-const HASH_AGGREGATE_HOG: [&str; 2] = [
-    "SET work_mem = '2GB'",
-    "SELECT count(*) FROM (SELECT g, count(*) FROM generate_series(1, 20000000) g GROUP BY g) s",
-];
 
 fn options(cgroup: &MemoryCgroup) -> ClusterOptions {
     ClusterOptions {
@@ -144,7 +138,7 @@ fn start_guarded(cgroup: &MemoryCgroup) -> GuardedCluster {
 
 fn assert_in_cgroup(cluster: &Cluster, cgroup: &MemoryCgroup) {
     let postmaster = cluster.postmaster_pid().unwrap();
-    let pids = cgroup.pids();
+    let pids = cgroup.pids().unwrap();
     assert!(
         pids.contains(&postmaster),
         "the postmaster {postmaster} is not in {} (it holds {pids:?})",
@@ -262,9 +256,9 @@ fn unguarded_baseline_is_oom_killed() {
     let _serial = ONE_SERVER_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let cgroup = MemoryCgroup::create("baseline", CGROUP_LIMIT);
+    let cgroup = cgroup::create("baseline", CGROUP_LIMIT);
     let cluster = start_unguarded(&cgroup);
-    let oom_before = cgroup.oom_kills();
+    let oom_before = cgroup.oom_kills().unwrap();
     let mut bystander = cluster.connect().unwrap();
     let mut hog = cluster.connect().unwrap();
     hog.batch_execute(HASH_AGGREGATE_HOG[0]).unwrap();
@@ -298,7 +292,7 @@ fn unguarded_baseline_is_oom_killed() {
             .any(|l| l.contains("was terminated by signal 9: Killed")),
         "a server process was SIGKILLed: {crashes:#?}"
     );
-    let oom_after = cgroup.oom_kills();
+    let oom_after = cgroup.oom_kills().unwrap();
     assert!(
         oom_after > oom_before,
         "the kernel's OOM killer did it: oom_kill {oom_before} -> {oom_after}"
@@ -348,7 +342,7 @@ fn run_scenario(ctx: &Ctx, name: &'static str, body: Scenario) -> Outcome {
     let mut failures = Vec::new();
     let mut idle = ctx.connect();
     let offset = log_len(cluster);
-    let oom_before = ctx.cgroup.oom_kills();
+    let oom_before = ctx.cgroup.oom_kills().unwrap();
     let checkpointer = checkpointer_pid(&mut idle);
     idle.batch_execute(&format!(
         "SET synchronous_commit = on;
@@ -368,7 +362,7 @@ fn run_scenario(ctx: &Ctx, name: &'static str, body: Scenario) -> Outcome {
         }
     };
 
-    let oom_after = ctx.cgroup.oom_kills();
+    let oom_after = ctx.cgroup.oom_kills().unwrap();
     if oom_after != oom_before {
         failures.push(format!(
             "the kernel's OOM killer struck: oom_kill {oom_before} -> {oom_after}"
@@ -419,7 +413,7 @@ fn guarded_by_ld_preload_alone() {
     let _serial = ONE_SERVER_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let cgroup = MemoryCgroup::create("guarded", CGROUP_LIMIT);
+    let cgroup = cgroup::create("guarded", CGROUP_LIMIT);
     let server = start_guarded(&cgroup);
     let limit = check_derived_limit(&server);
     eprintln!("derived limit: {limit}");
@@ -583,7 +577,7 @@ fn concurrent_sessions(ctx: &Ctx) -> Vec<String> {
                 eprintln!(
                     "concurrent sessions: {waiting} hold their memory and wait, {finished} \
                      ended; the cgroup charges {} MiB",
-                    ctx.cgroup.usage_bytes() / MIB
+                    ctx.cgroup.usage_bytes().unwrap() / MIB
                 );
                 break;
             }
