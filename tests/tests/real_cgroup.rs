@@ -544,6 +544,43 @@ fn client_backend_hogs(ctx: &Ctx) -> Vec<String> {
 /// its variable) at the same time: one alone fits the limit easily, eight need ~640 MB, more
 /// than the limit and than the cgroup's room. Each allocates, then waits for an advisory lock
 /// the test holds until every session either waits or has failed.
+/// Waits (at most 120 s) until every session either holds its memory and waits at the gate or
+/// has ended.
+fn wait_until_all_hold_or_ended<T>(
+    ctx: &Ctx,
+    gate: &mut Client,
+    handles: &[std::thread::ScopedJoinHandle<'_, T>],
+    pids: &[i32],
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let finished = handles.iter().filter(|h| h.is_finished()).count();
+        let waiting: i64 = gate
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) \
+                 AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                &[&pids],
+            )
+            .map_err(|e| format!("the gate session failed: {e}"))?
+            .get(0);
+        if finished + waiting as usize == handles.len() {
+            let usage = ctx.cgroup.usage_bytes().map_err(|e| e.to_string())?;
+            eprintln!(
+                "concurrent sessions: {waiting} hold their memory and wait, {finished} ended; \
+                 the cgroup charges {} MiB",
+                usage / MIB
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "after 120 s only {finished} sessions ended and {waiting} wait"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn concurrent_sessions(ctx: &Ctx) -> Vec<String> {
     const SESSIONS: usize = 8;
     const HOLD: &str = "DO $$DECLARE a int[]; BEGIN
@@ -562,34 +599,13 @@ fn concurrent_sessions(ctx: &Ctx) -> Vec<String> {
             .into_iter()
             .map(|mut client| scope.spawn(move || client.batch_execute(HOLD)))
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let finished = handles.iter().filter(|h| h.is_finished()).count();
-            let waiting: i64 = gate
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) \
-                     AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                    &[&pids],
-                )
-                .unwrap()
-                .get(0);
-            if finished + waiting as usize == SESSIONS {
-                eprintln!(
-                    "concurrent sessions: {waiting} hold their memory and wait, {finished} \
-                     ended; the cgroup charges {} MiB",
-                    ctx.cgroup.usage_bytes().unwrap() / MIB
-                );
-                break;
-            }
-            if Instant::now() >= deadline {
-                gate.batch_execute("SELECT pg_advisory_unlock(4242)")
-                    .unwrap();
-                panic!("after 120 s only {finished} sessions ended and {waiting} wait");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // Whatever happens while waiting, the gate is opened before the scope joins the
+        // sessions: a panic here with the gate shut would leave them (and the test) waiting.
+        let waited = wait_until_all_hold_or_ended(ctx, &mut gate, &handles, &pids);
+        let _ = gate.batch_execute("SELECT pg_advisory_unlock(4242)");
+        if let Err(failure) = waited {
+            panic!("{failure}");
         }
-        gate.batch_execute("SELECT pg_advisory_unlock(4242)")
-            .unwrap();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
@@ -661,7 +677,19 @@ fn parallel_with_leader(ctx: &Ctx) -> Vec<String> {
 }
 
 fn parallel_in_workers(ctx: &Ctx) -> Vec<String> {
-    parallel_hash_aggregate(ctx, false)
+    let errors = parallel_hash_aggregate(ctx, false);
+    assert_refusal_line_names(ctx, "in parallel worker:");
+    errors
+}
+
+/// The guard's refusal line in the server log names the process as `pg_stat_activity` would.
+fn assert_refusal_line_names(ctx: &Ctx, process: &str) {
+    let log = ctx.server.cluster.log_text().unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("oomguard[") && line.contains(process)),
+        "no refusal line naming {process:?} in the server log"
+    );
 }
 
 /// A pg_cron job (in a background worker: `cron.use_background_workers = on`) running the
@@ -715,6 +743,7 @@ fn pg_cron_job(ctx: &Ctx) -> Vec<String> {
         status == "failed" && message.contains("out of memory"),
         "the job ended {status:?} with {message:?}, not with ERROR: out of memory"
     );
+    assert_refusal_line_names(ctx, "in background worker \"pg_cron\":");
     vec![format!("{message} (cron.job_run_details, status {status})")]
 }
 
@@ -811,5 +840,7 @@ fn autovacuum_worker(ctx: &Ctx) -> Vec<String> {
     // Stop autovacuum from retrying, whatever happened.
     let mut client = ctx.connect();
     client.batch_execute("DROP TABLE hungry").unwrap();
-    vec![outcome.unwrap_or_else(|e| panic!("{e}"))]
+    let outcome = outcome.unwrap_or_else(|e| panic!("{e}"));
+    assert_refusal_line_names(ctx, "in autovacuum worker:");
+    vec![outcome]
 }
