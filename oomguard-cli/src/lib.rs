@@ -10,6 +10,8 @@
 //! - [`limit`]: `oomguard limit`: the limit's derivation, input by input, recorded or predicted.
 //! - [`segment`]: finding, validating and reading the guard's shared segments, and telling live
 //!   ones from stale ones.
+//! - [`install`]: `oomguard install --to DIR`: copying the binary and the library into a
+//!   directory (an init container's shared volume), atomically.
 //! - [`pgcluster`]: throwaway PostgreSQL clusters for `oomguard demo` and end-to-end tests.
 //! - [`memcg`]: real child memory cgroups, where the demo and the end-to-end tests meet the
 //!   kernel's OOM killer.
@@ -17,6 +19,7 @@
 pub mod clean;
 pub mod demo;
 pub mod exporter;
+pub mod install;
 pub mod limit;
 pub mod memcg;
 pub mod pgcluster;

@@ -1,6 +1,7 @@
 //! The `oomguard` command line: argument parsing and dispatch only; the work lives in the
 //! library modules ([`oomguard_cli::run`], [`oomguard_cli::status`], [`oomguard_cli::limit`],
-//! [`oomguard_cli::clean`], [`oomguard_cli::exporter`], [`oomguard_cli::demo`]).
+//! [`oomguard_cli::clean`], [`oomguard_cli::exporter`], [`oomguard_cli::demo`],
+//! [`oomguard_cli::install`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -88,6 +89,17 @@ enum Cmd {
         /// Directory holding the guard's segments.
         #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
         dir: PathBuf,
+    },
+    /// Copy this binary and the preload library (found as `run` finds it) into DIR, each
+    /// atomically (DIR/oomguard 0755, DIR/liboomguard.so 0644), and print the LD_PRELOAD line that
+    /// loads the copy. For an init container filling a volume shared with PostgreSQL.
+    Install {
+        /// Destination directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The preload library [default: as for `run`].
+        #[arg(long, value_name = "PATH")]
+        library: Option<PathBuf>,
     },
     /// Demonstrate the guard on throwaway PostgreSQL clusters. Where a memory cgroup can be
     /// created (root, or a delegated cgroup), both sides in a real one: without the guard a hog
@@ -282,6 +294,35 @@ fn demo(options: &oomguard_cli::demo::DemoOptions, library: Option<&std::path::P
     }
 }
 
+fn install(to: &std::path::Path, library: Option<&std::path::Path>) -> ExitCode {
+    let argv0 = std::env::args_os().next();
+    let outcome = oomguard_cli::install::own_executable(argv0.as_deref()).and_then(|exe| {
+        oomguard_cli::install::install(
+            to,
+            library,
+            &exe,
+            std::env::var_os(oomguard_cli::run::LIBRARY_ENV).as_deref(),
+        )
+    });
+    match outcome {
+        Ok(installed) => print_out(
+            &format!(
+                "installed {} (from {})\ninstalled {} (from {})\n{}\n",
+                installed.library.display(),
+                installed.library_source.display(),
+                installed.binary.display(),
+                installed.binary_source.display(),
+                installed.preload_line()
+            ),
+            "install",
+        ),
+        Err(error) => {
+            eprintln!("oomguard install: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -306,6 +347,7 @@ fn main() -> ExitCode {
         } => limit(&dir, json, data_dir.as_deref()),
         Cmd::Exporter { listen, dir } => exporter(&listen, &dir),
         Cmd::Clean { dir, dry_run } => clean(&dir, dry_run),
+        Cmd::Install { to, library } => install(&to, library.as_deref()),
         Cmd::Demo {
             limit,
             cgroup_memory,
