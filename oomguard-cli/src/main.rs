@@ -46,8 +46,13 @@ enum Cmd {
         #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
         dir: PathBuf,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "csv")]
         json: bool,
+        /// Print CSV instead of a table: a header row, then one row per live guarded process
+        /// (domain, pid, kind, bytes, peak_bytes, allocations, denials, denied_bytes,
+        /// last_denied_size, overlimit_reports, command), for PostgreSQL's file_fdw.
+        #[arg(long)]
+        csv: bool,
     },
     /// Remove stale segments (no guarded process has them mapped: left by earlier runs) and
     /// the guard's leftover temporary files (`oomguard-*.tmp` older than a minute whose creator
@@ -147,7 +152,15 @@ fn exit_code(printed: ExitCode, any_bad: bool) -> ExitCode {
     }
 }
 
-fn status(dir: &std::path::Path, json: bool) -> ExitCode {
+/// `oomguard status`'s output forms.
+#[derive(Debug, Clone, Copy)]
+enum StatusFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+fn status(dir: &std::path::Path, format: StatusFormat) -> ExitCode {
     let found = match oomguard_cli::status::collect(dir) {
         Ok(found) => found,
         Err(error) => {
@@ -161,21 +174,23 @@ fn status(dir: &std::path::Path, json: bool) -> ExitCode {
     if found.domains.is_empty() {
         return ExitCode::FAILURE;
     }
-    let printed = if json {
-        match serde_json::to_string_pretty(&found.domains) {
+    let printed = match format {
+        StatusFormat::Json => match serde_json::to_string_pretty(&found.domains) {
             Ok(text) => print_out(&format!("{text}\n"), "status"),
             Err(error) => {
                 eprintln!("oomguard status: {error}");
                 ExitCode::FAILURE
             }
+        },
+        StatusFormat::Csv => print_out(&oomguard_cli::status::csv(&found.domains), "status"),
+        StatusFormat::Table => {
+            let reports: Vec<String> = found
+                .domains
+                .iter()
+                .map(oomguard_cli::status::render)
+                .collect();
+            print_out(&format!("{}\n", reports.join("\n")), "status")
         }
-    } else {
-        let reports: Vec<String> = found
-            .domains
-            .iter()
-            .map(oomguard_cli::status::render)
-            .collect();
-        print_out(&format!("{}\n", reports.join("\n")), "status")
     };
     exit_code(printed, any_bad)
 }
@@ -339,7 +354,14 @@ fn main() -> ExitCode {
                 _ => ExitCode::from(126),
             }
         }
-        Cmd::Status { dir, json } => status(&dir, json),
+        Cmd::Status { dir, json, csv } => {
+            let format = match (json, csv) {
+                (true, _) => StatusFormat::Json,
+                (false, true) => StatusFormat::Csv,
+                (false, false) => StatusFormat::Table,
+            };
+            status(&dir, format)
+        }
         Cmd::Limit {
             dir,
             json,

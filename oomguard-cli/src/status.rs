@@ -1,6 +1,7 @@
 //! `oomguard status`: the guard's domains, limit, totals, denials and per-process table, for
-//! people (a table) and machines (`--json`). Dead processes' slots of live domains are reaped
-//! first and reported.
+//! people (a table) and machines (`--json`; `--csv`, one row per live process, for PostgreSQL's
+//! `file_fdw`, see `packaging/sql/oomguard_processes.sql`). Dead processes' slots of live domains
+//! are reaped first and reported.
 //!
 //! This module owns reading every domain of the directory for the report ([`collect`]: live
 //! domains first, then stale ones, each bad file reported on its own) and rendering one domain
@@ -323,9 +324,76 @@ pub fn render(status: &DomainStatus) -> String {
     out
 }
 
+/// The columns of [`csv`], in order.
+pub const CSV_COLUMNS: [&str; 11] = [
+    "domain",
+    "pid",
+    "kind",
+    "bytes",
+    "peak_bytes",
+    "allocations",
+    "denials",
+    "denied_bytes",
+    "last_denied_size",
+    "overlimit_reports",
+    "command",
+];
+
+/// `field` as one CSV field (RFC 4180): quoted when it holds a comma, quote, CR or LF, with
+/// quotes doubled.
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+/// Every live process of `domains` as CSV: a header row ([`CSV_COLUMNS`]), then one row per
+/// process (domains in the given order). `domain` is the segment's file name, as the exporter's
+/// `domain` label; numbers are plain integers (bytes are bytes). Stale domains have no live
+/// process, so no row.
+pub fn csv(domains: &[DomainStatus]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push('\n');
+    for status in domains {
+        let s = &status.snapshot;
+        let domain = Path::new(&s.path).file_name().map_or_else(
+            || s.path.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        for p in &s.processes {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{}",
+                csv_field(&domain),
+                p.pid,
+                csv_field(p.kind),
+                p.bytes,
+                p.peak_bytes,
+                p.allocations,
+                p.denials,
+                p.denied_bytes,
+                p.last_denied_size,
+                p.overlimit_reports,
+                csv_field(&p.title)
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("client backend"), "client backend");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
 
     #[test]
     fn bytes_read_like_ps() {
