@@ -20,11 +20,15 @@
  *                              (after the first refusal only the overdraft is left); wait
  *   consumer COUNT SIZE [ROUNDS] the main thread allocates COUNT blocks, another thread frees
  *                              them all and exits (ROUNDS times, default 1); "consumed"; wait
+ *   dlerror-kept SIZE          dlopen of a missing library (a pending dlerror() message), then
+ *                              malloc(SIZE) until NULL (the guard decides a refusal), then
+ *                              "dlerror MESSAGE" with what dlerror() says now; wait
  *   impossible SIZE            malloc, calloc, realloc, posix_memalign and aligned_alloc of SIZE
  *                              bytes (more than glibc can give): "impossible N null" with the
  *                              number of NULL results; wait
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -266,6 +270,19 @@ static int consumer(long count, size_t size, long rounds) {
     return 0;
 }
 
+static int dlerror_kept(size_t size) {
+    void *blocks[4096];
+    int n = 0;
+    if (dlopen("liboomguard-probe-missing.so", RTLD_NOW) != NULL) return 2;
+    while (n < 4096 && (blocks[n] = malloc(size)) != NULL) n++;
+    const char *message = dlerror();
+    printf("dlerror %s\n", message ? message : "(none)");
+    fflush(stdout);
+    for (int i = 0; i < n; i++) free(blocks[i]);
+    wait_line();
+    return 0;
+}
+
 static int impossible(size_t size) {
     int nulls = 0;
     void *small = malloc(64);
@@ -298,6 +315,8 @@ int main(int argc, char **argv) {
         return overdraft(strtoull(argv[2], NULL, 10));
     if (argc >= 4 && strcmp(argv[1], "consumer") == 0)
         return consumer(atol(argv[2]), strtoull(argv[3], NULL, 10), argc >= 5 ? atol(argv[4]) : 1);
+    if (argc >= 3 && strcmp(argv[1], "dlerror-kept") == 0)
+        return dlerror_kept(strtoull(argv[2], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "impossible") == 0)
         return impossible(strtoull(argv[2], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "refused-calls") == 0)

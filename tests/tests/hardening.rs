@@ -294,3 +294,24 @@ fn two_pid_namespaces_sharing_a_domain_keep_their_own_slots() {
         probe.finish();
     }
 }
+
+#[test]
+fn a_refusal_leaves_the_programs_pending_dlerror_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // The refusal decision needs PostgreSQL's symbols; looking them up inside malloc (dlsym of
+    // names a plain program lacks) would replace the message the program's own failed dlopen
+    // left for its next dlerror().
+    let mut probe = Probe::start(
+        "accounting",
+        dir.path(),
+        &["dlerror-kept", "1048576"],
+        &[("OOM_GUARD_LIMIT", "16Mi")],
+    );
+    let line = probe.expect("dlerror ");
+    assert!(
+        line.contains("liboomguard-probe-missing.so"),
+        "the program's own dlerror() message was lost: {line}"
+    );
+    probe.proceed();
+    probe.finish();
+}
