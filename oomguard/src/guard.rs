@@ -548,8 +548,9 @@ fn give_back(bytes: u64) {
 fn note_overflow(delta: i64) {
     let slot = SLOT.load(Relaxed);
     if core::ptr::eq(slot, &pool().header().overflow) {
-        let held = OVERFLOW_HELD.load(Relaxed) as i64;
-        OVERFLOW_HELD.store(held.saturating_add(delta).max(0) as u64, Relaxed);
+        let _ = OVERFLOW_HELD.fetch_update(Relaxed, Relaxed, |held| {
+            Some(held.saturating_add_signed(delta))
+        });
     }
 }
 
@@ -642,6 +643,9 @@ extern "C" fn forked_child() {
     let parent_slot = SLOT.load(Relaxed);
     let parent_bytes = if parent_slot.is_null() {
         0
+    } else if core::ptr::eq(parent_slot, &pool().header().overflow) {
+        // The shared overflow slot: only the parent's own share there.
+        OVERFLOW_HELD.load(Relaxed)
     } else {
         // SAFETY: the parent's slot, in the segment this child inherited mapped.
         unsafe { (*parent_slot).bytes.load(Relaxed).max(0) as u64 }
