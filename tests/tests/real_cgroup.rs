@@ -544,6 +544,21 @@ fn client_backend_hogs(ctx: &Ctx) -> Vec<String> {
 /// its variable) at the same time: one alone fits the limit easily, eight need ~640 MB, more
 /// than the limit and than the cgroup's room. Each allocates, then waits for an advisory lock
 /// the test holds until every session either waits or has failed.
+/// Releases the gate's advisory lock. The unlock itself can be refused while the sessions hold
+/// the domain at its limit (after one refusal the guard's overdraft lets the next try through),
+/// so it is retried; a gate session that failed otherwise has ended, and its lock with it.
+fn open_gate(gate: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match gate.batch_execute("SELECT pg_advisory_unlock(4242)") {
+            Err(e) if e.code() == Some(&SqlState::OUT_OF_MEMORY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Waits (at most 120 s) until every session either holds its memory and waits at the gate or
 /// has ended.
 fn wait_until_all_hold_or_ended<T>(
@@ -555,14 +570,24 @@ fn wait_until_all_hold_or_ended<T>(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let finished = handles.iter().filter(|h| h.is_finished()).count();
-        let waiting: i64 = gate
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) \
-                 AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                &[&pids],
-            )
-            .map_err(|e| format!("the gate session failed: {e}"))?
-            .get(0);
+        let counted = gate.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+            &[&pids],
+        );
+        let waiting: i64 = match counted {
+            Ok(row) => row.get(0),
+            // The gate is a client backend too: while the sessions hold the domain at its
+            // limit, its own query can be refused. That is the guard working; ask again.
+            Err(e) if e.code() == Some(&SqlState::OUT_OF_MEMORY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => {
+                let detail = e.as_db_error().map(describe).unwrap_or_default();
+                return Err(format!("the gate session failed: {e} {detail}"));
+            }
+        };
         if finished + waiting as usize == handles.len() {
             let usage = ctx.cgroup.usage_bytes().map_err(|e| e.to_string())?;
             eprintln!(
@@ -602,7 +627,7 @@ fn concurrent_sessions(ctx: &Ctx) -> Vec<String> {
         // Whatever happens while waiting, the gate is opened before the scope joins the
         // sessions: a panic here with the gate shut would leave them (and the test) waiting.
         let waited = wait_until_all_hold_or_ended(ctx, &mut gate, &handles, &pids);
-        let _ = gate.batch_execute("SELECT pg_advisory_unlock(4242)");
+        open_gate(&mut gate);
         if let Err(failure) = waited {
             panic!("{failure}");
         }
