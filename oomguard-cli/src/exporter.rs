@@ -1031,9 +1031,19 @@ mod tests {
             assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
         }
         assert!(!body.contains("oomguard-0-old"), "{body}");
-        // The live one's last process is gone: both stale now.
+        // The live one's last process is gone: both stale now. A child another test thread is
+        // starting holds a copy of the descriptor (and the lock) until it execs: allow it a
+        // moment.
         drop(held);
-        let body = exporter.scrape(true).body;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let body = loop {
+            let body = exporter.scrape(true).body;
+            if body.contains("\noomguard_stale_domains 2\n") || std::time::Instant::now() > deadline
+            {
+                break body;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert!(body.contains("\noomguard_stale_domains 2\n"), "{body}");
         assert!(body.contains("\noomguard_up 0\n"), "{body}");
     }

@@ -224,6 +224,13 @@ proptest! {
 
         match (Segment::open(&path), expected) {
             (Ok(segment), Ok(slots)) => {
+                // A child that another test thread is starting right now holds a copy of every
+                // descriptor (the dropped one too, and with it the lock) until it execs: give
+                // such a copy a moment to go before calling the segment live.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while segment.is_stale() == live && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 prop_assert_eq!(segment.is_stale(), !live);
                 let snapshot = segment.snapshot().unwrap();
                 prop_assert_eq!(snapshot.slot_count, slots);
