@@ -21,14 +21,13 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use oomguard_core::layout::SegmentView;
 
-use crate::segment::{lock_state, Liveness, SegmentError};
+use crate::segment::{lock_state, take_lock, Liveness, SegmentError};
 
 /// How old a temporary file must be before it is taken for a leftover: creating a segment takes
 /// microseconds, so a minute leaves a wide margin for a slow or stopped creator.
@@ -202,7 +201,7 @@ fn consider(path: &Path, euid: u32, dry_run: bool) -> (Action, String) {
             )),
         };
     }
-    match write_lock(&file) {
+    match take_lock(&file, libc::F_WRLCK) {
         Ok(true) => {}
         Ok(false) => return kept(live_reason(temporary)),
         Err(error) => {
@@ -256,25 +255,6 @@ fn readable_segment(file: &File) -> Result<(), String> {
     // view reads the shared fields through atomics.
     let map = unsafe { memmap2::MmapOptions::new().map(file) }.map_err(|e| e.to_string())?;
     SegmentView::new(&map).map(drop).map_err(|e| e.to_string())
-}
-
-/// Takes the open-file-description write lock on the whole of `file` without waiting: `Ok(false)`
-/// when someone holds a lock on it.
-fn write_lock(file: &File) -> std::io::Result<bool> {
-    // SAFETY: an all-zero flock is a valid argument: the whole file; l_pid must be 0 for OFD
-    // locks.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as libc::c_short;
-    request.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: the descriptor is open while `file` lives; `request` is a valid flock.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) } == 0 {
-        return Ok(true);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-        _ => Err(error),
-    }
 }
 
 /// Whether a process with `pid` exists in our PID namespace (a process we may not signal exists
@@ -342,13 +322,7 @@ mod tests {
         file.set_modified(SystemTime::now() - Duration::from_secs(3600))
             .unwrap();
         let locked = OpenOptions::new().read(true).open(&old).unwrap();
-        let mut request: libc::flock = unsafe { std::mem::zeroed() };
-        request.l_type = libc::F_RDLCK as libc::c_short;
-        // SAFETY: an open descriptor and a valid flock.
-        assert_eq!(
-            unsafe { libc::fcntl(locked.as_raw_fd(), libc::F_OFD_SETLK, &request) },
-            0
-        );
+        assert!(take_lock(&locked, libc::F_RDLCK).unwrap());
         let outcome = &clean(d, false).unwrap()[3];
         assert_eq!(outcome.action, Action::Kept, "{outcome}");
         assert!(outcome.reason.contains("still locked"), "{outcome}");

@@ -773,14 +773,8 @@ mod tests {
     /// Holds the read lock every guarded process holds on its segment (see `segment`): the
     /// segment is live while the returned file is open.
     fn hold(path: &Path) -> std::fs::File {
-        use std::os::fd::AsRawFd;
         let file = std::fs::File::open(path).unwrap();
-        // SAFETY: an all-zero flock is the whole file; l_pid must be 0 for OFD locks.
-        let mut request: libc::flock = unsafe { std::mem::zeroed() };
-        request.l_type = libc::F_RDLCK as libc::c_short;
-        // SAFETY: an open descriptor and a valid flock.
-        let locked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
-        assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
+        assert!(crate::segment::take_lock(&file, libc::F_RDLCK).unwrap());
         file
     }
 

@@ -1057,6 +1057,24 @@ pub fn backend_pids_by_type(client: &mut postgres::Client) -> Result<Vec<(u32, S
         .collect()
 }
 
+/// The pid of the session's own backend (`pg_backend_pid()`).
+pub fn backend_pid(client: &mut postgres::Client) -> Result<i32> {
+    Ok(client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .context("could not ask for pg_backend_pid()")?
+        .get(0))
+}
+
+/// The checkpointer's pid, from `pg_stat_activity` (it changes when the server resets after a
+/// crash: the tests' crash detector).
+pub fn checkpointer_pid(client: &mut postgres::Client) -> Result<u32> {
+    backend_pids_by_type(client)?
+        .into_iter()
+        .find(|(_, kind)| kind == "checkpointer")
+        .map(|(pid, _)| pid)
+        .context("no checkpointer in pg_stat_activity")
+}
+
 /// Whether process `pid` has a file mapped whose path is `name` or whose file name is `name`
 /// (e.g. `"liboomguard.so"`), according to `/proc/PID/maps`.
 pub fn pid_maps_library(pid: u32, name: &str) -> io::Result<bool> {

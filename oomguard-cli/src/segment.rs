@@ -145,6 +145,28 @@ impl Liveness {
     }
 }
 
+/// Takes an open-file-description lock of `kind` (`F_RDLCK`: the lock every guarded process
+/// holds on its segment; `F_WRLCK`: nobody else holds one) on the whole of `file`, without
+/// waiting: `Ok(false)` when someone's lock conflicts. The lock lasts as long as the open file
+/// description (`file` and any copy of its descriptor).
+pub fn take_lock(file: &File, kind: libc::c_int) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is a valid argument: the whole file; l_pid must be 0 for OFD
+    // locks.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = kind as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: the descriptor is open while `file` lives; `request` is a valid flock.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) } == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(error),
+    }
+}
+
 /// Tests, without taking it, whether a write lock on the whole of `file` would conflict with a
 /// lock someone holds (`F_OFD_GETLK`; works on a read-only descriptor). Locks held through
 /// another open file description of this very process count too, as they should: such a process

@@ -182,17 +182,11 @@ fn layout_of(bytes: &[u8]) -> Result<u32, LayoutError> {
 /// holds the open-file-description read lock every guarded process holds on its segment until
 /// it is dropped.
 fn segment_dir(bytes: &[u8]) -> (tempfile::TempDir, PathBuf, std::fs::File) {
-    use std::os::fd::AsRawFd;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(FILE_NAME);
     std::fs::write(&path, bytes).unwrap();
     let held = std::fs::File::open(&path).unwrap();
-    // SAFETY: an all-zero flock is the whole file; l_pid must be 0 for OFD locks.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_RDLCK as libc::c_short;
-    // SAFETY: an open descriptor and a valid flock.
-    let locked = unsafe { libc::fcntl(held.as_raw_fd(), libc::F_OFD_SETLK, &request) };
-    assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
+    assert!(oomguard_cli::segment::take_lock(&held, libc::F_RDLCK).unwrap());
     (dir, path, held)
 }
 

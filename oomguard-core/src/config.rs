@@ -199,6 +199,18 @@ impl RefuseScope {
     }
 }
 
+/// Every setting the guard reads, from the environment or the configuration file.
+pub const SETTING_NAMES: [&str; 8] = [
+    "OOM_GUARD_LIMIT",
+    "OOM_GUARD_MODE",
+    "OOM_GUARD_RESERVE",
+    "OOM_GUARD_SHARED_MEMORY",
+    "OOM_GUARD_REFUSE",
+    "OOM_GUARD_DIR",
+    "OOM_GUARD_DOMAIN",
+    "OOM_GUARD_CGROUP_ROOT",
+];
+
 /// What `OOM_GUARD_DOMAIN` accepts, quoted by its error.
 pub const DOMAIN_FORMS: &str = "a plain file name of 1 to 200 bytes, without '/', not '.' or \
      '..' (start it with oomguard- so that oomguard status, limit, clean and the exporter find it)";

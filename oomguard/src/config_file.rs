@@ -20,19 +20,11 @@ use core::ffi::CStr;
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Release};
 
+// The keys a file may set: every `OOM_GUARD_*` setting.
+use oomguard_core::config::SETTING_NAMES as KEYS;
+
 /// Where the file is read from unless `OOM_GUARD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &CStr = c"/etc/oomguard/oomguard.conf";
-/// The keys a file may set: every `OOM_GUARD_*` setting.
-pub const KEYS: [&str; 8] = [
-    "OOM_GUARD_LIMIT",
-    "OOM_GUARD_MODE",
-    "OOM_GUARD_RESERVE",
-    "OOM_GUARD_SHARED_MEMORY",
-    "OOM_GUARD_REFUSE",
-    "OOM_GUARD_DIR",
-    "OOM_GUARD_DOMAIN",
-    "OOM_GUARD_CGROUP_ROOT",
-];
 /// Largest file read: a configuration file is a dozen lines.
 const CAPACITY: usize = 8192;
 

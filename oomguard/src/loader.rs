@@ -19,19 +19,27 @@ use crate::errno;
 type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 type InFatalOnOomFn = unsafe extern "C" fn() -> bool;
 
-/// The C library's `dlopen`, found with `dlsym(RTLD_NEXT)` at load time (or at the first call,
-/// if another library's constructor loads something before ours ran).
+/// The C library's `dlopen` (see [`next_definition`]).
 static REAL_DLOPEN: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 /// `llvm_in_fatal_on_oom` of the loaded `llvmjit.so`, null until PostgreSQL loads it.
 static LLVM_IN_FATAL_ON_OOM: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
 /// Finds the real `dlopen`. Runs from the library's constructor, outside any allocation.
 pub fn resolve() {
-    if REAL_DLOPEN.load(Relaxed).is_null() {
+    next_definition(&REAL_DLOPEN, c"dlopen");
+}
+
+/// The next definition of `name` after this library (the C library's, for a function we
+/// interpose), kept in `cache`: looked up once, from the constructor or, if another library's
+/// constructor calls the function before ours ran, at that first call (never inside malloc).
+pub fn next_definition(cache: &AtomicPtr<c_void>, name: &CStr) -> *mut c_void {
+    let mut found = cache.load(Relaxed);
+    if found.is_null() {
         // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no other requirement.
-        let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) };
-        REAL_DLOPEN.store(real, Relaxed);
+        found = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+        cache.store(found, Relaxed);
     }
+    found
 }
 
 /// Whether PostgreSQL's JIT is inside its fatal-on-OOM bracket right now (false when no JIT
@@ -50,8 +58,7 @@ pub fn jit_fatal_on_oom() -> bool {
 /// As C `dlopen`.
 #[no_mangle]
 pub unsafe extern "C" fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void {
-    resolve();
-    let real = REAL_DLOPEN.load(Relaxed);
+    let real = next_definition(&REAL_DLOPEN, c"dlopen");
     if real.is_null() {
         errno::set(libc::ENOSYS);
         return core::ptr::null_mut();

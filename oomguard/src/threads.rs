@@ -8,8 +8,9 @@
 //! from glibc's allocator directly (never accounted, freed by the new thread).
 
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicPtr, Ordering::Relaxed};
+use core::sync::atomic::AtomicPtr;
 
+use crate::loader::next_definition;
 use crate::{errno, guard, real};
 
 type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
@@ -20,8 +21,7 @@ type PthreadCreateFn = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
-/// The C library's `pthread_create`, found with `dlsym(RTLD_NEXT)` at load time (or at the
-/// first call, if another library's constructor starts a thread before ours ran).
+/// The C library's `pthread_create` (see `loader::next_definition`).
 static REAL_PTHREAD_CREATE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
 /// What the new thread runs after arming its hook.
@@ -32,11 +32,7 @@ struct Start {
 
 /// Finds the real `pthread_create`. Runs from the library's constructor.
 pub fn resolve() {
-    if REAL_PTHREAD_CREATE.load(Relaxed).is_null() {
-        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no other requirement.
-        let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) };
-        REAL_PTHREAD_CREATE.store(real, Relaxed);
-    }
+    next_definition(&REAL_PTHREAD_CREATE, c"pthread_create");
 }
 
 extern "C" fn start_thread(block: *mut c_void) -> *mut c_void {
@@ -57,8 +53,7 @@ pub unsafe extern "C" fn pthread_create(
     routine: StartRoutine,
     argument: *mut c_void,
 ) -> c_int {
-    resolve();
-    let real = REAL_PTHREAD_CREATE.load(Relaxed);
+    let real = next_definition(&REAL_PTHREAD_CREATE, c"pthread_create");
     if real.is_null() {
         return libc::ENOSYS;
     }

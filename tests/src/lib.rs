@@ -488,6 +488,22 @@ pub fn while_holding(dir: &Path, env: &[(&str, &str)], inspect: impl FnOnce(u32)
     probe.finish();
 }
 
+/// Prepares `dir` with a stale domain and a live one: `oomguard-old`, whose only process (an
+/// earlier run holding 8 MiB) has exited, and `oomguard-live`, whose probe holds 8 MiB and waits
+/// (returned; it has said "held"). The live one has another name: a process of the stale
+/// domain would reset it.
+pub fn stale_and_live_domains(dir: &Path) -> Probe {
+    while_holding(dir, &[("OOM_GUARD_DOMAIN", "oomguard-old")], |_| {});
+    let mut live = Probe::start(
+        "accounting",
+        dir,
+        &["hold", "1048576", "8"],
+        &[("OOM_GUARD_DOMAIN", "oomguard-live")],
+    );
+    live.expect("held");
+    live
+}
+
 /// A probe process under the guard, driven line by line: it says what it did on stdout and
 /// waits for a line on stdin before going on, so a test can look at the shared segment at
 /// well-defined moments (no sleeps).

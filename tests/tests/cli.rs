@@ -13,7 +13,7 @@ use std::time::Instant;
 use oomguard_tests::cgroup::{opted_out, SKIP_ENV};
 use oomguard_tests::{
     guarded, library_path, oomguard_binary, oomguard_command, plain, probe, run_output,
-    while_holding, Probe,
+    stale_and_live_domains, while_holding, Probe,
 };
 
 #[test]
@@ -126,16 +126,7 @@ fn domain_named<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::
 #[test]
 fn a_domain_whose_processes_exited_is_stale_and_clean_removes_only_it() {
     let dir = tempfile::tempdir().unwrap();
-    // An earlier run: its only process held 8 MiB and exited.
-    while_holding(dir.path(), &[("OOM_GUARD_DOMAIN", "oomguard-old")], |_| {});
-    // A running server of another domain (of the same one, it would reset the stale segment).
-    let mut live = Probe::start(
-        "accounting",
-        dir.path(),
-        &["hold", "1048576", "8"],
-        &[("OOM_GUARD_DOMAIN", "oomguard-live")],
-    );
-    live.expect("held");
+    let mut live = stale_and_live_domains(dir.path());
     let live_pid = live.pid() as u32;
 
     let (out, stdout, stderr) = output_of_status(dir.path());

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use oomguard_cli::demo::{GuardedCluster, HOG_QUERY};
 use oomguard_cli::exporter::{LISTEN_ENV, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use oomguard_tests::{
-    http_get, library_path, oomguard_command, promtool, while_holding, Exporter, Probe,
+    http_get, library_path, oomguard_command, promtool, stale_and_live_domains, Exporter,
 };
 use postgres::error::SqlState;
 
@@ -192,15 +192,7 @@ fn an_empty_directory_is_served_as_up_0() {
 #[test]
 fn stale_domains_are_counted_not_exported() {
     let dir = tempfile::tempdir().unwrap();
-    // An earlier run's domain, whose only process exited.
-    while_holding(dir.path(), &[("OOM_GUARD_DOMAIN", "oomguard-old")], |_| {});
-    let mut live = Probe::start(
-        "accounting",
-        dir.path(),
-        &["hold", "1048576", "8"],
-        &[("OOM_GUARD_DOMAIN", "oomguard-live")],
-    );
-    live.expect("held");
+    let mut live = stale_and_live_domains(dir.path());
     let exporter = Exporter::start(dir.path());
 
     let body = scrape_openmetrics(&exporter.addr);

@@ -176,14 +176,7 @@ fn a_process_without_a_slot_returns_its_share_of_the_overflow_when_it_exits() {
         .write(true)
         .open(dir.path().join("full"))
         .unwrap();
-    // SAFETY: an all-zero flock is a valid argument: a read lock on the whole file.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_RDLCK as i16;
-    // SAFETY: a valid descriptor and flock.
-    assert_eq!(
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) },
-        0
-    );
+    assert!(oomguard_cli::segment::take_lock(&file, libc::F_RDLCK).unwrap());
     // SAFETY: a shared mapping of the whole (fixed-size) file, unmapped below.
     let base = unsafe {
         libc::mmap(

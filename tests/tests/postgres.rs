@@ -4,7 +4,7 @@
 //! server still starts, accepts connections, checkpoints and shuts down cleanly.
 
 use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster::{backend_pids_by_type, pid_maps_library};
+use oomguard_cli::pgcluster::{self, backend_pid, pid_maps_library};
 use oomguard_tests::library_path;
 use postgres::error::SqlState;
 use postgres::Client;
@@ -12,19 +12,11 @@ use postgres::Client;
 const MIB: i64 = 1 << 20;
 
 fn pid_of(client: &mut Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0)
+    backend_pid(client).unwrap()
 }
 
 fn checkpointer_pid(client: &mut Client) -> u32 {
-    backend_pids_by_type(client)
-        .unwrap()
-        .into_iter()
-        .find(|(_, kind)| kind == "checkpointer")
-        .expect("a checkpointer in pg_stat_activity")
-        .0
+    pgcluster::checkpointer_pid(client).unwrap()
 }
 
 /// Runs `statements`; the last must fail with `ERROR: out of memory` (53200).

@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::{GuardedCluster, CRASH_LOG_LINES, HASH_AGGREGATE_HOG};
-use oomguard_cli::pgcluster::{self, backend_pids_by_type, Cluster, ClusterOptions};
+use oomguard_cli::pgcluster::{self, backend_pid, Cluster, ClusterOptions};
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
 use oomguard_tests::cgroup::{self, opted_out, MemoryCgroup};
 use oomguard_tests::library_path;
@@ -163,19 +163,11 @@ fn connect_within(cluster: &Cluster, timeout: Duration) -> Client {
 }
 
 fn pid_of(client: &mut Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0)
+    backend_pid(client).unwrap()
 }
 
 fn checkpointer_pid(client: &mut Client) -> u32 {
-    backend_pids_by_type(client)
-        .unwrap()
-        .into_iter()
-        .find(|(_, kind)| kind == "checkpointer")
-        .expect("a checkpointer in pg_stat_activity")
-        .0
+    pgcluster::checkpointer_pid(client).unwrap()
 }
 
 /// `pg_stat_database.xact_commit` of this database, with this session's own counts flushed.

@@ -8,14 +8,12 @@
 //! server's user, who owns the segment. The CSV itself is checked directly too: its header is
 //! [`CSV_COLUMNS`] and a guarded probe's row carries plain integers.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::status::CSV_COLUMNS;
-use oomguard_tests::{guarded, library_path, oomguard_binary, probe, run_output, workspace_root};
+use oomguard_tests::{library_path, oomguard_binary, run_output, while_holding, workspace_root};
 
 /// The `program` option as the packaged file writes it.
 const PACKAGED_PROGRAM: &str = "program '/usr/bin/oomguard status --csv'";
@@ -105,37 +103,21 @@ fn the_foreign_table_joins_pg_stat_activity_and_shows_who_holds_the_memory() {
     assert_eq!(domains, 1, "one domain in the cluster's segment directory");
 }
 
-/// A guarded `accounting` probe holding memory until dropped.
-struct HoldingProbe(Child);
-
-impl Drop for HoldingProbe {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn status_csv_has_a_header_and_one_integer_row_per_process() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(probe("accounting"));
-    guarded(&mut command, dir.path(), &[])
-        .args(["hold", "1048576", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut holder = HoldingProbe(command.spawn().expect("start the accounting probe"));
-    let mut line = String::new();
-    BufReader::new(holder.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim_end(), "held", "the probe holds its 4 MiB");
-    let pid = holder.0.id().to_string();
+    // The probe holds 8 x 1 MiB while the closure runs.
+    while_holding(dir.path(), &[], |pid| {
+        csv_of_a_holding_probe(dir.path(), pid)
+    });
+}
 
+fn csv_of_a_holding_probe(dir: &std::path::Path, pid: u32) {
+    let pid = pid.to_string();
     let (out, stdout, stderr) = run_output(
         oomguard_tests::oomguard_command()
             .args(["status", "--csv", "--dir"])
-            .arg(dir.path()),
+            .arg(dir),
     );
     assert!(out.status.success(), "{stderr}");
     let mut lines = stdout.lines();
@@ -163,12 +145,11 @@ fn status_csv_has_a_header_and_one_integer_row_per_process() {
     let (out, _, stderr) = run_output(
         oomguard_tests::oomguard_command()
             .args(["status", "--csv", "--json", "--dir"])
-            .arg(dir.path()),
+            .arg(dir),
     );
     assert_eq!(
         out.status.code(),
         Some(2),
         "--csv and --json conflict: {stderr}"
     );
-    drop(holder);
 }
