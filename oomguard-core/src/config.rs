@@ -200,8 +200,9 @@ impl RefuseScope {
 }
 
 /// Every setting the guard reads, from the environment or the configuration file.
-pub const SETTING_NAMES: [&str; 8] = [
+pub const SETTING_NAMES: [&str; 9] = [
     "OOM_GUARD_LIMIT",
+    "OOM_GUARD_BACKEND_LIMIT",
     "OOM_GUARD_MODE",
     "OOM_GUARD_RESERVE",
     "OOM_GUARD_SHARED_MEMORY",

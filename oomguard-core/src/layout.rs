@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"OOMGUARD";
 /// Bumped whenever a field moves or changes meaning.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Number of process slots; a process that finds none free is accounted in [`Header::overflow`].
 pub const SLOT_COUNT: u32 = 4096;
 
@@ -288,6 +288,13 @@ pub struct Slot {
     pub last_denied_size: AtomicU64,
     /// Calls that would have been refused in report mode.
     pub overlimit_reports: AtomicU64,
+    /// This process's budget in bytes as last evaluated (at its latest reservation), 0 for none
+    /// (see [`crate::budget`]).
+    pub budget_bytes: AtomicU64,
+    /// A [`crate::budget::BudgetSource`]: where `budget_bytes` came from.
+    pub budget_source: AtomicU32,
+    /// A [`crate::budget::RefusalCause`]: which limit the most recent refusal kept.
+    pub last_refusal_cause: AtomicU32,
 }
 
 /// Container-wide counters and configuration. Lives at offset 0 of the segment.
@@ -362,6 +369,12 @@ pub struct HeaderStats {
     pub kernel_denials: AtomicU64,
     /// Refused dynamic shared memory requests (ENOSPC), included in `denied_allocations`.
     pub dynamic_shared_denials: AtomicU64,
+    /// Refusals made because the total would pass the domain's limit, included in
+    /// `denied_allocations` (with `kernel_denials` and `budget_denials`, every refusal).
+    pub domain_limit_denials: AtomicU64,
+    /// Refusals made because a process's own bytes would pass its budget, included in
+    /// `denied_allocations`.
+    pub budget_denials: AtomicU64,
 }
 
 /// The cgroup's own numbers as last read by a guarded process (0 = not read yet).

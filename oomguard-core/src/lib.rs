@@ -9,6 +9,8 @@
 //!   validation.
 //! - [`pool`]: reserving and releasing bytes against the limit, peaks, denial counters, slot
 //!   claiming and reaping of dead processes.
+//! - [`budget`]: per-process budgets (`oomguard.backend_memory_limit`, `OOM_GUARD_BACKEND_LIMIT`)
+//!   and refusal causes.
 //! - [`config`]: `OOM_GUARD_*` value parsing (sizes, modes, refusal scope) with errors that name
 //!   the accepted forms.
 //! - [`limit`]: the derived limit (cgroup limit − shared memory − reserve) and its inputs.
@@ -20,6 +22,7 @@
 //! Feature `std` (for the CLI) adds `fs::RootedFs`, file access with `std::fs`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+pub mod budget;
 pub mod cgroup;
 pub mod config;
 pub mod fs;

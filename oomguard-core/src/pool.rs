@@ -9,6 +9,7 @@
 use core::sync::atomic::AtomicI64;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
+use crate::budget::{BudgetSource, RefusalCause};
 use crate::layout::{Header, ProcessKind, SegmentView, Slot, PID_BUSY, PID_FREE};
 
 /// Operations on a validated segment.
@@ -173,9 +174,19 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Counts a refused call of `size` bytes.
-    pub fn record_denial(&self, slot: &Slot, size: u64) {
+    /// Counts a refused call of `size` bytes, refused for `cause`.
+    pub fn record_denial(&self, slot: &Slot, size: u64, cause: RefusalCause) {
         let stats = &self.view.header.stats;
+        let by_cause = match cause {
+            RefusalCause::KernelTight => Some(&stats.kernel_denials),
+            RefusalCause::BackendBudget => Some(&stats.budget_denials),
+            RefusalCause::DomainLimit => Some(&stats.domain_limit_denials),
+            RefusalCause::None => None,
+        };
+        if let Some(counter) = by_cause {
+            counter.fetch_add(1, Relaxed);
+        }
+        slot.last_refusal_cause.store(cause as u32, Relaxed);
         stats.denied_allocations.fetch_add(1, Relaxed);
         stats.denied_bytes.fetch_add(size, Relaxed);
         slot.denials.fetch_add(1, Relaxed);
@@ -320,9 +331,13 @@ impl<'a> Pool<'a> {
             &slot.denied_bytes,
             &slot.last_denied_size,
             &slot.overlimit_reports,
+            &slot.budget_bytes,
         ] {
             counter.store(0, Relaxed);
         }
+        slot.budget_source.store(BudgetSource::None as u32, Relaxed);
+        slot.last_refusal_cause
+            .store(RefusalCause::None as u32, Relaxed);
         slot.pid.store(pid, Release);
         slot
     }
@@ -547,10 +562,16 @@ mod tests {
     fn denials_and_reports_are_counted() {
         with_pool(2, 10, |pool| {
             let slot = pool.claim(5, 1, true);
-            pool.record_denial(slot, 4096);
+            pool.record_denial(slot, 4096, RefusalCause::BackendBudget);
             pool.record_overlimit_report(slot);
             let stats = &pool.header().stats;
             assert_eq!(stats.denied_allocations.load(Relaxed), 1);
+            assert_eq!(stats.budget_denials.load(Relaxed), 1);
+            assert_eq!(stats.domain_limit_denials.load(Relaxed), 0);
+            assert_eq!(
+                slot.last_refusal_cause.load(Relaxed),
+                RefusalCause::BackendBudget as u32
+            );
             assert_eq!(stats.denied_bytes.load(Relaxed), 4096);
             assert_eq!(stats.overlimit_reports.load(Relaxed), 1);
             assert_eq!(slot.last_denied_size.load(Relaxed), 4096);

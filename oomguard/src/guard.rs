@@ -14,6 +14,7 @@ use core::fmt::Write;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
+use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_core::layout::{Header, LimitSource, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
@@ -21,7 +22,7 @@ use oomguard_core::{Mode, ProcessKind, RefuseScope};
 use crate::report::Line;
 use crate::settings::Settings;
 use crate::tls::ThreadState;
-use crate::{errno, kernel, policy, segment};
+use crate::{budget, errno, kernel, policy, segment};
 use oomguard_core::units::Bytes;
 
 /// Bytes a thread reserves beyond what a request needs, so the next allocations are local.
@@ -148,6 +149,7 @@ fn initialise() -> bool {
         }
     }
     kernel::discover(header, &settings);
+    budget::set_default(settings.backend_limit);
     // This process's mode decides its own refusals: `OOM_GUARD_MODE=report psql` must not
     // switch off enforcement for the backends. Without one: enforce when a limit is known.
     let own_mode = mode.unwrap_or(if header.limit_bytes.load(Relaxed) != 0 {
@@ -309,10 +311,35 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let slot = my_slot();
     kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
+    let decision = classify();
+    let budget = budget::evaluate(&pool, slot, &decision);
+    let own = slot.bytes.load(Relaxed).max(0) as u64;
+    let within_budget =
+        |bytes: u64| budget.is_none_or(|budget| own.saturating_add(bytes) <= budget);
+    let over_budget = !within_budget(need);
+    if over_budget {
+        // The process's own bytes would pass its budget: refused like over the domain's limit
+        // where that is allowed; otherwise the budget does not apply to this request.
+        if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
+            return overdraft_or_refuse(
+                &pool,
+                slot,
+                kind,
+                need,
+                request,
+                call,
+                RefusalCause::BackendBudget,
+            );
+        }
+    }
     let batch = need.saturating_add(BATCH as u64);
     if !tight {
         for bytes in [batch, need] {
-            if pool.try_reserve(slot, bytes) {
+            // A batch that would pass the budget is not taken: the request alone may still fit.
+            // Over the budget and served anyway (report mode, a state where no refusal is
+            // allowed), the budget does not apply to this request, batch included.
+            let fits_budget = bytes == need || over_budget || within_budget(bytes);
+            if fits_budget && pool.try_reserve(slot, bytes) {
                 if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT_IDLE {
                     OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
                 }
@@ -320,7 +347,9 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
             }
         }
     }
-    let kind = match over_limit(&pool, slot, tight, || pool.try_reserve(slot, need)) {
+    let kind = match over_limit(&pool, slot, &decision, tight, || {
+        pool.try_reserve(slot, need)
+    }) {
         // With a batch: a process that is never refused must not take the slow path on every
         // allocation once the domain is over its limit.
         OverLimit::Regardless => {
@@ -330,6 +359,25 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
         OverLimit::Retried => return Some(need),
         OverLimit::Refuse(kind) => kind,
     };
+    let cause = if tight {
+        RefusalCause::KernelTight
+    } else {
+        RefusalCause::DomainLimit
+    };
+    overdraft_or_refuse(&pool, slot, kind, need, request, call, cause)
+}
+
+/// A request about to be refused: served from the overdraft if this refusal episode has some
+/// left, else refused (counted and reported). Returns the bytes reserved.
+fn overdraft_or_refuse(
+    pool: &Pool<'_>,
+    slot: &Slot,
+    kind: ProcessKind,
+    need: u64,
+    request: usize,
+    call: &'static str,
+    cause: RefusalCause,
+) -> Option<u64> {
     let overdraft = OVERDRAFT_LEFT.load(Relaxed);
     if overdraft != OVERDRAFT_IDLE
         && need <= overdraft
@@ -342,7 +390,7 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     }
     // Refused. What handling the error allocates next gets the overdraft, once per episode.
     let _ = OVERDRAFT_LEFT.compare_exchange(OVERDRAFT_IDLE, OVERDRAFT, Relaxed, Relaxed);
-    refuse(&pool, slot, kind, request as u64, call, tight);
+    refuse(pool, slot, kind, request as u64, call, cause);
     None
 }
 
@@ -360,18 +408,13 @@ enum OverLimit {
 fn over_limit(
     pool: &Pool<'_>,
     slot: &Slot,
+    decision: &policy::Decision,
     tight: bool,
     retry: impl FnOnce() -> bool,
 ) -> OverLimit {
-    if MODE.load(Relaxed) != Mode::Enforce as u32 {
-        pool.record_overlimit_report(slot);
+    let Some(kind) = refusal_allowed(pool, slot, decision) else {
         return OverLimit::Regardless;
-    }
-    let (kind, refusable) = classify();
-    slot.kind.store(kind as u32, Relaxed);
-    if !refusable {
-        return OverLimit::Regardless;
-    }
+    };
     // Tight is the kernel's verdict: reaping the guard's own slots cannot change it.
     if !tight && due(&LAST_REAP_NS, REAP_INTERVAL_NS) && reap(pool) > 0 && retry() {
         return OverLimit::Retried;
@@ -379,22 +422,41 @@ fn over_limit(
     OverLimit::Refuse(kind)
 }
 
-/// Counts a refusal and says so on stderr.
-fn refuse(pool: &Pool<'_>, slot: &Slot, kind: ProcessKind, bytes: u64, call: &str, tight: bool) {
-    pool.record_denial(slot, bytes);
-    if tight {
-        pool.header().stats.kernel_denials.fetch_add(1, Relaxed);
+/// Whether a request over a limit may be refused: in enforce mode, for a process the policy
+/// allows to be refused now. Records the process's kind, and in report mode the would-be
+/// refusal.
+fn refusal_allowed(
+    pool: &Pool<'_>,
+    slot: &Slot,
+    decision: &policy::Decision,
+) -> Option<ProcessKind> {
+    if MODE.load(Relaxed) != Mode::Enforce as u32 {
+        pool.record_overlimit_report(slot);
+        return None;
     }
-    report_refusal(pool, kind, bytes as usize, call, tight);
+    slot.kind.store(decision.kind as u32, Relaxed);
+    decision.refusable.then_some(decision.kind)
+}
+
+/// Counts a refusal and says so on stderr.
+fn refuse(
+    pool: &Pool<'_>,
+    slot: &Slot,
+    kind: ProcessKind,
+    bytes: u64,
+    call: &str,
+    cause: RefusalCause,
+) {
+    pool.record_denial(slot, bytes, cause);
+    report_refusal(pool, slot, kind, bytes as usize, call, cause);
 }
 
 /// What this process is and whether it may be refused right now.
-fn classify() -> (ProcessKind, bool) {
+fn classify() -> policy::Decision {
     let scope = SCOPES[usize::from(SCOPE.load(Relaxed)).min(SCOPES.len() - 1)];
     // SAFETY: the calling thread's own state.
     let in_loader = unsafe { (*crate::tls::current()).in_loader };
-    let decision = policy::classify(scope, in_loader);
-    (decision.kind, decision.refusable)
+    policy::classify(scope, in_loader)
 }
 
 /// Charges `bytes` of PostgreSQL dynamic shared memory (a tmpfs file grown by `call`) to the
@@ -418,7 +480,10 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let granted = (!tight && pool.reserve_shared(bytes, false)) || {
         let slot = my_slot();
-        match over_limit(&pool, slot, tight, || pool.reserve_shared(bytes, false)) {
+        let decision = classify();
+        match over_limit(&pool, slot, &decision, tight, || {
+            pool.reserve_shared(bytes, false)
+        }) {
             OverLimit::Regardless => pool.reserve_shared(bytes, true),
             OverLimit::Retried => true,
             OverLimit::Refuse(kind) => {
@@ -426,7 +491,12 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
                     .stats
                     .dynamic_shared_denials
                     .fetch_add(1, Relaxed);
-                refuse(&pool, slot, kind, bytes, call, tight);
+                let cause = if tight {
+                    RefusalCause::KernelTight
+                } else {
+                    RefusalCause::DomainLimit
+                };
+                refuse(&pool, slot, kind, bytes, call, cause);
                 false
             }
         }
@@ -453,7 +523,14 @@ pub fn observe_shared_mapping(bytes: u64, huge_pages: bool) {
 
 /// Writes the refusal line (at most one per [`REPORT_INTERVAL_NS`]; the others are counted and
 /// mentioned in the next line).
-fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str, tight: bool) {
+fn report_refusal(
+    pool: &Pool<'_>,
+    slot: &Slot,
+    kind: ProcessKind,
+    request: usize,
+    call: &str,
+    cause: RefusalCause,
+) {
     if !due(&LAST_REPORT_NS, REPORT_INTERVAL_NS) {
         UNREPORTED_REFUSALS.fetch_add(1, Relaxed);
         return;
@@ -465,8 +542,8 @@ fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str
         "refused {call}({request} bytes) in {}: ",
         policy::Described(kind)
     );
-    let _ = if tight {
-        write!(
+    let _ = match cause {
+        RefusalCause::KernelTight => write!(
             line,
             "the kernel counts {} anon + {} shmem in the cgroup, within the reserve {} of its \
              limit {}",
@@ -474,16 +551,25 @@ fn report_refusal(pool: &Pool<'_>, kind: ProcessKind, request: usize, call: &str
             Bytes(header.cgroup.shmem_bytes.load(Relaxed) as i64),
             Bytes(header.limit_inputs.reserve_bytes.load(Relaxed) as i64),
             Bytes(header.limit_inputs.cgroup_limit_bytes.load(Relaxed) as i64),
-        )
-    } else {
-        write!(
+        ),
+        RefusalCause::BackendBudget => write!(
+            line,
+            "its own {} + request would pass its budget {} ({}; the guarded total {} is within \
+             the limit {})",
+            Bytes(slot.bytes.load(Relaxed)),
+            Bytes(slot.budget_bytes.load(Relaxed) as i64),
+            BudgetSource::from_raw(slot.budget_source.load(Relaxed)).name(),
+            Bytes(header.total.load(Relaxed)),
+            Bytes(pool.limit() as i64),
+        ),
+        RefusalCause::DomainLimit | RefusalCause::None => write!(
             line,
             "guarded total {} + request would pass the limit {}",
             Bytes(header.total.load(Relaxed)),
             Bytes(pool.limit() as i64),
-        )
+        ),
     };
-    let _ = write!(line, " (OOM_GUARD_MODE=enforce)");
+    let _ = write!(line, " [cause {}] (OOM_GUARD_MODE=enforce)", cause.name());
     let unreported = UNREPORTED_REFUSALS.swap(0, Relaxed);
     if unreported > 0 {
         let _ = write!(line, "; {unreported} more refusals since the last line");

@@ -9,6 +9,7 @@
 //!   `shm_unlink`): observed for the derived limit, dynamic segments charged to the pool.
 //! - `kernel`: the domain's cgroup: the derived limit and the kernel's own usage numbers.
 //! - `policy`: which PostgreSQL processes may be refused, and when.
+//! - `budget`: each refusable process's own budget (`oomguard.backend_memory_limit`).
 //! - `loader`: `dlopen`: nothing is refused while a library loads; finds LLVM's JIT state.
 //! - `threads`: `pthread_create`: every thread returns its credit when it exits.
 //! - `segment`: finding, creating and mapping the shared segment.
@@ -18,6 +19,7 @@
 //! The library itself never allocates on these paths; its Rust heap (used by nothing on purpose)
 //! goes straight to glibc so it could never recurse into the guard.
 
+mod budget;
 mod config_file;
 mod errno;
 mod guard;

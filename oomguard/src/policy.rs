@@ -61,6 +61,9 @@ const NAMES: [&CStr; 10] = [
 static ADDRESSES: [AtomicPtr<c_void>; 10] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 10];
 /// Every name in [`NAMES`] was found: this process image is a PostgreSQL server.
 static IS_POSTGRES: AtomicBool = AtomicBool::new(false);
+/// PostgreSQL's `const char *GetConfigOption(const char *name, bool missing_ok, bool
+/// restrict_privileged)` (the same since 9.2), for `oomguard.backend_memory_limit`.
+static GET_CONFIG_OPTION: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
 /// Looks PostgreSQL's globals up in this process image. Runs from the library's constructor.
 pub fn look_up_symbols() {
@@ -71,12 +74,61 @@ pub fn look_up_symbols() {
         all_found &= !address.is_null();
         slot.store(address, Relaxed);
     }
-    if !all_found {
-        // Not PostgreSQL: leave no "undefined symbol" message for the program's own dlerror().
-        // SAFETY: dlerror has no preconditions.
-        unsafe { libc::dlerror() };
+    if all_found {
+        // SAFETY: as above.
+        let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GetConfigOption".as_ptr()) };
+        GET_CONFIG_OPTION.store(address, Relaxed);
     }
+    // Not PostgreSQL (or no GetConfigOption): leave no "undefined symbol" message for the
+    // program's own dlerror().
+    // SAFETY: dlerror has no preconditions.
+    unsafe { libc::dlerror() };
     IS_POSTGRES.store(all_found, Relaxed);
+}
+
+/// The name of the PostgreSQL setting that holds a process's budget.
+pub const BUDGET_SETTING: &CStr = c"oomguard.backend_memory_limit";
+
+/// The current value of `oomguard.backend_memory_limit` in this PostgreSQL process, `None` when
+/// it is not set (or this is not a process under the postmaster).
+///
+/// Why calling into PostgreSQL here is safe, from inside any `malloc` (PostgreSQL 15.18
+/// `src/backend/utils/misc/guc.c`; 16–18 keep the same shape over a hash table):
+/// - `GetConfigOption(name, missing_ok = true, restrict_privileged = false)` calls
+///   `find_option(name, create_placeholders = false, skip_errors = true, ERROR)`: a `bsearch`
+///   over `guc_variables` with `guc_name_compare` (16+: `hash_search(HASH_FIND)`), then a loop
+///   over the static `map_old_guc_names`. With `create_placeholders` false nothing is added and
+///   nothing allocated; with `skip_errors` true an unknown name returns NULL without `ereport`.
+///   `restrict_privileged = false` skips the privilege check (the only catalog access).
+/// - The value of a placeholder (a custom setting no library defines, which this is) is a
+///   `PGC_STRING`: `GetConfigOption` returns `*variable`, the string itself, no copy. It is NULL
+///   until a value is set.
+/// - Re-entrancy: the allocations `guc.c` makes while changing the table (`guc_malloc`,
+///   `guc_realloc` of `guc_variables`, glibc `qsort`'s buffer) happen before the table is
+///   switched over or while it holds only valid entries: a lookup then sees the old table or
+///   one entry out of order (found or not, never a bad pointer). A string value is replaced by
+///   storing the new pointer before freeing the old one (`set_string_field`).
+/// - Only under the postmaster (`IsUnderPostmaster`): every such process inherits the tables the
+///   postmaster built at start (16+ has no table before `InitializeGUCOptions`).
+pub fn budget_setting() -> Option<&'static CStr> {
+    let symbols = symbols()?;
+    let get_config_option = GET_CONFIG_OPTION.load(Relaxed);
+    // SAFETY: as in `kind_of`.
+    if get_config_option.is_null() || !unsafe { *symbols.is_under_postmaster } {
+        return None;
+    }
+    // SAFETY: the symbol GetConfigOption is PostgreSQL's function of that signature.
+    let get_config_option = unsafe {
+        core::mem::transmute::<
+            *mut c_void,
+            unsafe extern "C" fn(*const c_char, bool, bool) -> *const c_char,
+        >(get_config_option)
+    };
+    // SAFETY: a NUL-terminated name; see above for why the call is safe here.
+    let value = unsafe { get_config_option(BUDGET_SETTING.as_ptr(), true, false) };
+    // SAFETY: a non-null result is the setting's NUL-terminated string, alive until the setting
+    // changes, i.e. beyond this allocation.
+    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) })
 }
 
 /// Addresses of PostgreSQL's globals in this process image.
@@ -122,6 +174,8 @@ fn symbols() -> Option<Symbols> {
 pub struct Decision {
     /// The kind recorded in the process's slot.
     pub kind: ProcessKind,
+    /// Whether `OOM_GUARD_REFUSE` covers processes of this kind (they have a budget).
+    pub covered: bool,
     /// Whether refusing is allowed now.
     pub refusable: bool,
 }
@@ -130,17 +184,22 @@ pub struct Decision {
 /// `dlopen`.
 pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
     let Some(symbols) = symbols() else {
+        let covered = scope == RefuseScope::All;
         return Decision {
             kind: ProcessKind::Other,
-            refusable: scope == RefuseScope::All && !in_loader,
+            covered,
+            refusable: covered && !in_loader,
         };
     };
     let kind = kind_of(&symbols);
-    let refusable = scope.covers(kind)
-        && !in_loader
-        && !crate::loader::jit_fatal_on_oom()
-        && safe_to_fail(&symbols);
-    Decision { kind, refusable }
+    let covered = scope.covers(kind);
+    let refusable =
+        covered && !in_loader && !crate::loader::jit_fatal_on_oom() && safe_to_fail(&symbols);
+    Decision {
+        kind,
+        covered,
+        refusable,
+    }
 }
 
 fn kind_of(symbols: &Symbols) -> ProcessKind {

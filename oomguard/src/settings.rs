@@ -10,6 +10,7 @@
 use core::ffi::{c_char, CStr};
 use core::fmt::Write;
 
+use oomguard_core::budget::{Budget, DEFAULT_FORMS};
 use oomguard_core::config::{
     domain_is_valid, limit_is_auto, parse_size, DOMAIN_FORMS, MODE_FORMS, REFUSE_FORMS,
 };
@@ -34,6 +35,9 @@ pub struct Settings {
     pub domain: Option<&'static CStr>,
     /// `OOM_GUARD_RESERVE`, when given and valid (default: [`oomguard_core::limit::default_reserve`]).
     pub reserve: Option<Reserve>,
+    /// `OOM_GUARD_BACKEND_LIMIT`, when given and valid: the budget of every refusable process
+    /// whose `oomguard.backend_memory_limit` is not set.
+    pub backend_limit: Option<Budget>,
     /// `OOM_GUARD_SHARED_MEMORY`, when given and valid (default: observed at run time).
     pub shared_memory: Option<u64>,
     /// `OOM_GUARD_CGROUP_ROOT`: where `/proc` and `/sys/fs/cgroup` are read from (default `/`;
@@ -108,6 +112,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_DIR),
             domain: var(c"OOM_GUARD_DOMAIN").filter(|name| !name.is_empty()),
             reserve: None,
+            backend_limit: None,
             shared_memory: None,
             cgroup_root: var(c"OOM_GUARD_CGROUP_ROOT")
                 .filter(|root| !root.is_empty())
@@ -153,6 +158,20 @@ impl Settings {
                 Err(error) => {
                     let mut line = Line::new();
                     let _ = write!(line, "OOM_GUARD_RESERVE={value:?} is not valid: {error}");
+                    settings.fall_back(line);
+                }
+            }
+        }
+        if let Some(value) = text(c"OOM_GUARD_BACKEND_LIMIT") {
+            match Budget::parse_default(value) {
+                Ok(budget) => settings.backend_limit = Some(budget),
+                Err(error) => {
+                    let mut line = Line::new();
+                    let _ = write!(
+                        line,
+                        "OOM_GUARD_BACKEND_LIMIT={value:?} is not valid: {error}; accepted forms \
+                         are {DEFAULT_FORMS}"
+                    );
                     settings.fall_back(line);
                 }
             }

@@ -30,7 +30,7 @@ const README: &str = "/usr/share/doc/oomguard/README.md";
 const RULES_DIR: &str = "/usr/share/oomguard/prometheus";
 const GRAFANA_DIR: &str = "/usr/share/oomguard/grafana";
 const PRELOAD_FILE: &str = "/etc/ld.so.preload";
-const GUARD_KEYS: [&str; 8] = oomguard_core::config::SETTING_NAMES;
+const GUARD_KEYS: [&str; 9] = oomguard_core::config::SETTING_NAMES;
 
 /// Runs a command that must succeed; returns its stdout.
 fn ok(cmd: &mut Command) -> String {
