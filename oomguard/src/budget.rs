@@ -67,9 +67,10 @@ pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64
 
 /// The budget that applies and where it came from.
 fn current() -> (Option<Budget>, BudgetSource) {
+    // Without a default, a malformed setting still shows as such in the slot.
     let fallback = |source| match default() {
-        Some(budget) => (Some(budget), source),
-        None => (None, BudgetSource::None),
+        None if source != BudgetSource::MalformedSetting => (None, BudgetSource::None),
+        budget => (budget, source),
     };
     let Some(value) = policy::budget_setting() else {
         return fallback(BudgetSource::Default);

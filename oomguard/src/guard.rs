@@ -743,6 +743,7 @@ extern "C" fn forked_child() {
     LAST_REPORT_NS.store(0, Relaxed);
     UNREPORTED_REFUSALS.store(0, Relaxed);
     SLOT.store(core::ptr::null_mut(), Relaxed);
+    policy::forked();
 }
 
 /// At a clean exit: give the slot back, so only killed processes need reaping. Frees that run

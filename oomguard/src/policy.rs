@@ -30,7 +30,7 @@
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::Relaxed};
 
 use oomguard_core::{ProcessKind, RefuseScope};
 
@@ -65,8 +65,19 @@ static IS_POSTGRES: AtomicBool = AtomicBool::new(false);
 /// restrict_privileged)` (the same since 9.2), for `oomguard.backend_memory_limit`.
 static GET_CONFIG_OPTION: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
+/// `pthread_self()` of the thread that runs PostgreSQL (the one that loaded the library, or
+/// that forked this process): only it may call into PostgreSQL's settings.
+static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
+
+/// In a forked child: the forking thread is the child's only one.
+pub fn forked() {
+    // SAFETY: pthread_self has no preconditions (no system call).
+    MAIN_THREAD.store(unsafe { libc::pthread_self() } as u64, Relaxed);
+}
+
 /// Looks PostgreSQL's globals up in this process image. Runs from the library's constructor.
 pub fn look_up_symbols() {
+    forked();
     let mut all_found = true;
     for (name, slot) in NAMES.iter().zip(&ADDRESSES) {
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.
@@ -110,11 +121,15 @@ pub const BUDGET_SETTING: &CStr = c"oomguard.backend_memory_limit";
 ///   storing the new pointer before freeing the old one (`set_string_field`).
 /// - Only under the postmaster (`IsUnderPostmaster`): every such process inherits the tables the
 ///   postmaster built at start (16+ has no table before `InitializeGUCOptions`).
+/// - Only on PostgreSQL's own thread: another thread (an extension's, LLVM's) could read the
+///   table while the main thread reallocates it. Other threads get the default budget.
 pub fn budget_setting() -> Option<&'static CStr> {
     let symbols = symbols()?;
     let get_config_option = GET_CONFIG_OPTION.load(Relaxed);
+    // SAFETY: pthread_self has no preconditions.
+    let on_main_thread = unsafe { libc::pthread_self() } as u64 == MAIN_THREAD.load(Relaxed);
     // SAFETY: as in `kind_of`.
-    if get_config_option.is_null() || !unsafe { *symbols.is_under_postmaster } {
+    if get_config_option.is_null() || !on_main_thread || !unsafe { *symbols.is_under_postmaster } {
         return None;
     }
     // SAFETY: the symbol GetConfigOption is PostgreSQL's function of that signature.
