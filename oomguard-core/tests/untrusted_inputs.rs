@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::mem::offset_of;
 
+use oomguard_core::budget::{Budget, BudgetError};
 use oomguard_core::cgroup::paths::{find_mount, read_membership, Membership};
 use oomguard_core::cgroup::{
     own_cgroup, v1, v2, Cgroup, CgroupError, CgroupPath, FileId, Level, LimitSource, Version,
@@ -1465,5 +1466,107 @@ proptest! {
         prop_assert_eq!(SegmentView::new(moved).err(), Some(LayoutError::Misaligned));
         let moved = &bytes[shift..];
         prop_assert!(SegmentView::new(moved).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// oomguard.backend_memory_limit (any text a PostgreSQL role may SET) and OOM_GUARD_BACKEND_LIMIT
+// ---------------------------------------------------------------------------------------------
+
+/// PostgreSQL's memory units, binary, as PostgreSQL reads them.
+const POSTGRES_UNITS: [(&str, u64); 5] = [
+    ("B", 1),
+    ("kB", 1 << 10),
+    ("MB", 1 << 20),
+    ("GB", 1 << 30),
+    ("TB", 1 << 40),
+];
+
+fn budget_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        size_like(),
+        "[ -]?[0-9]{0,6}(\\.[0-9]{0,3})?[ ]?(B|kB|MB|GB|TB|kb|mb|Gb|%|Mi|G)?[ ]?",
+        spelled(&["0", "-1", "off", "none", "OFF", "unlimited", "", " "]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// A whole or decimal number with a PostgreSQL unit is that number times the unit, rounded
+    /// down to a byte, exactly (PostgreSQL's `1.5GB` is 1610612736 bytes).
+    #[test]
+    fn postgres_units_parse_to_their_value(
+        whole in 0u64..5_000_000,
+        fraction in proptest::option::of("[0-9]{1,4}"),
+        unit in 0usize..POSTGRES_UNITS.len(),
+        space in any::<bool>(),
+    ) {
+        let (name, multiplier) = POSTGRES_UNITS[unit];
+        let number = match &fraction {
+            Some(digits) => format!("{whole}.{digits}"),
+            None => whole.to_string(),
+        };
+        let text = format!("{number}{}{name}", if space { " " } else { "" });
+        let decimals = fraction.as_deref().unwrap_or("");
+        let digits: u128 = format!("{whole}{decimals}").parse().unwrap();
+        let expected = digits * u128::from(multiplier) / 10u128.pow(decimals.len() as u32);
+        match Budget::parse_setting(&text) {
+            Ok(Some(Budget::Bytes(bytes))) => prop_assert_eq!(u128::from(bytes), expected, "{}", text),
+            Ok(other) => prop_assert!(false, "{text:?} read as {other:?}"),
+            Err(error) => prop_assert!(
+                expected == 0 && error == BudgetError::Size(SizeError::Zero),
+                "{text:?} rejected: {error:?}"
+            ),
+        }
+    }
+
+    /// Any text a role may SET: never a panic; what is accepted is a positive size, a
+    /// percentage within (0, 100], no budget, or not set — and a size in the guard's own form
+    /// means what `OOM_GUARD_*` sizes mean.
+    #[test]
+    fn any_setting_is_read_or_rejected_with_a_reason(text in budget_like()) {
+        match Budget::parse_setting(&text) {
+            Ok(None) => prop_assert!(text.trim().is_empty(), "{:?}", text),
+            Ok(Some(Budget::Bytes(bytes))) => {
+                prop_assert!(bytes > 0, "{:?}", text);
+                if let Ok(guard_bytes) = parse_size(&text) {
+                    prop_assert_eq!(bytes, guard_bytes, "{:?}", text);
+                }
+            }
+            Ok(Some(Budget::PercentOfLimit(hundredths))) => {
+                prop_assert!((1..=10_000).contains(&hundredths), "{:?}", text);
+                prop_assert!(text.trim().ends_with('%'));
+            }
+            Ok(Some(Budget::Unlimited)) => prop_assert!(
+                ["0", "-1", "off", "none"].iter().any(|w| text.trim().eq_ignore_ascii_case(w)),
+                "{:?}", text
+            ),
+            Err(error) => prop_assert!(!error.reason().is_empty()),
+        }
+    }
+
+    /// The environment's default takes the guard's sizes exactly as `parse_size` reads them,
+    /// percentages and `off`; never PostgreSQL's ambiguous `GB`.
+    #[test]
+    fn the_default_is_a_guard_size_or_a_percentage(text in budget_like()) {
+        match Budget::parse_default(&text) {
+            Ok(Budget::Bytes(bytes)) => prop_assert_eq!(Ok(bytes), parse_size(&text)),
+            Ok(Budget::PercentOfLimit(hundredths)) => {
+                prop_assert!((1..=10_000).contains(&hundredths), "{:?}", text);
+            }
+            Ok(Budget::Unlimited) => {}
+            Err(error) => {
+                prop_assert!(!error.reason().is_empty());
+                prop_assert!(!text.trim().ends_with("GB") || parse_size(&text).is_err());
+            }
+        }
+        let budget = Budget::parse_default(&text);
+        if let Ok(budget) = budget {
+            // Bytes against any limit never overflow or panic.
+            let _ = budget.bytes(u64::MAX);
+            let _ = budget.bytes(0);
+        }
     }
 }
