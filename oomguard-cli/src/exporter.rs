@@ -11,8 +11,10 @@
 //! shown as `oomguard_up 0`; it never stops the exporter. Stale segments (no guarded process has
 //! them mapped: an earlier run's) are not errors and not exported, whose limit and peak would
 //! pass for current ones; they are only counted, in `oomguard_stale_domains`. With no live
-//! segment at all the scrape is `oomguard_up 0`, as with none. Domain series carry one label,
-//! `domain` (the segment's file name); there are no per-process series.
+//! segment at all the scrape is `oomguard_up 0`, as with none. Domain series carry `domain`
+//! (the segment's file name), and only `oomguard_limit_input_bytes` (`input`) and
+//! `oomguard_refusals_total` (`cause`) one more label; there are no per-process series (so no
+//! per-process budgets either: `oomguard status` shows those).
 //!
 //! Formats: clients that accept `application/openmetrics-text` (Prometheus does) get the
 //! encoder's OpenMetrics text with its Content-Type; any other client (curl, `promtool check
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use oomguard_core::budget::RefusalCause;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -65,6 +68,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_process_allocated_max_bytes",
     "oomguard_tracked_processes",
     "oomguard_denied_allocations_total",
+    "oomguard_refusals_total",
     "oomguard_denied_bytes_total",
     "oomguard_reclaimed_orphan_bytes_total",
     "oomguard_dynamic_shared_memory_bytes",
@@ -312,6 +316,24 @@ impl Families {
                 })
             })
             .collect();
+        // Every cause for every domain, zeros included: an alert on one cause must see the
+        // series exist (and `increase` needs a sample before the first refusal).
+        let refusals_by_cause: Vec<(Labels, u64)> = domains
+            .iter()
+            .flat_map(|(name, s)| {
+                RefusalCause::ALL.into_iter().map(move |cause| {
+                    let count = match cause {
+                        RefusalCause::DomainLimit => s.domain_limit_denials,
+                        RefusalCause::KernelTight => s.kernel_denials,
+                        RefusalCause::BackendBudget => s.budget_denials,
+                        RefusalCause::None => 0,
+                    };
+                    let mut labels = domain_label(name);
+                    labels.push(("cause", cause.name().to_owned()));
+                    (labels, count)
+                })
+            })
+            .collect();
         Families(vec![
             gauge(
                 "oomguard_up",
@@ -397,6 +419,18 @@ impl Families {
                  ERROR: out of memory).",
                 false,
                 per_domain_u64(&|s| s.denied_allocations),
+            ),
+            counter(
+                "oomguard_refusals",
+                "Allocation calls the guard refused, by cause (the three partition \
+                 oomguard_denied_allocations_total): domain_limit, the domain's total would pass \
+                 the guard's limit; kernel_tight, the kernel's anon + shmem of the cgroup was \
+                 within the reserve of its limit (both: the container is short of memory); \
+                 backend_budget, the process's own bytes would pass its budget \
+                 (oomguard.backend_memory_limit, default OOM_GUARD_BACKEND_LIMIT): one \
+                 session's limit at work.",
+                false,
+                refusals_by_cause,
             ),
             counter(
                 "oomguard_denied",
@@ -802,6 +836,9 @@ mod tests {
         header.total.store(5 << 20, Relaxed);
         header.stats.peak.store(7 << 20, Relaxed);
         header.stats.denied_allocations.store(3, Relaxed);
+        // By cause: one over the domain's limit, two over a process's budget.
+        header.stats.domain_limit_denials.store(1, Relaxed);
+        header.stats.budget_denials.store(2, Relaxed);
         header.stats.denied_bytes.store(1200, Relaxed);
         // Owned by this test process, claimed now: the reaping at each scrape keeps it.
         let mut now = libc::timespec {
@@ -917,6 +954,11 @@ mod tests {
             "oomguard_tracked_processes{domain=\"oomguard-0-a\"} 1",
             "# TYPE oomguard_denied_allocations counter",
             "oomguard_denied_allocations_total{domain=\"oomguard-0-a\"} 3",
+            "# TYPE oomguard_refusals counter",
+            "oomguard_refusals_total{domain=\"oomguard-0-a\",cause=\"domain_limit\"} 1",
+            "oomguard_refusals_total{domain=\"oomguard-0-a\",cause=\"kernel_tight\"} 0",
+            "oomguard_refusals_total{domain=\"oomguard-0-a\",cause=\"backend_budget\"} 2",
+            "oomguard_refusals_total{domain=\"oomguard-0-b\",cause=\"kernel_tight\"} 0",
             "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
             "oomguard_reclaimed_orphan_bytes_total{domain=\"oomguard-0-a\"} 0",
             "oomguard_exporter_read_errors_total 0",
@@ -952,6 +994,8 @@ mod tests {
         let classic = exporter.scrape(false).body;
         for line in [
             "# TYPE oomguard_denied_allocations_total counter",
+            "# TYPE oomguard_refusals_total counter",
+            "oomguard_refusals_total{domain=\"oomguard-0-b\",cause=\"backend_budget\"} 2",
             "# HELP oomguard_denied_bytes_total Bytes requested by the refused allocation calls.",
             "# TYPE oomguard_build_info gauge",
             "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
@@ -962,6 +1006,44 @@ mod tests {
             );
         }
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+
+    #[test]
+    fn refusals_by_cause_are_three_series_per_domain_that_add_up_and_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = write_segment(dir.path(), "oomguard-0-c", false);
+        let classic = Exporter::new(dir.path()).scrape(false).body;
+        let by_cause: Vec<(&str, u64)> = classic
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("oomguard_refusals_total{domain=\"oomguard-0-c\",")?;
+                let (labels, value) = rest.split_once("} ")?;
+                Some((labels, value.parse().unwrap()))
+            })
+            .collect();
+        assert_eq!(
+            by_cause,
+            [
+                ("cause=\"domain_limit\"", 1),
+                ("cause=\"kernel_tight\"", 0),
+                ("cause=\"backend_budget\"", 2),
+            ],
+            "{classic}"
+        );
+        let total: u64 = by_cause.iter().map(|(_, value)| value).sum();
+        assert!(
+            classic.lines().any(|l| l
+                == format!("oomguard_denied_allocations_total{{domain=\"oomguard-0-c\"}} {total}")),
+            "the causes partition the refusals:\n{classic}"
+        );
+        let help = classic
+            .lines()
+            .find(|l| l.starts_with("# HELP oomguard_refusals_total "))
+            .expect("a HELP line");
+        for cause in RefusalCause::ALL {
+            assert!(help.contains(cause.name()), "{help}");
+        }
+        assert!(help.contains("oomguard.backend_memory_limit"), "{help}");
     }
 
     /// Sample names in `body`, in order of first appearance.

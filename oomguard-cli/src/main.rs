@@ -37,7 +37,8 @@ enum Cmd {
         )]
         command: Vec<OsString>,
     },
-    /// Show each guard domain: mode, limit, total, peak, refusals, and its processes by usage.
+    /// Show each guard domain: mode, limit, total, peak, refusals by cause, and its processes by
+    /// usage with their budgets.
     /// Slots of processes that died without cleaning up are reaped first. Stale domains (no
     /// guarded process left) come last, marked as such. A file that cannot be read is named on
     /// stderr and the command exits 1, after showing the domains it could read.
@@ -50,7 +51,8 @@ enum Cmd {
         json: bool,
         /// Print CSV instead of a table: a header row, then one row per live guarded process
         /// (domain, pid, kind, bytes, peak_bytes, allocations, denials, denied_bytes,
-        /// last_denied_size, overlimit_reports, command), for PostgreSQL's file_fdw.
+        /// last_denied_size, overlimit_reports, command, budget_bytes, budget_source,
+        /// last_refusal_cause), for PostgreSQL's file_fdw.
         #[arg(long)]
         csv: bool,
     },

@@ -21,6 +21,8 @@ pub const LIBRARY_ENV: &str = "OOM_GUARD_LIBRARY";
 pub const LIBRARY_FILE: &str = "liboomguard.so";
 /// The guard's size limit.
 pub const LIMIT_ENV: &str = "OOM_GUARD_LIMIT";
+/// The default budget of each refusable process (its own bytes).
+pub const BACKEND_LIMIT_ENV: &str = "OOM_GUARD_BACKEND_LIMIT";
 /// The guard's mode.
 pub const MODE_ENV: &str = "OOM_GUARD_MODE";
 /// Which processes the guard may refuse.
@@ -267,22 +269,30 @@ pub fn preload_value(existing: Option<&OsStr>, lib: &Path) -> Result<Preload, Ru
 // Guard settings
 // ---------------------------------------------------------------------------------------------
 
+use oomguard_core::budget::{Budget, DEFAULT_FORMS as BACKEND_LIMIT_FORMS};
 use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS, SIZE_FORMS};
 use oomguard_core::limit::{Reserve, RESERVE_FORMS};
 use oomguard_core::{Mode, RefuseScope};
 
-/// Checks `OOM_GUARD_LIMIT`, `OOM_GUARD_MODE`, `OOM_GUARD_REFUSE`, `OOM_GUARD_RESERVE`,
-/// `OOM_GUARD_SHARED_MEMORY` and `OOM_GUARD_DOMAIN` as read by `get` (unset is fine: the guard
-/// has defaults). A set but invalid value is an error naming the variable and
+/// Checks `OOM_GUARD_LIMIT`, `OOM_GUARD_BACKEND_LIMIT`, `OOM_GUARD_MODE`, `OOM_GUARD_REFUSE`,
+/// `OOM_GUARD_RESERVE`, `OOM_GUARD_SHARED_MEMORY` and `OOM_GUARD_DOMAIN` as read by `get` (unset
+/// is fine: the guard has defaults). A set but invalid value is an error naming the variable and
 /// the accepted forms.
 pub fn validate_guard_env(get: impl Fn(&str) -> Option<OsString>) -> Result<(), RunError> {
     type Check = fn(&str) -> Result<(), String>;
-    let checks: [(&'static str, &'static str, Check); 5] = [
+    let checks: [(&'static str, &'static str, Check); 6] = [
         (LIMIT_ENV, SIZE_FORMS, |v| {
             if limit_is_auto(v) {
                 return Ok(());
             }
             parse_size(v).map(drop).map_err(|e| e.reason().to_string())
+        }),
+        // The guard's own parser decides: the guard falls back to report mode on what it
+        // rejects (an empty value too), so `run` rejects exactly that.
+        (BACKEND_LIMIT_ENV, BACKEND_LIMIT_FORMS, |v| {
+            Budget::parse_default(v)
+                .map(drop)
+                .map_err(|e| e.reason().to_string())
         }),
         (MODE_ENV, MODE_FORMS, |v| {
             Mode::parse(v)
@@ -651,6 +661,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("whole number"), "{err}");
+    }
+
+    #[test]
+    fn the_default_budget_is_checked_with_the_guards_grammar() {
+        for good in [
+            "512Mi",
+            "2G",
+            "1073741824",
+            "25%",
+            "0.5%",
+            "off",
+            "OFF",
+            "0",
+        ] {
+            assert!(
+                validate_guard_env(env_of(&[("OOM_GUARD_BACKEND_LIMIT", good)])).is_ok(),
+                "{good}"
+            );
+        }
+        for (bad, why) in [
+            // PostgreSQL's unit, which the setting takes but the variable does not.
+            ("512MB", "ambiguous"),
+            ("150%", "at most 100%"),
+            ("lots", "whole number"),
+            ("", "empty"),
+        ] {
+            let err = validate_guard_env(env_of(&[("OOM_GUARD_BACKEND_LIMIT", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("OOM_GUARD_BACKEND_LIMIT={bad:?} is not valid")),
+                "{err}"
+            );
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.contains(BACKEND_LIMIT_FORMS), "{err}");
+        }
     }
 
     #[test]

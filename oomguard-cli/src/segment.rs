@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
+use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_core::layout::{
     CgroupState, LayoutError, LimitInputs, LimitSource, SegmentView, SharedMemorySource,
     CGROUP_DIR_CAPACITY,
@@ -314,6 +315,9 @@ impl Segment {
                 denied_bytes: slot.denied_bytes.load(Relaxed),
                 last_denied_size: slot.last_denied_size.load(Relaxed),
                 overlimit_reports: slot.overlimit_reports.load(Relaxed),
+                budget_bytes: Some(slot.budget_bytes.load(Relaxed)).filter(|&bytes| bytes != 0),
+                budget_source: BudgetSource::from_raw(slot.budget_source.load(Relaxed)),
+                last_refusal_cause: RefusalCause::from_raw(slot.last_refusal_cause.load(Relaxed)),
             })
             .collect();
         processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
@@ -340,7 +344,9 @@ impl Segment {
             unslotted_bytes: header.overflow.bytes.load(Relaxed),
             slot_count: header.slot_count,
             dynamic_shared_bytes: stats.dynamic_shared_bytes.load(Relaxed),
+            domain_limit_denials: stats.domain_limit_denials.load(Relaxed),
             kernel_denials: stats.kernel_denials.load(Relaxed),
+            budget_denials: stats.budget_denials.load(Relaxed),
             dynamic_shared_denials: stats.dynamic_shared_denials.load(Relaxed),
             cgroup_read_errors: cgroup.read_errors.load(Relaxed),
             cgroup: (cgroup_read_at != 0).then(|| CgroupReading {
@@ -397,9 +403,16 @@ pub struct Snapshot {
     pub slot_count: u32,
     /// PostgreSQL dynamic shared memory (tmpfs files) charged to the total and not yet released.
     pub dynamic_shared_bytes: i64,
-    /// Refusals because the kernel's numbers showed no headroom (included in
-    /// `denied_allocations`).
+    /// Refusals because the domain's total would pass its limit (cause `domain_limit`). With
+    /// `kernel_denials` and `budget_denials` it partitions `denied_allocations`.
+    pub domain_limit_denials: u64,
+    /// Refusals because the kernel's numbers showed no headroom (cause `kernel_tight`; included
+    /// in `denied_allocations`).
     pub kernel_denials: u64,
+    /// Refusals because a process's own bytes would pass its budget (cause `backend_budget`;
+    /// included in `denied_allocations`): one session's limit at work, not the container short
+    /// of memory.
+    pub budget_denials: u64,
     /// Refused dynamic shared memory requests (ENOSPC; included in `denied_allocations`).
     pub dynamic_shared_denials: u64,
     /// Readings of the cgroup's files that failed.
@@ -571,6 +584,35 @@ pub struct ProcessSnapshot {
     pub last_denied_size: u64,
     /// Would-be refusals in report mode.
     pub overlimit_reports: u64,
+    /// Its budget in bytes as the guard last evaluated it (at its latest reservation); `None`
+    /// when it has none: not refusable, no budget configured, or one that is off.
+    pub budget_bytes: Option<u64>,
+    /// Where the budget came from; serialized by name: `OOM_GUARD_BACKEND_LIMIT`,
+    /// `oomguard.backend_memory_limit`, `malformed setting, OOM_GUARD_BACKEND_LIMIT applies`, or
+    /// `none`. A source with no `budget_bytes` is a budget that is off (`0`/`off`, or a
+    /// percentage without a limit to take it of).
+    #[serde(serialize_with = "serialize_budget_source")]
+    pub budget_source: BudgetSource,
+    /// Which limit its most recent refusal kept; serialized by name: `domain_limit`,
+    /// `kernel_tight`, `backend_budget`, or `none` when it was never refused.
+    #[serde(serialize_with = "serialize_refusal_cause")]
+    pub last_refusal_cause: RefusalCause,
+}
+
+// The core crate stays free of serde: its enums are written by the names the guard's own
+// stderr lines and the exporter's `cause` label use.
+fn serialize_budget_source<S: serde::Serializer>(
+    source: &BudgetSource,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(source.name())
+}
+
+fn serialize_refusal_cause<S: serde::Serializer>(
+    cause: &RefusalCause,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(cause.name())
 }
 
 impl Snapshot {

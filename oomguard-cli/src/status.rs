@@ -1,7 +1,8 @@
-//! `oomguard status`: the guard's domains, limit, totals, denials and per-process table, for
-//! people (a table) and machines (`--json`; `--csv`, one row per live process, for PostgreSQL's
-//! `file_fdw`, see `packaging/sql/oomguard_processes.sql`). Dead processes' slots of live domains
-//! are reaped first and reported.
+//! `oomguard status`: the guard's domains, limit, totals, refusals (split by cause: the domain's
+//! limit, the kernel's numbers, per-process budgets) and per-process table (with each process's
+//! budget and its last refusal's cause), for people (a table) and machines (`--json`; `--csv`, one
+//! row per live process, for PostgreSQL's `file_fdw`, see `packaging/sql/oomguard_processes.sql`).
+//! Dead processes' slots of live domains are reaped first and reported.
 //!
 //! This module owns reading every domain of the directory for the report ([`collect`]: live
 //! domains first, then stale ones, each bad file reported on its own) and rendering one domain
@@ -14,7 +15,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::segment::{self, Found, LimitInputsSnapshot, Liveness, Segment, SegmentError, Snapshot};
+use oomguard_core::budget::{BudgetSource, RefusalCause};
+
+use crate::segment::{
+    self, Found, LimitInputsSnapshot, Liveness, ProcessSnapshot, Segment, SegmentError, Snapshot,
+};
 
 /// One domain's report: whether it is live, what was reaped and the numbers afterwards.
 #[derive(Debug, Serialize)]
@@ -220,6 +225,85 @@ pub fn kernel_text(s: &Snapshot, now_unix_seconds: u64) -> Option<String> {
     Some(text)
 }
 
+/// The `refused` line's breakdown, ` (1 over the domain limit, 4 over backend budgets)`, or
+/// nothing when nothing was refused. Only the causes that occurred are named; budget refusals
+/// are one session's limit at work, the others mean the container is short of memory, so the
+/// two must not read as one number.
+pub fn refusal_causes_text(s: &Snapshot) -> String {
+    let mut why = Vec::new();
+    for (count, what) in [
+        (s.domain_limit_denials, "over the domain limit"),
+        (s.kernel_denials, "on the kernel's numbers"),
+        (s.budget_denials, "over backend budgets"),
+    ] {
+        if count > 0 {
+            why.push(format!("{count} {what}"));
+        }
+    }
+    let mut text = why.join(", ");
+    if s.dynamic_shared_denials > 0 {
+        // A subset of the causes above (dynamic shared memory has no budget), not a cause.
+        let _ = write!(
+            text,
+            "; {} of them dynamic shared memory",
+            s.dynamic_shared_denials
+        );
+    }
+    if text.is_empty() {
+        text
+    } else {
+        format!(" ({text})")
+    }
+}
+
+/// Where a budget came from, as the table's `BUDGET` column names it (explained by
+/// [`budget_legend`]); the full names would double the table's width.
+fn budget_source_short(source: BudgetSource) -> &'static str {
+    match source {
+        BudgetSource::None => "none",
+        BudgetSource::Default => "default",
+        BudgetSource::Setting => "setting",
+        BudgetSource::MalformedSetting => "default*",
+    }
+}
+
+/// A process's budget as the table shows it: `48.0 MiB (setting)`, `off (setting)` for a budget
+/// that is switched off there (or a percentage without a limit), `-` for none.
+pub fn budget_text(p: &ProcessSnapshot) -> String {
+    match (p.budget_bytes, p.budget_source) {
+        (_, BudgetSource::None) => "-".to_owned(),
+        (Some(bytes), source) => format!(
+            "{} ({})",
+            human_bytes(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            budget_source_short(source)
+        ),
+        (None, source) => format!("off ({})", budget_source_short(source)),
+    }
+}
+
+/// What the short sources of the `BUDGET` column mean, for those that appear in `processes`;
+/// `None` when no process has a budget source.
+pub fn budget_legend(processes: &[ProcessSnapshot]) -> Option<String> {
+    let explained = [
+        (
+            BudgetSource::Setting,
+            "setting = oomguard.backend_memory_limit (role, database or session)",
+        ),
+        (BudgetSource::Default, "default = OOM_GUARD_BACKEND_LIMIT"),
+        (
+            BudgetSource::MalformedSetting,
+            "default* = OOM_GUARD_BACKEND_LIMIT, as the process's oomguard.backend_memory_limit \
+             is malformed (its stderr says why)",
+        ),
+    ];
+    let parts: Vec<&str> = explained
+        .iter()
+        .filter(|(source, _)| processes.iter().any(|p| p.budget_source == *source))
+        .map(|(_, text)| *text)
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// The human-readable report of one domain.
 pub fn render(status: &DomainStatus) -> String {
     let s = &status.snapshot;
@@ -242,21 +326,7 @@ pub fn render(status: &DomainStatus) -> String {
         human_bytes(s.total_bytes),
         human_bytes(s.peak_bytes)
     );
-    let mut why = Vec::new();
-    if s.kernel_denials > 0 {
-        why.push(format!("{} on the kernel's numbers", s.kernel_denials));
-    }
-    if s.dynamic_shared_denials > 0 {
-        why.push(format!(
-            "{} dynamic shared memory",
-            s.dynamic_shared_denials
-        ));
-    }
-    let why = if why.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", why.join(", "))
-    };
+    let why = refusal_causes_text(s);
     let _ = writeln!(
         out,
         "refused  {} allocations{why}, {} (report mode would-refuse: {})",
@@ -297,20 +367,28 @@ pub fn render(status: &DomainStatus) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:>8}  {:<18} {:>11} {:>11} {:>8}  COMMAND",
-        "PID", "KIND", "CURRENT", "PEAK", "REFUSED"
+        "\n{:>8}  {:<18} {:>11} {:>11} {:>8}  {:<20} {:<14}  COMMAND",
+        "PID", "KIND", "CURRENT", "PEAK", "REFUSED", "BUDGET", "LAST REFUSAL"
     );
     for p in &s.processes {
         let _ = writeln!(
             out,
-            "{:>8}  {:<18} {:>11} {:>11} {:>8}  {}",
+            "{:>8}  {:<18} {:>11} {:>11} {:>8}  {:<20} {:<14}  {}",
             p.pid,
             p.kind,
             human_bytes(p.bytes),
             human_bytes(p.peak_bytes),
             p.denials,
+            budget_text(p),
+            match p.last_refusal_cause {
+                RefusalCause::None => "-",
+                cause => cause.name(),
+            },
             shorten(&p.title, 72)
         );
+    }
+    if let Some(legend) = budget_legend(&s.processes) {
+        let _ = writeln!(out, "\nbudget   {legend}");
     }
     if status.stale && status.stale_slots > 0 {
         let _ = writeln!(
@@ -324,8 +402,9 @@ pub fn render(status: &DomainStatus) -> String {
     out
 }
 
-/// The columns of [`csv`], in order.
-pub const CSV_COLUMNS: [&str; 11] = [
+/// The columns of [`csv`], in order. New columns go at the end, so that queries naming the
+/// earlier ones keep working (a `file_fdw` table must still be re-created to see them).
+pub const CSV_COLUMNS: [&str; 14] = [
     "domain",
     "pid",
     "kind",
@@ -337,6 +416,9 @@ pub const CSV_COLUMNS: [&str; 11] = [
     "last_denied_size",
     "overlimit_reports",
     "command",
+    "budget_bytes",
+    "budget_source",
+    "last_refusal_cause",
 ];
 
 /// `field` as one CSV field (RFC 4180): quoted when it holds a comma, quote, CR or LF, with
@@ -351,8 +433,9 @@ fn csv_field(field: &str) -> String {
 
 /// Every live process of `domains` as CSV: a header row ([`CSV_COLUMNS`]), then one row per
 /// process (domains in the given order). `domain` is the segment's file name, as the exporter's
-/// `domain` label; numbers are plain integers (bytes are bytes). Stale domains have no live
-/// process, so no row.
+/// `domain` label; numbers are plain integers (bytes are bytes); `budget_bytes` is empty (NULL
+/// to `file_fdw`) when the process has no budget, `budget_source` and `last_refusal_cause` are
+/// the names `--json` uses. Stale domains have no live process, so no row.
 pub fn csv(domains: &[DomainStatus]) -> String {
     let mut out = CSV_COLUMNS.join(",");
     out.push('\n');
@@ -365,7 +448,7 @@ pub fn csv(domains: &[DomainStatus]) -> String {
         for p in &s.processes {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 csv_field(&domain),
                 p.pid,
                 csv_field(p.kind),
@@ -376,7 +459,11 @@ pub fn csv(domains: &[DomainStatus]) -> String {
                 p.denied_bytes,
                 p.last_denied_size,
                 p.overlimit_reports,
-                csv_field(&p.title)
+                csv_field(&p.title),
+                p.budget_bytes
+                    .map_or_else(String::new, |bytes| bytes.to_string()),
+                csv_field(p.budget_source.name()),
+                csv_field(p.last_refusal_cause.name())
             );
         }
     }
@@ -386,6 +473,199 @@ pub fn csv(domains: &[DomainStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use oomguard_core::layout::{initialise, segment_size, SegmentView};
+
+    /// A process of the table with only what the budget columns read set.
+    fn process(budget_bytes: Option<u64>, source: BudgetSource) -> ProcessSnapshot {
+        ProcessSnapshot {
+            pid: 42,
+            kind: "client backend",
+            title: "postgres: app app [local] SELECT".to_owned(),
+            bytes: 3 << 20,
+            peak_bytes: 5 << 20,
+            allocations: 10,
+            denials: 0,
+            denied_bytes: 0,
+            last_denied_size: 0,
+            overlimit_reports: 0,
+            budget_bytes,
+            budget_source: source,
+            last_refusal_cause: RefusalCause::None,
+        }
+    }
+
+    #[test]
+    fn budgets_read_with_their_source() {
+        let shown = |bytes, source| budget_text(&process(bytes, source));
+        assert_eq!(
+            shown(Some(48 << 20), BudgetSource::Setting),
+            "48.0 MiB (setting)"
+        );
+        assert_eq!(
+            shown(Some(64 << 20), BudgetSource::Default),
+            "64.0 MiB (default)"
+        );
+        assert_eq!(
+            shown(Some(1 << 30), BudgetSource::MalformedSetting),
+            "1.0 GiB (default*)"
+        );
+        assert_eq!(shown(None, BudgetSource::Setting), "off (setting)");
+        assert_eq!(shown(None, BudgetSource::None), "-");
+
+        assert_eq!(budget_legend(&[process(None, BudgetSource::None)]), None);
+        let legend = budget_legend(&[
+            process(Some(1), BudgetSource::Default),
+            process(None, BudgetSource::Setting),
+        ])
+        .unwrap();
+        assert_eq!(
+            legend,
+            "setting = oomguard.backend_memory_limit (role, database or session); \
+             default = OOM_GUARD_BACKEND_LIMIT"
+        );
+    }
+
+    /// A live domain in `dir` as the guard leaves it after refusals of every cause, read back
+    /// through [`domain_status`]. The returned file holds the guard's lock (the domain is live).
+    fn domain_after_refusals(dir: &Path) -> (DomainStatus, std::fs::File) {
+        let path = dir.join("oomguard-test");
+        let file = std::fs::File::create_new(&path).unwrap();
+        file.set_len(segment_size(4) as u64).unwrap();
+        // SAFETY: the file was just created in a private temporary directory; nothing else maps
+        // or truncates it while this mapping lives.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+        // SAFETY: a fresh, zeroed, page-aligned mapping of segment_size(4) bytes that no one else
+        // has mapped yet.
+        unsafe { initialise(map.as_mut_ptr(), 4, std::process::id()) };
+        let view = SegmentView::new(&map).unwrap();
+        let stats = &view.header.stats;
+        stats.denied_allocations.store(7, Relaxed);
+        stats.domain_limit_denials.store(1, Relaxed);
+        stats.kernel_denials.store(2, Relaxed);
+        stats.budget_denials.store(4, Relaxed);
+        stats.dynamic_shared_denials.store(1, Relaxed);
+        // This test process stands in for a budgeted backend that was refused last on its
+        // budget (claimed now, so the reaping `domain_status` does keeps it).
+        let slot = &view.slots[0];
+        slot.claimed_at_ns.store(boot_time_ns(), Relaxed);
+        slot.pid.store(std::process::id() as i32, Relaxed);
+        slot.bytes.store(15 << 20, Relaxed);
+        slot.denials.store(4, Relaxed);
+        slot.budget_bytes.store(16 << 20, Relaxed);
+        slot.budget_source
+            .store(BudgetSource::Default as u32, Relaxed);
+        slot.last_refusal_cause
+            .store(RefusalCause::BackendBudget as u32, Relaxed);
+        map.flush().unwrap();
+        let lock = std::fs::File::open(&path).unwrap();
+        assert!(segment::take_lock(&lock, libc::F_RDLCK).unwrap());
+        let status = domain_status(&Segment::open(&path).unwrap()).unwrap();
+        (status, lock)
+    }
+
+    fn boot_time_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) },
+            0
+        );
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
+    #[test]
+    fn refusals_are_split_by_cause_and_each_process_shows_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, _lock) = domain_after_refusals(dir.path());
+        let text = render(&status);
+        assert!(
+            text.contains(
+                "refused  7 allocations (1 over the domain limit, 2 on the kernel's numbers, \
+                 4 over backend budgets; 1 of them dynamic shared memory), "
+            ),
+            "{text}"
+        );
+        let header = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("PID"))
+            .unwrap();
+        assert!(
+            header.contains("BUDGET") && header.contains("LAST REFUSAL"),
+            "{header}"
+        );
+        let row = text
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with(&format!("{} ", std::process::id()))
+            })
+            .unwrap_or_else(|| panic!("no row for this process:\n{text}"));
+        assert!(
+            row.contains("16.0 MiB (default)") && row.contains("backend_budget"),
+            "{row}"
+        );
+        assert!(
+            text.contains("\nbudget   default = OOM_GUARD_BACKEND_LIMIT\n"),
+            "{text}"
+        );
+
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["domain_limit_denials"], 1);
+        assert_eq!(json["kernel_denials"], 2);
+        assert_eq!(json["budget_denials"], 4);
+        let process = &json["processes"][0];
+        assert_eq!(process["budget_bytes"], 16 << 20);
+        assert_eq!(process["budget_source"], "OOM_GUARD_BACKEND_LIMIT");
+        assert_eq!(process["last_refusal_cause"], "backend_budget");
+
+        let csv = csv(std::slice::from_ref(&status));
+        let row = csv.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with(&format!(
+                ",{},OOM_GUARD_BACKEND_LIMIT,backend_budget",
+                16 << 20
+            )),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn nothing_refused_says_no_cause_and_no_budget_is_an_empty_csv_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut status, _lock) = domain_after_refusals(dir.path());
+        for count in [
+            &mut status.snapshot.denied_allocations,
+            &mut status.snapshot.domain_limit_denials,
+            &mut status.snapshot.kernel_denials,
+            &mut status.snapshot.budget_denials,
+            &mut status.snapshot.dynamic_shared_denials,
+        ] {
+            *count = 0;
+        }
+        status.snapshot.processes = vec![process(None, BudgetSource::None)];
+        assert_eq!(refusal_causes_text(&status.snapshot), "");
+        let text = render(&status);
+        assert!(text.contains("refused  0 allocations, "), "{text}");
+        assert!(
+            !text.contains("\nbudget "),
+            "no legend without budgets:\n{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("42 "))
+            .unwrap();
+        assert!(row.contains(" -  ") && !row.contains("none"), "{row}");
+        let csv = csv(std::slice::from_ref(&status));
+        assert!(
+            csv.lines().nth(1).unwrap().ends_with(",,none,none"),
+            "{csv}"
+        );
+    }
 
     #[test]
     fn csv_fields_are_quoted_only_when_needed() {

@@ -16,11 +16,12 @@ use std::process::Command;
 
 use oomguard_cli::exporter::Exporter;
 use oomguard_cli::run::{
-    validate_guard_env, DOMAIN_ENV, DOMAIN_FORMS, LIMIT_ENV, MODE_ENV, REFUSE_ENV, RESERVE_ENV,
-    SHARED_MEMORY_ENV,
+    validate_guard_env, BACKEND_LIMIT_ENV, DOMAIN_ENV, DOMAIN_FORMS, LIMIT_ENV, MODE_ENV,
+    REFUSE_ENV, RESERVE_ENV, SHARED_MEMORY_ENV,
 };
 use oomguard_cli::segment::{Segment, SegmentError};
 use oomguard_cli::{limit, status};
+use oomguard_core::budget::{Budget, DEFAULT_FORMS as BACKEND_LIMIT_FORMS};
 use oomguard_core::config::{limit_is_auto, parse_size, MODE_FORMS, REFUSE_FORMS, SIZE_FORMS};
 use oomguard_core::layout::{
     initialise, segment_size, Header, LayoutError, Line, SegmentView, LAYOUT_VERSION,
@@ -362,7 +363,7 @@ proptest! {
 fn value() -> impl Strategy<Value = OsString> {
     prop_oneof![
         any::<String>().prop_map(OsString::from),
-        "[ ]{0,1}(auto|AUTO|enforce|Report|OFF|all|backends|on|1Gi|1GB|512MiB|0|15%|91%|\\+5%|-1|1\\.5Gi|\\.|\\.\\.|\\.\\./x|oomguard-pg|a/b|)[ \n]{0,1}"
+        "[ ]{0,1}(auto|AUTO|enforce|Report|OFF|all|backends|on|1Gi|1GB|512MiB|0|15%|91%|100%|0\\.5%|\\+5%|-1|none|1\\.5Gi|\\.|\\.\\.|\\.\\./x|oomguard-pg|a/b|)[ \n]{0,1}"
             .prop_map(OsString::from),
         proptest::collection::vec(any::<u8>(), 0..12).prop_map(OsString::from_vec),
         // Around OOM_GUARD_DOMAIN's 200-byte limit.
@@ -370,8 +371,9 @@ fn value() -> impl Strategy<Value = OsString> {
     ]
 }
 
-const VARIABLES: [&str; 6] = [
+const VARIABLES: [&str; 7] = [
     LIMIT_ENV,
+    BACKEND_LIMIT_ENV,
     MODE_ENV,
     REFUSE_ENV,
     RESERVE_ENV,
@@ -390,6 +392,7 @@ proptest! {
         let result = validate_guard_env(|name| (name == var).then(|| raw.clone()));
         let forms = match var {
             LIMIT_ENV | SHARED_MEMORY_ENV => SIZE_FORMS,
+            BACKEND_LIMIT_ENV => BACKEND_LIMIT_FORMS,
             MODE_ENV => MODE_FORMS,
             REFUSE_ENV => REFUSE_FORMS,
             DOMAIN_ENV => DOMAIN_FORMS,
@@ -408,6 +411,7 @@ proptest! {
         } else {
             raw.to_str().is_some_and(|text| match var {
             LIMIT_ENV => limit_is_auto(text) || parse_size(text).is_ok(),
+            BACKEND_LIMIT_ENV => Budget::parse_default(text).is_ok(),
             MODE_ENV => Mode::parse(text).is_some(),
             REFUSE_ENV => RefuseScope::parse(text).is_some(),
             RESERVE_ENV => Reserve::parse(text).is_ok(),

@@ -13,6 +13,16 @@
 --          pg_size_pretty(p.peak_bytes) AS peak, p.denials, left(a.query, 60) AS query
 --     FROM oomguard_processes p JOIN pg_stat_activity a USING (pid)
 --    ORDER BY p.bytes DESC;
+--
+-- Which roles' sessions run into their own budget:
+--   SELECT a.usename, p.pid, pg_size_pretty(p.budget_bytes) AS budget, p.budget_source, p.denials
+--     FROM oomguard_processes p JOIN pg_stat_activity a USING (pid)
+--    WHERE p.last_refusal_cause = 'backend_budget';
+--
+-- Columns are only ever added at the end. CREATE ... IF NOT EXISTS leaves an existing table as
+-- it is, and file_fdw fails a scan on columns the table does not declare ("extra data after
+-- last expected column"): after an upgrade that adds columns, DROP FOREIGN TABLE
+-- oomguard_processes and run this file again.
 
 CREATE EXTENSION IF NOT EXISTS file_fdw;
 
@@ -29,6 +39,9 @@ CREATE FOREIGN TABLE IF NOT EXISTS oomguard_processes (
     denied_bytes bigint,      -- bytes those calls asked for
     last_denied_size bigint,  -- size of the last refused call
     overlimit_reports bigint, -- would-be refusals in report mode
-    command text              -- its command line (PostgreSQL's process title)
+    command text,             -- its command line (PostgreSQL's process title)
+    budget_bytes bigint,      -- its own budget (oomguard.backend_memory_limit, else OOM_GUARD_BACKEND_LIMIT); NULL: none
+    budget_source text,       -- where the budget came from: oomguard.backend_memory_limit, OOM_GUARD_BACKEND_LIMIT or none
+    last_refusal_cause text   -- its last refusal's cause: domain_limit, kernel_tight, backend_budget, or none
 ) SERVER oomguard
   OPTIONS (program '/usr/bin/oomguard status --csv', format 'csv', header 'true');

@@ -1,7 +1,7 @@
 //! The packaged Prometheus alerting rules (`packaging/prometheus/oomguard-alerts.yaml`): they
 //! pass `promtool check rules`, their unit tests (`oomguard-alerts.test.yaml`) pass
-//! `promtool test rules` and cover every alert, and they use only metric names the exporter
-//! exports.
+//! `promtool test rules` and cover every alert, and they use only metric names (and `cause`
+//! label values) the exporter exports.
 //!
 //! The names are checked against `oomguard_cli::exporter::METRIC_NAMES`, which the exporter's own
 //! unit test holds equal to what its encoder writes (a segment with every optional part present,
@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use oomguard_cli::exporter::METRIC_NAMES;
+use oomguard_core::budget::RefusalCause;
 use oomguard_tests::{guarded, http_get, probe, promtool, workspace_root, Exporter};
 
 const RULES: &str = "oomguard-alerts.yaml";
@@ -129,6 +130,43 @@ fn the_rules_and_their_tests_use_only_exported_metric_names() {
              {METRIC_NAMES:?})"
         );
     }
+}
+
+/// Every value given to the `cause` label in `text` (`cause="x"`, `cause!="x"`, `cause: x`).
+fn cause_values_in(text: &str) -> BTreeSet<String> {
+    let mut values = BTreeSet::new();
+    for piece in text.split("cause").skip(1) {
+        let value = piece
+            .trim_start_matches(['!', '=', ':', ' ', '"'])
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if !value.is_empty() && piece.starts_with(['!', '=', ':']) {
+            values.insert(value.to_owned());
+        }
+    }
+    values
+}
+
+#[test]
+fn the_refusal_alerts_use_the_exporters_causes_and_their_tests_cover_each() {
+    let exported: BTreeSet<String> = RefusalCause::ALL
+        .iter()
+        .map(|cause| cause.name().to_owned())
+        .collect();
+    let rules = read_packaged(RULES);
+    let in_rules = cause_values_in(&rules);
+    assert_eq!(
+        in_rules,
+        BTreeSet::from(["backend_budget".to_owned()]),
+        "the rules tell budget refusals from the others, by the exporter's name"
+    );
+    assert!(
+        in_rules.is_subset(&exported),
+        "{in_rules:?} vs {exported:?}"
+    );
+    // The unit tests feed every cause the exporter serves, and no other.
+    assert_eq!(cause_values_in(&read_packaged(RULE_TESTS)), exported);
 }
 
 /// A guarded `accounting` probe holding memory until dropped.

@@ -744,3 +744,208 @@ fn a_reader_that_goes_away_ends_status_and_limit_quietly() {
         }
     });
 }
+
+/// The process `pid` of the only domain of `status --json`.
+fn process_in<'a>(json: &'a serde_json::Value, domain: &str, pid: i32) -> &'a serde_json::Value {
+    domain_named(json, domain)["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("no process {pid} in {json:#}"))
+}
+
+#[test]
+fn status_shows_each_processs_budget_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = [("OOM_GUARD_DOMAIN", "oomguard-budgets")];
+    // Beside the budgeted probe, one whose default budget is switched off.
+    let mut unbudgeted = Probe::start(
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "2"],
+        &[domain[0], ("OOM_GUARD_BACKEND_LIMIT", "off")],
+    );
+    unbudgeted.expect("held");
+    let budgeted_env = [domain[0], ("OOM_GUARD_BACKEND_LIMIT", "64Mi")];
+    while_holding(dir.path(), &budgeted_env, |pid| {
+        let json = status_json(dir.path());
+        let budgeted = process_in(&json, "oomguard-budgets", pid as i32);
+        assert_eq!(budgeted["budget_bytes"], 64 << 20, "{budgeted:#}");
+        assert_eq!(budgeted["budget_source"], "OOM_GUARD_BACKEND_LIMIT");
+        assert_eq!(budgeted["last_refusal_cause"], "none");
+        let off = process_in(&json, "oomguard-budgets", unbudgeted.pid());
+        assert!(off["budget_bytes"].is_null(), "{off:#}");
+        assert_eq!(off["budget_source"], "OOM_GUARD_BACKEND_LIMIT");
+        assert_eq!(domain_named(&json, "oomguard-budgets")["budget_denials"], 0);
+
+        let (out, stdout, stderr) = output_of_status(dir.path());
+        assert!(out.status.success(), "{stderr}");
+        let row = row_of(&stdout, pid).unwrap_or_else(|| panic!("no row:\n{stdout}"));
+        assert!(row.contains("64.0 MiB (default)"), "{row}");
+        let row = row_of(&stdout, unbudgeted.pid() as u32).unwrap();
+        assert!(row.contains("off (default)"), "{row}");
+        assert!(
+            stdout.contains("\nbudget   default = OOM_GUARD_BACKEND_LIMIT\n"),
+            "the short source is explained:\n{stdout}"
+        );
+
+        let (out, csv, stderr) = run_output(
+            oomguard_command()
+                .args(["status", "--csv", "--dir"])
+                .arg(dir.path()),
+        );
+        assert!(out.status.success(), "{stderr}");
+        let row = csv
+            .lines()
+            .find(|line| line.split(',').nth(1) == Some(&pid.to_string()))
+            .unwrap_or_else(|| panic!("no CSV row for {pid}:\n{csv}"));
+        assert!(
+            row.ends_with(",67108864,OOM_GUARD_BACKEND_LIMIT,none"),
+            "{row}"
+        );
+    });
+    unbudgeted.proceed();
+    unbudgeted.expect("freed");
+    unbudgeted.proceed();
+    unbudgeted.finish();
+}
+
+/// An `accounting` probe that ran into a refusal (`until-null` of 1 MiB blocks), freed, took
+/// the same blocks again and now waits: live, with a refusal behind it.
+fn refused_probe(dir: &Path, env: &[(&str, &str)]) -> Probe {
+    let mut probe = Probe::start("accounting", dir, &["until-null", "1048576"], env);
+    let refused = probe.expect("refused after ");
+    assert!(refused.ends_with("errno=12"), "ENOMEM: {refused}");
+    probe.expect("freed");
+    probe.expect("again ");
+    probe
+}
+
+#[test]
+fn status_names_the_cause_of_each_refusal_per_process_and_per_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    // Far below its domain's 1 GiB limit, but past its own 16 MiB budget.
+    let budget = refused_probe(
+        dir.path(),
+        &[
+            ("OOM_GUARD_DOMAIN", "oomguard-budget"),
+            ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
+        ],
+    );
+    // No budget, but a 16 MiB domain limit.
+    let full = refused_probe(
+        dir.path(),
+        &[
+            ("OOM_GUARD_DOMAIN", "oomguard-full"),
+            ("OOM_GUARD_LIMIT", "16Mi"),
+        ],
+    );
+    let json = status_json(dir.path());
+    let budget_domain = domain_named(&json, "oomguard-budget");
+    assert!(
+        budget_domain["budget_denials"].as_u64().unwrap() >= 1,
+        "{budget_domain:#}"
+    );
+    assert_eq!(
+        budget_domain["domain_limit_denials"], 0,
+        "{budget_domain:#}"
+    );
+    assert_eq!(budget_domain["kernel_denials"], 0, "{budget_domain:#}");
+    assert_eq!(
+        budget_domain["budget_denials"], budget_domain["denied_allocations"],
+        "{budget_domain:#}"
+    );
+    let refused = process_in(&json, "oomguard-budget", budget.pid());
+    assert_eq!(
+        refused["last_refusal_cause"], "backend_budget",
+        "{refused:#}"
+    );
+    assert_eq!(refused["budget_bytes"], 16 << 20, "{refused:#}");
+    assert!(refused["denials"].as_u64().unwrap() >= 1, "{refused:#}");
+
+    let full_domain = domain_named(&json, "oomguard-full");
+    assert!(
+        full_domain["domain_limit_denials"].as_u64().unwrap() >= 1,
+        "{full_domain:#}"
+    );
+    assert_eq!(full_domain["budget_denials"], 0, "{full_domain:#}");
+    let refused = process_in(&json, "oomguard-full", full.pid());
+    assert_eq!(refused["last_refusal_cause"], "domain_limit", "{refused:#}");
+    assert!(refused["budget_bytes"].is_null(), "{refused:#}");
+    assert_eq!(refused["budget_source"], "none", "{refused:#}");
+
+    let (out, stdout, stderr) = output_of_status(dir.path());
+    assert!(out.status.success(), "{stderr}");
+    let (budget_text, full_text) = stdout.split_at(stdout.find("oomguard-full\n").unwrap());
+    let budget_text = &budget_text[budget_text.find("oomguard-budget\n").unwrap()..];
+    let refused_line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("refused  "))
+            .unwrap_or_else(|| panic!("no refused line:\n{text}"))
+            .to_owned()
+    };
+    let line = refused_line(budget_text);
+    assert!(
+        line.contains("over backend budgets") && !line.contains("over the domain limit"),
+        "{line}"
+    );
+    let line = refused_line(full_text);
+    assert!(
+        line.contains("over the domain limit") && !line.contains("over backend budgets"),
+        "{line}"
+    );
+    let row = row_of(budget_text, budget.pid() as u32).unwrap();
+    assert!(row.contains("backend_budget"), "{row}");
+    let row = row_of(full_text, full.pid() as u32).unwrap();
+    assert!(row.contains("domain_limit"), "{row}");
+
+    for (mut probe, cause) in [(budget, "backend_budget"), (full, "domain_limit")] {
+        probe.proceed();
+        let stderr = probe.finish();
+        assert!(
+            stderr.contains(&format!("[cause {cause}]")),
+            "the guard's line names the cause: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_rejects_a_bad_default_budget_naming_the_accepted_forms() {
+    // PostgreSQL's unit, which oomguard.backend_memory_limit takes but the variable does not.
+    for (value, why) in [
+        ("512MB", "ambiguous"),
+        ("150%", "at most 100%"),
+        ("", "empty"),
+    ] {
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
+                .args(["run", "--library"])
+                .arg(library_path())
+                .args(["--", "echo", "started"])
+                .env("OOM_GUARD_BACKEND_LIMIT", value),
+        );
+        assert_eq!(out.status.code(), Some(126), "{value:?}: {stderr}");
+        assert!(stdout.is_empty(), "nothing ran: {stdout}");
+        assert!(
+            stderr.contains(&format!("OOM_GUARD_BACKEND_LIMIT={value:?} is not valid"))
+                && stderr.contains(why)
+                && stderr.contains(oomguard_core::budget::DEFAULT_FORMS),
+            "{stderr}"
+        );
+    }
+    // The accepted forms start the command (under the guard, in a directory of its own).
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["512Mi", "25%", "off"] {
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
+                .args(["run", "--library"])
+                .arg(library_path())
+                .args(["--", "echo", "started"])
+                .env("OOM_GUARD_BACKEND_LIMIT", value)
+                .env("OOM_GUARD_DIR", dir.path()),
+        );
+        assert!(out.status.success(), "{value}: {stderr}");
+        assert_eq!(stdout, "started\n", "{value}");
+    }
+}

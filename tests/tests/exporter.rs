@@ -4,7 +4,9 @@
 //! `promtool check metrics` (Debian package `prometheus`; the test fails without it); SIGTERM
 //! stops the exporter with status 0. Also: an empty directory is `oomguard_up 0`, not a crash;
 //! stale domains (their processes exited or were SIGKILLed) are counted in
-//! `oomguard_stale_domains` and not exported; a bad `--listen` is a clear error.
+//! `oomguard_stale_domains` and not exported; a bad `--listen` is a clear error. Refusals are
+//! split by cause in `oomguard_refusals_total`: a guarded probe refused on its own budget counts
+//! as `backend_budget`, one refused over its domain's limit as `domain_limit`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -12,7 +14,7 @@ use std::process::{Command, Stdio};
 use oomguard_cli::demo::{GuardedCluster, HOG_QUERY};
 use oomguard_cli::exporter::{LISTEN_ENV, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use oomguard_tests::{
-    http_get, library_path, oomguard_command, promtool, stale_and_live_domains, Exporter,
+    http_get, library_path, oomguard_command, promtool, stale_and_live_domains, Exporter, Probe,
 };
 use postgres::error::SqlState;
 
@@ -163,6 +165,108 @@ fn a_refused_hog_shows_in_the_metrics_which_promtool_accepts_and_sigterm_exits_0
     assert_eq!(status.code(), Some(0), "{status}");
     drop(hog);
     drop(bystander);
+}
+
+/// The value of `oomguard_refusals_total` for `domain` and `cause`.
+fn refusals(body: &str, domain: &str, cause: &str) -> f64 {
+    let series = format!("oomguard_refusals_total{{domain=\"{domain}\",cause=\"{cause}\"}} ");
+    let values: Vec<f64> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix(&series))
+        .map(|value| value.parse().unwrap())
+        .collect();
+    match values.as_slice() {
+        [value] => *value,
+        other => panic!("expected one {series}sample, found {other:?} in\n{body}"),
+    }
+}
+
+/// An `accounting` probe that ran into a refusal (`until-null` of 1 MiB blocks) and now waits,
+/// live, after taking the same blocks again.
+fn refused_probe(dir: &std::path::Path, env: &[(&str, &str)]) -> Probe {
+    let mut probe = Probe::start("accounting", dir, &["until-null", "1048576"], env);
+    probe.expect("refused after ");
+    probe.expect("freed");
+    probe.expect("again ");
+    probe
+}
+
+#[test]
+fn a_budget_refusal_is_counted_under_its_cause_not_as_the_domain_short_of_memory() {
+    promtool();
+    let dir = tempfile::tempdir().unwrap();
+    // Past its own 16 MiB budget, far below the domain's 1 GiB limit.
+    let budget = refused_probe(
+        dir.path(),
+        &[
+            ("OOM_GUARD_DOMAIN", "oomguard-budget"),
+            ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
+        ],
+    );
+    // Past its domain's 16 MiB limit, without a budget.
+    let full = refused_probe(
+        dir.path(),
+        &[
+            ("OOM_GUARD_DOMAIN", "oomguard-full"),
+            ("OOM_GUARD_LIMIT", "16Mi"),
+        ],
+    );
+    let exporter = Exporter::start(dir.path());
+    let body = scrape_openmetrics(&exporter.addr);
+    assert_eq!(sample(&body, "oomguard_up"), 1.0, "{body}");
+    assert!(body.contains("# TYPE oomguard_refusals counter"), "{body}");
+    assert!(
+        refusals(&body, "oomguard-budget", "backend_budget") >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        refusals(&body, "oomguard-budget", "domain_limit"),
+        0.0,
+        "{body}"
+    );
+    assert_eq!(
+        refusals(&body, "oomguard-budget", "kernel_tight"),
+        0.0,
+        "{body}"
+    );
+    assert!(
+        refusals(&body, "oomguard-full", "domain_limit") >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        refusals(&body, "oomguard-full", "backend_budget"),
+        0.0,
+        "{body}"
+    );
+    assert_eq!(
+        refusals(&body, "oomguard-full", "kernel_tight"),
+        0.0,
+        "{body}"
+    );
+    for domain in ["oomguard-budget", "oomguard-full"] {
+        let by_cause: f64 = ["domain_limit", "kernel_tight", "backend_budget"]
+            .iter()
+            .map(|cause| refusals(&body, domain, cause))
+            .sum();
+        let total = format!("oomguard_denied_allocations_total{{domain=\"{domain}\"}} {by_cause}");
+        assert!(
+            body.lines().any(|line| line == total),
+            "the causes add up to the refusals ({total}):\n{body}"
+        );
+    }
+    let classic = http_get(&exporter.addr, "/metrics", None);
+    assert!(refusals(&classic.body, "oomguard-budget", "backend_budget") >= 1.0);
+    assert!(
+        classic.body.contains("# HELP oomguard_refusals_total "),
+        "{}",
+        classic.body
+    );
+    assert_promtool_passes(&classic.body);
+    assert_eq!(exporter.terminate().code(), Some(0));
+    for mut probe in [budget, full] {
+        probe.proceed();
+        probe.finish();
+    }
 }
 
 #[test]

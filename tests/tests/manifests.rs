@@ -556,6 +556,7 @@ fn the_dashboard_queries_only_exported_metrics_and_its_config_map_embeds_it() {
         "oomguard_cgroup_memory_usage_bytes",
         "oomguard_cgroup_memory_limit_bytes",
         "oomguard_denied_allocations_total",
+        "oomguard_refusals_total",
         "oomguard_kernel_tight",
         "oomguard_reclaimed_orphan_bytes_total",
         "oomguard_tracked_processes",
@@ -571,6 +572,13 @@ fn the_dashboard_queries_only_exported_metrics_and_its_config_map_embeds_it() {
             .iter()
             .any(|e| e.contains("rate(oomguard_denied_allocations_total")),
         "refusals as a rate"
+    );
+    // Budget refusals (a session's own limit) and the container short of memory read apart.
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("by (domain, cause)") && e.contains("oomguard_refusals_total")),
+        "refusals by cause"
     );
     let variables = dashboard["templating"]["list"].as_array().unwrap();
     let domain = variables

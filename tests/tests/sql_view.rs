@@ -5,8 +5,9 @@
 //! The documented file is executed as written, with only its `program` string replaced by the
 //! release-built binary (staged into the cluster's directory, which the server's unprivileged
 //! user can reach) and `--dir` of the cluster's segment directory. The program runs as the
-//! server's user, who owns the segment. The CSV itself is checked directly too: its header is
-//! [`CSV_COLUMNS`] and a guarded probe's row carries plain integers.
+//! server's user, who owns the segment. A session's `oomguard.backend_memory_limit` and its
+//! refusal on it show in its row. The CSV itself is checked directly too: its header is
+//! [`CSV_COLUMNS`] and a guarded probe's row carries plain integers and its budget.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -101,13 +102,97 @@ fn the_foreign_table_joins_pg_stat_activity_and_shows_who_holds_the_memory() {
         .unwrap()
         .get(0);
     assert_eq!(domains, 1, "one domain in the cluster's segment directory");
+
+    budgets_and_refusal_causes_show_in_the_table(&mut client);
+
+    // A table created by an older file (without the columns added at the end since) fails its
+    // scans, as the file's header says: it has to be dropped and created again.
+    let old_columns = sql
+        .split("CREATE FOREIGN TABLE IF NOT EXISTS oomguard_processes (")
+        .nth(1)
+        .and_then(|rest| rest.split("    budget_bytes").next())
+        .expect("the column list, budget_bytes after command");
+    let old_table = format!(
+        "CREATE FOREIGN TABLE oomguard_processes_old ({}) SERVER oomguard \
+         OPTIONS ({program}, format 'csv', header 'true')",
+        old_columns.replace("command text,", "command text")
+    );
+    client
+        .batch_execute(&old_table)
+        .unwrap_or_else(|e| panic!("{e}\n{old_table}"));
+    let error = client
+        .query("SELECT count(*) FROM oomguard_processes_old", &[])
+        .expect_err("an old table cannot read the new columns");
+    assert!(
+        error
+            .to_string()
+            .contains("extra data after last expected column")
+            || format!("{error:?}").contains("extra data after last expected column"),
+        "{error:?}"
+    );
+}
+
+/// This session's budget as the guard records it from `oomguard.backend_memory_limit`, and its
+/// refusal on that budget, read through the foreign table.
+fn budgets_and_refusal_causes_show_in_the_table(client: &mut postgres::Client) {
+    let own_row = |client: &mut postgres::Client| {
+        let row = client
+            .query_one(
+                "SELECT budget_bytes, budget_source, last_refusal_cause, denials \
+                   FROM oomguard_processes WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .expect("this session's row");
+        let budget: Option<i64> = row.get(0);
+        let source: String = row.get(1);
+        let cause: String = row.get(2);
+        let denials: i64 = row.get(3);
+        (budget, source, cause, denials)
+    };
+    let (budget, source, cause, _) = own_row(client);
+    assert_eq!(
+        (budget, source.as_str(), cause.as_str()),
+        (None, "none", "none"),
+        "no budget set (OOM_GUARD_BACKEND_LIMIT unset) and nothing refused"
+    );
+    // The guard evaluates the budget at its next reservation: 4 MB is many batches.
+    client
+        .batch_execute(
+            "SET oomguard.backend_memory_limit = '48MB'; SELECT length(repeat('x', 4000000))",
+        )
+        .unwrap();
+    let (budget, source, cause, _) = own_row(client);
+    assert_eq!(budget, Some(48 << 20));
+    assert_eq!(source, "oomguard.backend_memory_limit");
+    assert_eq!(cause, "none");
+
+    client
+        .batch_execute("SET oomguard.backend_memory_limit = '16MB'")
+        .unwrap();
+    let error = client
+        .batch_execute("SELECT length(repeat('x', 64000000))")
+        .expect_err("64 MB is past a 16 MB budget");
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!(
+        db.code(),
+        &postgres::error::SqlState::OUT_OF_MEMORY,
+        "{db:?}"
+    );
+    let (budget, source, cause, denials) = own_row(client);
+    assert_eq!(budget, Some(16 << 20));
+    assert_eq!(source, "oomguard.backend_memory_limit");
+    assert_eq!(cause, "backend_budget");
+    assert!(denials >= 1, "{denials}");
+    client
+        .batch_execute("RESET oomguard.backend_memory_limit")
+        .unwrap();
 }
 
 #[test]
 fn status_csv_has_a_header_and_one_integer_row_per_process() {
     let dir = tempfile::tempdir().unwrap();
-    // The probe holds 8 x 1 MiB while the closure runs.
-    while_holding(dir.path(), &[], |pid| {
+    // The probe holds 8 x 1 MiB while the closure runs, with a default budget of 64 MiB.
+    while_holding(dir.path(), &[("OOM_GUARD_BACKEND_LIMIT", "64Mi")], |pid| {
         csv_of_a_holding_probe(dir.path(), pid)
     });
 }
@@ -122,7 +207,8 @@ fn csv_of_a_holding_probe(dir: &std::path::Path, pid: u32) {
     assert!(out.status.success(), "{stderr}");
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some(CSV_COLUMNS.join(",").as_str()));
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.splitn(11, ',').collect()).collect();
+    // No field of the probe's row holds a comma (its command line has none).
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     let row = rows
         .iter()
         .find(|r| r[1] == pid)
@@ -141,6 +227,11 @@ fn csv_of_a_holding_probe(dir: &std::path::Path, pid: u32) {
     }
     let bytes: u64 = row[3].parse().unwrap();
     assert!(bytes >= 4 << 20, "the probe holds 4 MiB: {bytes}");
+    assert_eq!(
+        &row[11..],
+        ["67108864", "OOM_GUARD_BACKEND_LIMIT", "none"],
+        "budget_bytes, budget_source, last_refusal_cause: {row:?}"
+    );
 
     let (out, _, stderr) = run_output(
         oomguard_tests::oomguard_command()
