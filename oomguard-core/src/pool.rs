@@ -58,6 +58,15 @@ impl<'a> Pool<'a> {
         self.view.header.limit_bytes.load(Relaxed)
     }
 
+    /// Whether `bytes` more would keep the total within the limit (or no limit is set), as the
+    /// total reads now.
+    pub fn would_fit(&self, bytes: u64) -> bool {
+        let limit = self.limit();
+        let total = self.view.header.total.load(Relaxed);
+        limit == 0
+            || add_signed(total, bytes).is_some_and(|total| total <= 0 || total as u64 <= limit)
+    }
+
     /// Adds `bytes` to the total and to `slot` only if the total stays within the limit (or no
     /// limit is set). Returns whether it did.
     pub fn try_reserve(&self, slot: &Slot, bytes: u64) -> bool {

@@ -313,23 +313,24 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let decision = classify();
     let budget = budget::evaluate(&pool, slot, &decision);
-    let own = slot.bytes.load(Relaxed).max(0) as u64;
+    let own = own_bytes(&pool, slot);
     let within_budget =
         |bytes: u64| budget.is_none_or(|budget| own.saturating_add(bytes) <= budget);
     let over_budget = !within_budget(need);
     if over_budget {
         // The process's own bytes would pass its budget: refused like over the domain's limit
-        // where that is allowed; otherwise the budget does not apply to this request.
+        // where that is allowed; otherwise the budget does not apply to this request. When the
+        // domain could not cover the request either, that is the cause: the container is short
+        // of memory, which is what its alerts are about.
         if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
-            return overdraft_or_refuse(
-                &pool,
-                slot,
-                kind,
-                need,
-                request,
-                call,
-                RefusalCause::BackendBudget,
-            );
+            let cause = if tight {
+                RefusalCause::KernelTight
+            } else if !pool.would_fit(need) {
+                RefusalCause::DomainLimit
+            } else {
+                RefusalCause::BackendBudget
+            };
+            return overdraft_or_refuse(&pool, slot, kind, need, request, call, cause);
         }
     }
     let batch = need.saturating_add(BATCH as u64);
@@ -365,6 +366,15 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
         RefusalCause::DomainLimit
     };
     overdraft_or_refuse(&pool, slot, kind, need, request, call, cause)
+}
+
+/// This process's bytes: its slot's, or its own share of the shared overflow slot.
+fn own_bytes(pool: &Pool<'_>, slot: &Slot) -> u64 {
+    if core::ptr::eq(slot, &pool.header().overflow) {
+        OVERFLOW_HELD.load(Relaxed)
+    } else {
+        slot.bytes.load(Relaxed).max(0) as u64
+    }
 }
 
 /// A request about to be refused: served from the overdraft if this refusal episode has some
@@ -556,7 +566,7 @@ fn report_refusal(
             line,
             "its own {} + request would pass its budget {} ({}; the guarded total {} is within \
              the limit {})",
-            Bytes(slot.bytes.load(Relaxed)),
+            Bytes(own_bytes(pool, slot) as i64),
             Bytes(slot.budget_bytes.load(Relaxed) as i64),
             BudgetSource::from_raw(slot.budget_source.load(Relaxed)).name(),
             Bytes(header.total.load(Relaxed)),

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use oomguard_cli::segment::{self, Segment, Snapshot};
+use oomguard_core::budget::RefusalCause;
 use oomguard_tests::{cgroup_v2_fixture, library_path, set_cgroup_max, Probe};
 
 const MIB: i64 = 1 << 20;
@@ -545,4 +546,78 @@ fn a_derived_limit_follows_an_in_place_resize_of_the_cgroup() {
     holder.expect("freed");
     holder.proceed();
     holder.finish();
+}
+
+/// The `until-null` probe's count of 1 MiB blocks before its first refusal, and its snapshot
+/// then (taken while it waits after freeing).
+fn refused_after(dir: &Path, block: &str, env: &[(&str, &str)]) -> (i64, Snapshot, Probe) {
+    let mut probe = start(dir, &["until-null", block], env);
+    let refused = probe.expect("refused after");
+    let count: i64 = refused.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(refused.ends_with("errno=12"), "ENOMEM expected: {refused}");
+    probe.expect("freed");
+    probe.expect("again");
+    (count, snapshot(dir), probe)
+}
+
+#[test]
+fn a_budget_refuses_one_process_far_below_the_domain_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OOM_GUARD_LIMIT", "1Gi"),
+        ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
+    ];
+    let (count, during, mut probe) = refused_after(dir.path(), "1048576", &env);
+    assert!((12..16).contains(&count), "refused after {count} MiB");
+    let me = during.process(probe.pid()).unwrap();
+    assert_eq!(me.budget_bytes, Some(16 * MIB as u64), "{me:#?}");
+    assert_eq!(me.last_refusal_cause, RefusalCause::BackendBudget);
+    assert_eq!((during.budget_denials, during.domain_limit_denials), (1, 0));
+    probe.proceed();
+    let stderr = probe.finish();
+    assert!(
+        stderr.contains("would pass its budget 16.0 MiB (OOM_GUARD_BACKEND_LIMIT")
+            && stderr.contains("[cause backend_budget]"),
+        "{stderr}"
+    );
+}
+
+/// A request that passes both the budget and the domain's limit is the container's shortage:
+/// the cause its alerts watch. Failed before the fix (counted as a budget refusal).
+#[test]
+fn a_request_past_both_limits_is_counted_against_the_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OOM_GUARD_LIMIT", "32Mi"),
+        ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
+    ];
+    let (count, during, mut probe) = refused_after(dir.path(), "67108864", &env);
+    assert_eq!(count, 0, "a 64 MiB block passes both");
+    let me = during.process(probe.pid()).unwrap();
+    assert_eq!(me.last_refusal_cause, RefusalCause::DomainLimit, "{me:#?}");
+    assert_eq!((during.budget_denials, during.domain_limit_denials), (0, 1));
+    probe.proceed();
+    let stderr = probe.finish();
+    assert!(stderr.contains("[cause domain_limit]"), "{stderr}");
+}
+
+/// In report mode a budget only counts what it would have refused.
+#[test]
+fn a_budget_in_report_mode_refuses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OOM_GUARD_MODE", "report"),
+        ("OOM_GUARD_BACKEND_LIMIT", "8Mi"),
+    ];
+    let mut probe = start(dir.path(), &["hold", "1048576", "32"], &env);
+    probe.expect("held");
+    let held = snapshot(dir.path());
+    let me = held.process(probe.pid()).unwrap();
+    assert!(me.bytes >= 32 * MIB, "{me:#?}");
+    assert!(me.overlimit_reports >= 1, "{me:#?}");
+    assert_eq!((held.denied_allocations, me.denials), (0, 0));
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
 }
