@@ -321,11 +321,17 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
         // The process's own bytes would pass its budget: refused like over the domain's limit
         // where that is allowed; otherwise the budget does not apply to this request. When the
         // domain could not cover the request either, that is the cause: the container is short
-        // of memory, which is what its alerts are about.
-        if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
+        // of memory, which is what its alerts are about (and in report mode, the would-be
+        // refusal is counted once, on that path below).
+        let domain_short = tight || !pool.would_fit(need);
+        let counted_below = domain_short && MODE.load(Relaxed) != Mode::Enforce as u32;
+        if let Some(kind) = (!counted_below)
+            .then(|| refusal_allowed(&pool, slot, &decision))
+            .flatten()
+        {
             let cause = if tight {
                 RefusalCause::KernelTight
-            } else if !pool.would_fit(need) {
+            } else if domain_short {
                 RefusalCause::DomainLimit
             } else {
                 RefusalCause::BackendBudget
