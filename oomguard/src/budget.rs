@@ -52,13 +52,15 @@ fn default() -> Option<Budget> {
 }
 
 /// This process's budget in bytes now (`None`: no budget), recorded in `slot`. Only processes
-/// that `OOM_GUARD_REFUSE` covers have one.
+/// that `OOM_GUARD_REFUSE` covers have one, and it is read only when the request could be
+/// refused: a budget changes nothing where no refusal is allowed, and PostgreSQL is then in a
+/// state (a critical section, error recovery, exit, a signal handler reporting) where the guard
+/// has no business calling into it. The slot keeps the last value read.
 pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64> {
-    let (budget, source) = if decision.covered {
-        current()
-    } else {
-        (None, BudgetSource::None)
-    };
+    if !decision.refusable {
+        return None;
+    }
+    let (budget, source) = current();
     let bytes = budget.and_then(|budget| budget.bytes(pool.limit()));
     slot.budget_bytes.store(bytes.unwrap_or(0), Relaxed);
     slot.budget_source.store(source as u32, Relaxed);

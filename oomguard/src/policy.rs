@@ -123,6 +123,9 @@ pub const BUDGET_SETTING: &CStr = c"oomguard.backend_memory_limit";
 ///   postmaster built at start (16+ has no table before `InitializeGUCOptions`).
 /// - Only on PostgreSQL's own thread: another thread (an extension's, LLVM's) could read the
 ///   table while the main thread reallocates it. Other threads get the default budget.
+/// - Only where the request could be refused (see `budget::evaluate`): not in a critical
+///   section, not in error recovery or exit, so not in `quickdie`'s report either (it allocates
+///   in `ErrorContext`), the one signal handler of PostgreSQL's that allocates.
 pub fn budget_setting() -> Option<&'static CStr> {
     let symbols = symbols()?;
     let get_config_option = GET_CONFIG_OPTION.load(Relaxed);
@@ -189,8 +192,6 @@ fn symbols() -> Option<Symbols> {
 pub struct Decision {
     /// The kind recorded in the process's slot.
     pub kind: ProcessKind,
-    /// Whether `OOM_GUARD_REFUSE` covers processes of this kind (they have a budget).
-    pub covered: bool,
     /// Whether refusing is allowed now.
     pub refusable: bool,
 }
@@ -199,22 +200,17 @@ pub struct Decision {
 /// `dlopen`.
 pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
     let Some(symbols) = symbols() else {
-        let covered = scope == RefuseScope::All;
         return Decision {
             kind: ProcessKind::Other,
-            covered,
-            refusable: covered && !in_loader,
+            refusable: scope == RefuseScope::All && !in_loader,
         };
     };
     let kind = kind_of(&symbols);
-    let covered = scope.covers(kind);
-    let refusable =
-        covered && !in_loader && !crate::loader::jit_fatal_on_oom() && safe_to_fail(&symbols);
-    Decision {
-        kind,
-        covered,
-        refusable,
-    }
+    let refusable = scope.covers(kind)
+        && !in_loader
+        && !crate::loader::jit_fatal_on_oom()
+        && safe_to_fail(&symbols);
+    Decision { kind, refusable }
 }
 
 fn kind_of(symbols: &Symbols) -> ProcessKind {
