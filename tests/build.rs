@@ -1,5 +1,5 @@
 //! Build script of oomguard-tests: compiles every `probes/*.c` into an executable of the same
-//! stem in OUT_DIR (`cc -O1 -fno-builtin -pthread -Wall -Werror … -ldl`) and exports that directory as
+//! stem in OUT_DIR (`cc -O1 -fno-builtin -pthread -rdynamic -Wall -Werror … -ldl`) and exports that directory as
 //! `PROBE_DIR`, which `oomguard_tests::probe` uses.
 
 use std::env;
@@ -31,7 +31,16 @@ fn main() {
         let status = Command::new(&cc)
             // -fno-builtin: gcc may delete a malloc whose block is never read, and the probes
             // allocate precisely to be counted.
-            .args(["-O1", "-fno-builtin", "-pthread", "-Wall", "-Werror", "-o"])
+            // -rdynamic: `fake_backend` exports PostgreSQL's globals for the guard's dlsym.
+            .args([
+                "-O1",
+                "-fno-builtin",
+                "-pthread",
+                "-rdynamic",
+                "-Wall",
+                "-Werror",
+                "-o",
+            ])
             .arg(&exe)
             .arg(src)
             .arg("-ldl")

@@ -588,7 +588,7 @@ pub struct ProcessSnapshot {
     /// when it has none: not refusable, no budget configured, or one that is off.
     pub budget_bytes: Option<u64>,
     /// Where the budget came from; serialized by name: `OOM_GUARD_BACKEND_LIMIT`,
-    /// `oomguard.backend_memory_limit`, `malformed setting, OOM_GUARD_BACKEND_LIMIT applies`, or
+    /// `oomguard.backend_memory_limit`, `malformed_setting` (the default applies, if any), or
     /// `none`. A source with no `budget_bytes` is a budget that is off (`0`/`off`, or a
     /// percentage without a limit to take it of).
     #[serde(serialize_with = "serialize_budget_source")]

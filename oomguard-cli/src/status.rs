@@ -292,8 +292,8 @@ pub fn budget_legend(processes: &[ProcessSnapshot]) -> Option<String> {
         (BudgetSource::Default, "default = OOM_GUARD_BACKEND_LIMIT"),
         (
             BudgetSource::MalformedSetting,
-            "default* = OOM_GUARD_BACKEND_LIMIT, as the process's oomguard.backend_memory_limit \
-             is malformed (its stderr says why)",
+            "default* = the process's oomguard.backend_memory_limit is malformed (its stderr \
+             says why): OOM_GUARD_BACKEND_LIMIT applies, if set",
         ),
     ];
     let parts: Vec<&str> = explained

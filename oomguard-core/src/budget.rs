@@ -8,8 +8,10 @@
 //!   the guard's sizes ([`crate::config::parse_size`]: `2Gi`, `2G` = 2·10^9, bytes) or a
 //!   percentage of the domain limit (`25%`).
 //! - `oomguard.backend_memory_limit` is written in PostgreSQL (`ALTER ROLE … SET`), so it also
-//!   takes PostgreSQL's memory units as PostgreSQL reads them — `B kB MB GB TB`, binary, case as
-//!   written, a decimal fraction allowed (`1.5GB`) — besides the guard's forms and percentages.
+//!   takes PostgreSQL's memory units — `B kB MB GB TB`, binary, case-sensitive as in PostgreSQL,
+//!   a decimal fraction allowed (`1.5GB`, rounded down to a byte; PostgreSQL itself also takes
+//!   exponents and hex, which are refused here) — besides the guard's forms and percentages.
+//!   Budgets above 2^63 − 1 bytes are refused (the counters are signed).
 //!   A bare number is refused there (except `0` and `-1`): PostgreSQL reads a bare memory
 //!   number in the setting's own unit (kB for `work_mem`), the guard would read bytes, and a
 //!   budget of 2048 bytes would fail every query. `0`, `-1`, `off` and `none` mean "no budget"
@@ -48,7 +50,7 @@ pub enum BudgetError {
     Percent,
     /// A bare number in the PostgreSQL setting.
     NoUnit,
-    /// A PostgreSQL unit in `OOM_GUARD_BACKEND_LIMIT`, or a malformed decimal size.
+    /// A malformed number before a PostgreSQL unit (or a value too long to be a size).
     BadPostgresSize,
 }
 
@@ -64,7 +66,7 @@ impl BudgetError {
                 "a bare number has no unit here (PostgreSQL would read kB, the guard bytes): \
                  write 512MB or 2GB"
             }
-            BudgetError::BadPostgresSize => "it is not a size PostgreSQL would accept",
+            BudgetError::BadPostgresSize => "it is not a number followed by a unit (512MB, 1.5GB)",
         }
     }
 }
@@ -76,18 +78,24 @@ impl fmt::Display for BudgetError {
 }
 
 impl Budget {
-    /// Parses `OOM_GUARD_BACKEND_LIMIT`: a guard size, a percentage, or `off`.
-    pub fn parse_default(text: &str) -> Result<Budget, BudgetError> {
+    /// Parses `OOM_GUARD_BACKEND_LIMIT`: a guard size, a percentage, or `off`. `Ok(None)`:
+    /// empty, i.e. not set (as an empty `OOM_GUARD_LIMIT` asks for the default; a template's
+    /// `value: ""` must not switch a process to report mode).
+    pub fn parse_default(text: &str) -> Result<Option<Budget>, BudgetError> {
         let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
         if let Some(budget) = unlimited_word(text) {
-            return Ok(budget);
+            return Ok(Some(budget));
         }
         if let Some(number) = text.strip_suffix('%') {
-            return parse_percent(number);
+            return parse_percent(number).map(Some);
         }
         parse_size(text)
-            .map(Budget::Bytes)
             .map_err(BudgetError::Size)
+            .and_then(within_range)
+            .map(Some)
     }
 
     /// Parses `oomguard.backend_memory_limit`. `Ok(None)`: empty, i.e. not set.
@@ -103,14 +111,15 @@ impl Budget {
             return parse_percent(number).map(Some);
         }
         if let Some(bytes) = parse_postgres_size(text)? {
-            return Ok(Some(Budget::Bytes(bytes)));
+            return within_range(bytes).map(Some);
         }
         if text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(BudgetError::NoUnit);
         }
         parse_size(text)
-            .map(|bytes| Some(Budget::Bytes(bytes)))
             .map_err(BudgetError::Size)
+            .and_then(within_range)
+            .map(Some)
     }
 
     /// The budget in bytes against a domain limit of `limit` (0: none), or `None` for no
@@ -121,10 +130,22 @@ impl Budget {
             Budget::Bytes(bytes) => Some(bytes),
             Budget::PercentOfLimit(_) if limit == 0 => None,
             Budget::PercentOfLimit(hundredths) => {
-                Some((u128::from(limit) * u128::from(hundredths) / 10_000) as u64)
+                Some((u128::from(limit) * u128::from(hundredths) / 10_000).min(MAX_BYTES) as u64)
             }
         }
     }
+}
+
+/// Largest budget: what fits in the signed counters the segment, the CSV and PostgreSQL's
+/// `bigint` carry.
+const MAX_BYTES: u128 = i64::MAX as u128;
+
+/// A size as a budget, if it is one the counters can carry.
+fn within_range(bytes: u64) -> Result<Budget, BudgetError> {
+    if u128::from(bytes) > MAX_BYTES {
+        return Err(BudgetError::Size(SizeError::TooLarge));
+    }
+    Ok(Budget::Bytes(bytes))
 }
 
 fn unlimited_word(text: &str) -> Option<Budget> {
@@ -136,7 +157,14 @@ fn unlimited_word(text: &str) -> Option<Budget> {
 
 /// `25`, `12.5`, `0.25` (the text before `%`) as hundredths of a percent, above 0 and ≤ 100%.
 fn parse_percent(number: &str) -> Result<Budget, BudgetError> {
-    let hundredths = parse_decimal(number.trim(), 100).ok_or(BudgetError::Percent)?;
+    let number = number.trim();
+    let decimals = number
+        .split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len());
+    if decimals > 2 {
+        return Err(BudgetError::Percent);
+    }
+    let hundredths = parse_decimal(number, 100).ok_or(BudgetError::Percent)?;
     if hundredths == 0 || hundredths > 10_000 {
         return Err(BudgetError::Percent);
     }
@@ -230,7 +258,7 @@ impl BudgetSource {
             BudgetSource::None => "none",
             BudgetSource::Default => "OOM_GUARD_BACKEND_LIMIT",
             BudgetSource::Setting => "oomguard.backend_memory_limit",
-            BudgetSource::MalformedSetting => "malformed setting, OOM_GUARD_BACKEND_LIMIT applies",
+            BudgetSource::MalformedSetting => "malformed_setting",
         }
     }
 }
@@ -330,25 +358,26 @@ mod tests {
             setting("99999999999TB"),
             Err(BudgetError::Size(SizeError::TooLarge))
         );
+        // Fits in 64 bits, not in the signed counters (the CSV's bigint): refused.
+        assert_eq!(
+            setting("16000000TB"),
+            Err(BudgetError::Size(SizeError::TooLarge))
+        );
+        assert_eq!(setting("12.345%"), Err(BudgetError::Percent));
     }
 
     #[test]
     fn the_default_keeps_the_guards_grammar() {
-        assert_eq!(Budget::parse_default("1Gi"), Ok(Budget::Bytes(1 << 30)));
+        let default = |text| Budget::parse_default(text);
+        assert_eq!(default("1Gi"), Ok(Some(Budget::Bytes(1 << 30))));
+        assert_eq!(default("268435456"), Ok(Some(Budget::Bytes(1 << 28))));
+        assert_eq!(default("25%"), Ok(Some(Budget::PercentOfLimit(2500))));
+        assert_eq!(default("off"), Ok(Some(Budget::Unlimited)));
         assert_eq!(
-            Budget::parse_default("268435456"),
-            Ok(Budget::Bytes(1 << 28))
-        );
-        assert_eq!(
-            Budget::parse_default("25%"),
-            Ok(Budget::PercentOfLimit(2500))
-        );
-        assert_eq!(Budget::parse_default("off"), Ok(Budget::Unlimited));
-        assert_eq!(
-            Budget::parse_default("1GB"),
+            default("1GB"),
             Err(BudgetError::Size(SizeError::AmbiguousSuffix))
         );
-        assert!(Budget::parse_default("").is_err());
+        assert_eq!(default(" "), Ok(None), "empty is not set");
     }
 
     #[test]
@@ -359,7 +388,8 @@ mod tests {
         assert_eq!(Budget::Unlimited.bytes(1 << 30), None);
         assert_eq!(
             Budget::PercentOfLimit(10_000).bytes(u64::MAX),
-            Some(u64::MAX)
+            Some(i64::MAX as u64),
+            "capped to what the signed counters carry"
         );
     }
 

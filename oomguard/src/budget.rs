@@ -10,9 +10,10 @@ use core::fmt::Write;
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::Relaxed;
 
-use oomguard_core::budget::{Budget, BudgetSource, SETTING_FORMS};
+use oomguard_core::budget::{Budget, BudgetError, BudgetSource, SETTING_FORMS};
 use oomguard_core::layout::Slot;
 use oomguard_core::pool::Pool;
+use oomguard_core::ProcessKind;
 
 use crate::policy::{self, Decision, BUDGET_SETTING};
 use crate::report::Line;
@@ -60,36 +61,61 @@ pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64
     if !decision.refusable {
         return None;
     }
-    let (budget, source) = current();
+    let (budget, source) = current(default_applies_to(decision.kind));
     let bytes = budget.and_then(|budget| budget.bytes(pool.limit()));
     slot.budget_bytes.store(bytes.unwrap_or(0), Relaxed);
     slot.budget_source.store(source as u32, Relaxed);
     bytes
 }
 
-/// The budget that applies and where it came from.
-fn current() -> (Option<Budget>, BudgetSource) {
+/// Whether `OOM_GUARD_BACKEND_LIMIT` applies to processes of `kind`. Not to autovacuum and
+/// logical replication workers: their work comes back (vacuum allocates its whole dead-tuple
+/// array from `maintenance_work_mem` at once and would fail the same table every cycle, towards
+/// wraparound; an apply worker retries the same transaction, or disables its subscription).
+/// Over the container-wide limit a refusal passes; over a budget it does not. They still honour
+/// an explicit `oomguard.backend_memory_limit` (their database's, or their role's).
+fn default_applies_to(kind: ProcessKind) -> bool {
+    !matches!(
+        kind,
+        ProcessKind::AutovacuumWorker | ProcessKind::LogicalReplicationWorker
+    )
+}
+
+/// The budget that applies and where it came from; `with_default`: whether
+/// `OOM_GUARD_BACKEND_LIMIT` applies where the setting does not.
+fn current(with_default: bool) -> (Option<Budget>, BudgetSource) {
+    let default = || default().filter(|_| with_default);
     // Without a default, a malformed setting still shows as such in the slot.
     let fallback = |source| match default() {
         None if source != BudgetSource::MalformedSetting => (None, BudgetSource::None),
         budget => (budget, source),
     };
-    let Some(value) = policy::budget_setting() else {
+    // A value longer than any size is malformed: never read whole at each reservation,
+    // whatever a database owner put there.
+    let Some(value) = policy::budget_setting(MAX_SETTING_LEN) else {
         return fallback(BudgetSource::Default);
     };
-    let text = value.to_str().unwrap_or("\u{fffd}");
-    match Budget::parse_setting(text) {
+    let parsed = match core::str::from_utf8(value) {
+        Ok(text) if text.len() <= MAX_SETTING_LEN => Budget::parse_setting(text),
+        _ => Err(BudgetError::BadPostgresSize),
+    };
+    match parsed {
         Ok(Some(budget)) => (Some(budget), BudgetSource::Setting),
         Ok(None) => fallback(BudgetSource::Default),
         Err(error) => {
-            complain_once(value.to_bytes(), text, error);
+            complain_once(value, error, default().is_some());
             fallback(BudgetSource::MalformedSetting)
         }
     }
 }
 
-/// One stderr line per malformed value (not per reservation).
-fn complain_once(bytes: &[u8], text: &str, error: oomguard_core::budget::BudgetError) {
+/// Longest setting value read as a size (`18446744073709551615B` is 21 bytes).
+const MAX_SETTING_LEN: usize = 64;
+
+/// One stderr line per malformed value (not per reservation); `bytes`: its first
+/// [`MAX_SETTING_LEN`] + 1 bytes at most.
+fn complain_once(bytes: &[u8], error: BudgetError, default_applies: bool) {
+    let shown = &bytes[..bytes.len().min(MAX_SETTING_LEN)];
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -97,14 +123,20 @@ fn complain_once(bytes: &[u8], text: &str, error: oomguard_core::budget::BudgetE
         return;
     }
     let mut line = Line::new();
-    let shown = text.get(..text.len().min(64)).unwrap_or("?");
+    let shown = core::str::from_utf8(shown).unwrap_or("(not UTF-8)");
+    let cut = if bytes.len() > MAX_SETTING_LEN {
+        "…"
+    } else {
+        ""
+    };
     let _ = write!(
         line,
-        "{}={shown:?} is not valid: {error}; ignored, {}; accepted forms are {SETTING_FORMS}",
+        "{}={shown:?}{cut} is not valid: {error}; ignored, {}; accepted forms are {SETTING_FORMS}",
         BUDGET_SETTING.to_str().unwrap_or("?"),
-        match default() {
-            Some(_) => "OOM_GUARD_BACKEND_LIMIT applies",
-            None => "no budget",
+        if default_applies {
+            "OOM_GUARD_BACKEND_LIMIT applies"
+        } else {
+            "no budget"
         },
     );
     line.emit();

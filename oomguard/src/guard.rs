@@ -325,18 +325,15 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
         // refusal is counted once, on that path below).
         let domain_short = tight || !pool.would_fit(need);
         let counted_below = domain_short && MODE.load(Relaxed) != Mode::Enforce as u32;
-        if let Some(kind) = (!counted_below)
-            .then(|| refusal_allowed(&pool, slot, &decision))
-            .flatten()
-        {
-            let cause = if tight {
-                RefusalCause::KernelTight
-            } else if domain_short {
-                RefusalCause::DomainLimit
-            } else {
-                RefusalCause::BackendBudget
-            };
-            return overdraft_or_refuse(&pool, slot, kind, need, request, call, cause);
+        if !counted_below {
+            if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
+                let cause = if domain_short {
+                    shortage_cause(tight)
+                } else {
+                    RefusalCause::BackendBudget
+                };
+                return overdraft_or_refuse(&pool, slot, kind, need, request, call, cause);
+            }
         }
     }
     let batch = need.saturating_add(BATCH as u64);
@@ -347,7 +344,11 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
             // allowed), the budget does not apply to this request, batch included.
             let fits_budget = bytes == need || over_budget || within_budget(bytes);
             if fits_budget && pool.try_reserve(slot, bytes) {
-                if OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT_IDLE {
+                // The refusal episode ends with a reservation that could have been refused and
+                // was not. One made where no refusal is allowed (error handling in
+                // `ErrorContext`) says nothing about the next: the overdraft stays for what
+                // `AbortTransaction` allocates after a refusal on the budget.
+                if decision.refusable && OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT_IDLE {
                     OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
                 }
                 return Some(bytes);
@@ -366,12 +367,25 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
         OverLimit::Retried => return Some(need),
         OverLimit::Refuse(kind) => kind,
     };
-    let cause = if tight {
+    overdraft_or_refuse(
+        &pool,
+        slot,
+        kind,
+        need,
+        request,
+        call,
+        shortage_cause(tight),
+    )
+}
+
+/// Why a request the container cannot cover is refused: the kernel's numbers when they are
+/// tight, else the domain's limit.
+fn shortage_cause(tight: bool) -> RefusalCause {
+    if tight {
         RefusalCause::KernelTight
     } else {
         RefusalCause::DomainLimit
-    };
-    overdraft_or_refuse(&pool, slot, kind, need, request, call, cause)
+    }
 }
 
 /// This process's bytes: its slot's, or its own share of the shared overflow slot.
@@ -507,12 +521,7 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
                     .stats
                     .dynamic_shared_denials
                     .fetch_add(1, Relaxed);
-                let cause = if tight {
-                    RefusalCause::KernelTight
-                } else {
-                    RefusalCause::DomainLimit
-                };
-                refuse(&pool, slot, kind, bytes, call, cause);
+                refuse(&pool, slot, kind, bytes, call, shortage_cause(tight));
                 false
             }
         }

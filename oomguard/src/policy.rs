@@ -69,6 +69,14 @@ static GET_CONFIG_OPTION: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut
 /// that forked this process): only it may call into PostgreSQL's settings.
 static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
 
+/// Whether the calling thread is PostgreSQL's own (see [`MAIN_THREAD`]). `pthread_self` reads
+/// the thread pointer: no system call.
+pub fn on_main_thread() -> bool {
+    // SAFETY: pthread_self has no preconditions.
+    let this_thread = unsafe { libc::pthread_self() } as u64;
+    this_thread == MAIN_THREAD.load(Relaxed)
+}
+
 /// In a forked child: the forking thread is the child's only one.
 pub fn forked() {
     // SAFETY: pthread_self has no preconditions (no system call).
@@ -100,8 +108,9 @@ pub fn look_up_symbols() {
 /// The name of the PostgreSQL setting that holds a process's budget.
 pub const BUDGET_SETTING: &CStr = c"oomguard.backend_memory_limit";
 
-/// The current value of `oomguard.backend_memory_limit` in this PostgreSQL process, `None` when
-/// it is not set (or this is not a process under the postmaster).
+/// The current value of `oomguard.backend_memory_limit` in this PostgreSQL process, at most
+/// `longest` + 1 of its bytes (a longer value is malformed: never read whole), `None` when it is
+/// not set (or this is not a process under the postmaster).
 ///
 /// Why calling into PostgreSQL here is safe, from inside any `malloc` (PostgreSQL 15.18
 /// `src/backend/utils/misc/guc.c`; 16–18 keep the same shape over a hash table):
@@ -115,24 +124,24 @@ pub const BUDGET_SETTING: &CStr = c"oomguard.backend_memory_limit";
 ///   `PGC_STRING`: `GetConfigOption` returns `*variable`, the string itself, no copy. It is NULL
 ///   until a value is set.
 /// - Re-entrancy: the allocations `guc.c` makes while changing the table (`guc_malloc`,
-///   `guc_realloc` of `guc_variables`, glibc `qsort`'s buffer) happen before the table is
-///   switched over or while it holds only valid entries: a lookup then sees the old table or
-///   one entry out of order (found or not, never a bad pointer). A string value is replaced by
-///   storing the new pointer before freeing the old one (`set_string_field`).
+///   `guc_realloc` of `guc_variables`; its `qsort` is PostgreSQL's `pg_qsort`, which allocates
+///   nothing) happen before the table is switched over: a lookup from inside one sees the old,
+///   valid table. A string value is replaced by storing the new pointer before freeing the old
+///   one (`set_string_field`); `RestoreGUCState` (parallel workers) frees first and resets the
+///   value after, but allocates nothing in between (a placeholder's boot value is NULL).
 /// - Only under the postmaster (`IsUnderPostmaster`): every such process inherits the tables the
 ///   postmaster built at start (16+ has no table before `InitializeGUCOptions`).
-/// - Only on PostgreSQL's own thread: another thread (an extension's, LLVM's) could read the
-///   table while the main thread reallocates it. Other threads get the default budget.
+/// - Only on PostgreSQL's own thread: another thread (an extension's) could read the table
+///   while the main thread reallocates it. Other threads are never refused anyway.
 /// - Only where the request could be refused (see `budget::evaluate`): not in a critical
 ///   section, not in error recovery or exit, so not in `quickdie`'s report either (it allocates
 ///   in `ErrorContext`), the one signal handler of PostgreSQL's that allocates.
-pub fn budget_setting() -> Option<&'static CStr> {
+pub fn budget_setting(longest: usize) -> Option<&'static [u8]> {
     let symbols = symbols()?;
     let get_config_option = GET_CONFIG_OPTION.load(Relaxed);
-    // SAFETY: pthread_self has no preconditions.
-    let on_main_thread = unsafe { libc::pthread_self() } as u64 == MAIN_THREAD.load(Relaxed);
     // SAFETY: as in `kind_of`.
-    if get_config_option.is_null() || !on_main_thread || !unsafe { *symbols.is_under_postmaster } {
+    if get_config_option.is_null() || !on_main_thread() || !unsafe { *symbols.is_under_postmaster }
+    {
         return None;
     }
     // SAFETY: the symbol GetConfigOption is PostgreSQL's function of that signature.
@@ -144,9 +153,15 @@ pub fn budget_setting() -> Option<&'static CStr> {
     };
     // SAFETY: a NUL-terminated name; see above for why the call is safe here.
     let value = unsafe { get_config_option(BUDGET_SETTING.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
     // SAFETY: a non-null result is the setting's NUL-terminated string, alive until the setting
-    // changes, i.e. beyond this allocation.
-    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) })
+    // changes, i.e. beyond this allocation; `strnlen` reads no further than `longest` + 1 bytes.
+    unsafe {
+        let len = libc::strnlen(value, longest + 1);
+        Some(core::slice::from_raw_parts(value.cast::<u8>(), len))
+    }
 }
 
 /// Addresses of PostgreSQL's globals in this process image.
@@ -206,7 +221,11 @@ pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
         };
     };
     let kind = kind_of(&symbols);
+    // A thread an extension started (a JVM's, an embedded engine's) is not inside PostgreSQL's
+    // error handling: the globals below describe the main thread, and a NULL there is that
+    // library's to handle — often an abort, which takes the server through crash recovery.
     let refusable = scope.covers(kind)
+        && on_main_thread()
         && !in_loader
         && !crate::loader::jit_fatal_on_oom()
         && safe_to_fail(&symbols);

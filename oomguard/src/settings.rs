@@ -164,7 +164,7 @@ impl Settings {
         }
         if let Some(value) = text(c"OOM_GUARD_BACKEND_LIMIT") {
             match Budget::parse_default(value) {
-                Ok(budget) => settings.backend_limit = Some(budget),
+                Ok(budget) => settings.backend_limit = budget,
                 Err(error) => {
                     let mut line = Line::new();
                     let _ = write!(

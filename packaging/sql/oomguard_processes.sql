@@ -41,7 +41,7 @@ CREATE FOREIGN TABLE IF NOT EXISTS oomguard_processes (
     overlimit_reports bigint, -- would-be refusals in report mode
     command text,             -- its command line (PostgreSQL's process title)
     budget_bytes bigint,      -- its own budget (oomguard.backend_memory_limit, else OOM_GUARD_BACKEND_LIMIT); NULL: none
-    budget_source text,       -- where the budget came from: oomguard.backend_memory_limit, OOM_GUARD_BACKEND_LIMIT or none
+    budget_source text,       -- where the budget came from: oomguard.backend_memory_limit, OOM_GUARD_BACKEND_LIMIT, malformed_setting or none
     last_refusal_cause text   -- its last refusal's cause: domain_limit, kernel_tight, backend_budget, or none
 ) SERVER oomguard
   OPTIONS (program '/usr/bin/oomguard status --csv', format 'csv', header 'true');

@@ -414,3 +414,67 @@ fn a_pg_cron_job_runs_under_its_roles_budget() {
     assert!(budget >= 1);
     assert_no_crash(&server);
 }
+
+/// `OOM_GUARD_BACKEND_LIMIT` is not for autovacuum: vacuum and analyze would fail the same table
+/// at every cycle. An auto-analyze that needs ~130 MB completes under an 8 MiB default that
+/// refuses the same ANALYZE in a session. Failed before the fix (the worker was refused).
+#[test]
+fn autovacuum_workers_are_not_held_to_the_default_budget() {
+    let server = start(
+        &[("OOM_GUARD_BACKEND_LIMIT", "8Mi")],
+        &[
+            ("autovacuum_naptime", "1"),
+            ("log_autovacuum_min_duration", "0"),
+        ],
+    );
+    let cluster = &server.cluster;
+    // This session has no budget: it builds the table.
+    let mut owner = connect_as(
+        cluster,
+        "postgres",
+        "postgres",
+        "-c oomguard.backend_memory_limit=off",
+    );
+    owner
+        .batch_execute(
+            "CREATE TABLE hungry (id int, pad text) WITH (autovacuum_enabled = off);
+             ALTER TABLE hungry ALTER COLUMN pad SET STORAGE PLAIN;
+             ALTER TABLE hungry ALTER COLUMN pad SET STATISTICS 1000;
+             INSERT INTO hungry SELECT g, repeat(md5(g::text), 200) FROM generate_series(1, 20000) g;",
+        )
+        .unwrap();
+    // A session under the default: the same ANALYZE needs more than 8 MiB.
+    let mut session = cluster.connect().unwrap();
+    assert_refused(&mut session, "ANALYZE hungry");
+    owner
+        .batch_execute("ALTER TABLE hungry SET (autovacuum_enabled = on)")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let analyzed: i64 = owner
+            .query_one(
+                "SELECT autoanalyze_count FROM pg_stat_user_tables WHERE relname = 'hungry'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if analyzed > 0 {
+            break;
+        }
+        let log = cluster.log_text().unwrap();
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("oomguard[") && l.contains("in autovacuum worker:")),
+            "an autovacuum worker was refused:\n{}",
+            cluster.log_tail(20)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no auto-analyze of hungry within 120 s:\n{}",
+            cluster.log_tail(20)
+        );
+        // pg_stat_user_tables is a snapshot per transaction: poll again after a pause.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_no_crash(&server);
+}

@@ -308,3 +308,57 @@ fn a_refusal_leaves_the_programs_pending_dlerror_alone() {
     probe.proceed();
     probe.finish();
 }
+
+/// Runs the `fake_backend` probe (a program the guard takes for a PostgreSQL client backend)
+/// with `args` under the guard in the policy PostgreSQL gets (`OOM_GUARD_REFUSE=jobs`), and
+/// returns its stdout and stderr.
+fn fake_backend(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(oomguard_tests::probe("fake_backend"));
+    oomguard_tests::guarded(&mut command, dir.path(), &[("OOM_GUARD_REFUSE", "jobs")]);
+    command.args(args).envs(env.iter().copied());
+    let (out, stdout, stderr) = oomguard_tests::run_output(&mut command);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    (stdout, stderr)
+}
+
+/// A thread an extension starts inside a backend is outside PostgreSQL's error handling: it is
+/// never refused, neither over a budget nor over the container-wide limit, while the backend's
+/// own thread is. Failed before the fix (the thread got NULL over both).
+#[test]
+fn threads_postgresql_did_not_start_are_never_refused() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("OOM_GUARD_BACKEND_LIMIT", "16Mi")],
+            "[cause backend_budget]",
+        ),
+        (
+            &[
+                ("OOM_GUARD_BACKEND_LIMIT", "64Mi"),
+                ("FAKE_BUDGET_SETTING", "4MB"),
+            ],
+            "would pass its budget 4.0 MiB (oomguard.backend_memory_limit",
+        ),
+        (&[("OOM_GUARD_LIMIT", "32Mi")], "[cause domain_limit]"),
+    ];
+    for (env, refusal) in cases {
+        let (stdout, stderr) = fake_backend(&["1048576", "64"], env);
+        let refused_after: u32 = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("main refused after "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{env:?}: {stdout}"));
+        assert!(
+            refused_after < 32,
+            "{env:?}: the main thread is refused: {stdout}"
+        );
+        assert!(
+            stderr.contains("in client backend:") && stderr.contains(refusal),
+            "{env:?}: {stderr}"
+        );
+        assert!(
+            stdout.contains("thread got 64 errno=0"),
+            "{env:?}: the other thread is served: {stdout}\n{stderr}"
+        );
+    }
+}
