@@ -8,7 +8,13 @@
  *   fake_backend SIZE COUNT   the main thread allocates SIZE-byte blocks until refused (at most
  *                             COUNT), prints "main refused after N"; then a second thread
  *                             allocates COUNT blocks, prints "thread got N errno=E"; frees all.
+ *   fake_backend error-path   allocates 1 MiB blocks until refused; then, as PostgreSQL's error
+ *                             handling does, 1144 KiB in ErrorContext (never refused), then
+ *                             32 KiB back in a refusable context (what AbortTransaction
+ *                             allocates); prints "error context: ok|NULL" and
+ *                             "after: ok|NULL".
  */
+#include <string.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -59,7 +65,34 @@ static void *allocate_in_thread(void *unused) {
     return NULL;
 }
 
+/* After a refusal: what error handling allocates must be served. */
+static int error_path(void) {
+    long n = 0;
+    while (n < MAX) {
+        void *p = malloc(1 << 20);
+        if (!p) break;
+        main_blocks[n++] = p;
+    }
+    printf("main refused after %ld\n", n);
+    void *saved = CurrentMemoryContext;
+    CurrentMemoryContext = ErrorContext;
+    /* 1 MiB (past the budget) needs a reservation, with a batch of 128 KiB on top; 120 KiB
+     * more uses up that batch, so that the next request needs a reservation again. */
+    void *in_error_context = malloc(1 << 20);
+    void *more_in_error_context = malloc(120 << 10);
+    printf("error context: %s\n", in_error_context && more_in_error_context ? "ok" : "NULL");
+    CurrentMemoryContext = saved;
+    void *after = malloc(32 << 10);
+    printf("after: %s\n", after ? "ok" : "NULL");
+    free(after);
+    free(more_in_error_context);
+    free(in_error_context);
+    for (long i = 0; i < n; i++) free(main_blocks[i]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "error-path") == 0) return error_path();
     if (argc < 3) return 2;
     size = strtoull(argv[1], NULL, 10);
     count = atol(argv[2]);

@@ -913,10 +913,7 @@ fn status_names_the_cause_of_each_refusal_per_process_and_per_domain() {
 #[test]
 fn run_rejects_a_bad_default_budget_naming_the_accepted_forms() {
     // PostgreSQL's unit, which oomguard.backend_memory_limit takes but the variable does not.
-    for (value, why) in [
-        ("512MB", "ambiguous"),
-        ("150%", "at most 100%"),
-    ] {
+    for (value, why) in [("512MB", "ambiguous"), ("150%", "at most 100%")] {
         let (out, stdout, stderr) = run_output(
             oomguard_command()
                 .args(["run", "--library"])

@@ -362,3 +362,18 @@ fn threads_postgresql_did_not_start_are_never_refused() {
         );
     }
 }
+
+/// After a refusal on the budget, what error handling allocates where no refusal is allowed
+/// (`ErrorContext`) must not use up the refusal episode: what `AbortTransaction` allocates next,
+/// where refusals are allowed, still gets the overdraft. Failed before the fix (the reservation
+/// in `ErrorContext` ended the episode and the next request was refused without an overdraft).
+#[test]
+fn error_handling_after_a_budget_refusal_keeps_its_overdraft() {
+    let (stdout, stderr) = fake_backend(&["error-path"], &[("OOM_GUARD_BACKEND_LIMIT", "16Mi")]);
+    assert!(
+        stdout.contains("main refused after 1") && stderr.contains("[cause backend_budget]"),
+        "refused on the budget after 10 to 19 MiB: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("error context: ok"), "{stdout}");
+    assert!(stdout.contains("after: ok"), "{stdout}\n{stderr}");
+}
