@@ -504,6 +504,38 @@ pub fn stale_and_live_domains(dir: &Path) -> Probe {
     live
 }
 
+/// The `accounting` probe's `until-null 1048576` under the guard in `dir` with `env`, once it
+/// was refused (ENOMEM), freed and allocated again; it waits for a line before it exits.
+pub fn refused_probe(dir: &Path, env: &[(&str, &str)]) -> Probe {
+    let mut probe = Probe::start("accounting", dir, &["until-null", "1048576"], env);
+    let refused = probe.expect("refused after ");
+    assert!(refused.ends_with("errno=12"), "ENOMEM: {refused}");
+    probe.expect("freed");
+    probe.expect("again ");
+    probe
+}
+
+/// Two domains in `dir` with one refused probe each ([`refused_probe`]): `oomguard-budget`,
+/// refused past its own 16 MiB budget far below the domain's 1 GiB limit, and `oomguard-full`,
+/// refused past a 16 MiB domain limit without a budget. Returned in that order.
+pub fn budget_and_full_domains(dir: &Path) -> (Probe, Probe) {
+    let budget = refused_probe(
+        dir,
+        &[
+            ("OOM_GUARD_DOMAIN", "oomguard-budget"),
+            ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
+        ],
+    );
+    let full = refused_probe(
+        dir,
+        &[
+            ("OOM_GUARD_DOMAIN", "oomguard-full"),
+            ("OOM_GUARD_LIMIT", "16Mi"),
+        ],
+    );
+    (budget, full)
+}
+
 /// A probe process under the guard, driven line by line: it says what it did on stdout and
 /// waits for a line on stdin before going on, so a test can look at the shared segment at
 /// well-defined moments (no sleeps).

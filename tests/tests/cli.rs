@@ -811,36 +811,11 @@ fn status_shows_each_processs_budget_and_where_it_came_from() {
     unbudgeted.finish();
 }
 
-/// An `accounting` probe that ran into a refusal (`until-null` of 1 MiB blocks), freed, took
-/// the same blocks again and now waits: live, with a refusal behind it.
-fn refused_probe(dir: &Path, env: &[(&str, &str)]) -> Probe {
-    let mut probe = Probe::start("accounting", dir, &["until-null", "1048576"], env);
-    let refused = probe.expect("refused after ");
-    assert!(refused.ends_with("errno=12"), "ENOMEM: {refused}");
-    probe.expect("freed");
-    probe.expect("again ");
-    probe
-}
-
 #[test]
 fn status_names_the_cause_of_each_refusal_per_process_and_per_domain() {
     let dir = tempfile::tempdir().unwrap();
-    // Far below its domain's 1 GiB limit, but past its own 16 MiB budget.
-    let budget = refused_probe(
-        dir.path(),
-        &[
-            ("OOM_GUARD_DOMAIN", "oomguard-budget"),
-            ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
-        ],
-    );
-    // No budget, but a 16 MiB domain limit.
-    let full = refused_probe(
-        dir.path(),
-        &[
-            ("OOM_GUARD_DOMAIN", "oomguard-full"),
-            ("OOM_GUARD_LIMIT", "16Mi"),
-        ],
-    );
+    // One domain refused past its own budget, one past its limit.
+    let (budget, full) = oomguard_tests::budget_and_full_domains(dir.path());
     let json = status_json(dir.path());
     let budget_domain = domain_named(&json, "oomguard-budget");
     assert!(

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use oomguard_cli::demo::{GuardedCluster, HOG_QUERY};
 use oomguard_cli::exporter::{LISTEN_ENV, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use oomguard_tests::{
-    http_get, library_path, oomguard_command, promtool, stale_and_live_domains, Exporter, Probe,
+    http_get, library_path, oomguard_command, promtool, stale_and_live_domains, Exporter,
 };
 use postgres::error::SqlState;
 
@@ -181,36 +181,12 @@ fn refusals(body: &str, domain: &str, cause: &str) -> f64 {
     }
 }
 
-/// An `accounting` probe that ran into a refusal (`until-null` of 1 MiB blocks) and now waits,
-/// live, after taking the same blocks again.
-fn refused_probe(dir: &std::path::Path, env: &[(&str, &str)]) -> Probe {
-    let mut probe = Probe::start("accounting", dir, &["until-null", "1048576"], env);
-    probe.expect("refused after ");
-    probe.expect("freed");
-    probe.expect("again ");
-    probe
-}
-
 #[test]
 fn a_budget_refusal_is_counted_under_its_cause_not_as_the_domain_short_of_memory() {
     promtool();
     let dir = tempfile::tempdir().unwrap();
-    // Past its own 16 MiB budget, far below the domain's 1 GiB limit.
-    let budget = refused_probe(
-        dir.path(),
-        &[
-            ("OOM_GUARD_DOMAIN", "oomguard-budget"),
-            ("OOM_GUARD_BACKEND_LIMIT", "16Mi"),
-        ],
-    );
-    // Past its domain's 16 MiB limit, without a budget.
-    let full = refused_probe(
-        dir.path(),
-        &[
-            ("OOM_GUARD_DOMAIN", "oomguard-full"),
-            ("OOM_GUARD_LIMIT", "16Mi"),
-        ],
-    );
+    // One domain refused past its own budget, one past its limit.
+    let (budget, full) = oomguard_tests::budget_and_full_domains(dir.path());
     let exporter = Exporter::start(dir.path());
     let body = scrape_openmetrics(&exporter.addr);
     assert_eq!(sample(&body, "oomguard_up"), 1.0, "{body}");
