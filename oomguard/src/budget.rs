@@ -2,9 +2,10 @@
 //! the process right now (role, database, session, transaction, `PGOPTIONS`, or a parallel
 //! worker's copy of its leader's), else `OOM_GUARD_BACKEND_LIMIT`.
 //!
-//! Evaluated at each reservation (the slow path, once per batch of allocation churn), never on
-//! the malloc fast path: a `SET` takes effect within one batch (128 KiB) of allocation. The
-//! result is recorded in the process's slot for `oomguard status`.
+//! Evaluated at each reservation where a refusal is allowed (the slow path, once per batch of
+//! allocation growth; on PostgreSQL's own thread), never on the malloc fast path: a `SET` takes
+//! effect within one batch (128 KiB) of allocation. The result is recorded in the process's
+//! slot for `oomguard status`.
 
 use core::fmt::Write;
 use core::sync::atomic::AtomicU64;
