@@ -132,14 +132,10 @@ impl MemoryCgroup {
 
     /// The memory limit as the kernel reads it back.
     pub fn limit_bytes(&self) -> Result<u64> {
-        let file = match self.version {
+        self.read_number(match self.version {
             Version::V1 => "memory.limit_in_bytes",
             Version::V2 => "memory.max",
-        };
-        let text = self.read(file)?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("{file} = {text:?}"))
+        })
     }
 
     /// How many processes the kernel's OOM killer has killed in this cgroup (v1
@@ -157,24 +153,18 @@ impl MemoryCgroup {
     /// The memory the kernel charges to this cgroup now (v1 `memory.usage_in_bytes`, v2
     /// `memory.current`).
     pub fn usage_bytes(&self) -> Result<u64> {
-        let file = match self.version {
+        self.read_number(match self.version {
             Version::V1 => "memory.usage_in_bytes",
             Version::V2 => "memory.current",
-        };
+        })
+    }
+
+    /// A file of this cgroup that holds one number.
+    fn read_number(&self, file: &str) -> Result<u64> {
         let text = self.read(file)?;
         text.trim()
             .parse()
             .with_context(|| format!("{file} = {text:?}"))
-    }
-
-    /// The most memory the kernel charged to this cgroup so far (v1 `memory.max_usage_in_bytes`,
-    /// v2 `memory.peak`), if the kernel has that file.
-    pub fn peak_bytes(&self) -> Option<u64> {
-        let file = match self.version {
-            Version::V1 => "memory.max_usage_in_bytes",
-            Version::V2 => "memory.peak",
-        };
-        self.read(file).ok()?.trim().parse().ok()
     }
 
     /// The pids in the cgroup.
@@ -187,11 +177,9 @@ impl MemoryCgroup {
     fn kill_all(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let Ok(text) = self.read("cgroup.procs") else {
+            let Ok(pids) = self.pids() else {
                 return false;
             };
-            let pids: Vec<libc::pid_t> =
-                text.lines().filter_map(|l| l.trim().parse().ok()).collect();
             if pids.is_empty() {
                 return true;
             }
@@ -199,7 +187,7 @@ impl MemoryCgroup {
                 // SAFETY: kill(2) has no memory-safety preconditions. The pid was read from a
                 // cgroup this process created, which only holds the processes it started there
                 // (a server and its children).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
             if Instant::now() >= deadline {
                 return false;

@@ -62,9 +62,7 @@ impl<'a> Pool<'a> {
     /// total reads now.
     pub fn would_fit(&self, bytes: u64) -> bool {
         let limit = self.limit();
-        let total = self.view.header.total.load(Relaxed);
-        limit == 0
-            || add_signed(total, bytes).is_some_and(|total| total <= 0 || total as u64 <= limit)
+        limit == 0 || within_limit(self.view.header.total.load(Relaxed), bytes, limit).is_some()
     }
 
     /// Adds `bytes` to the total and to `slot` only if the total stays within the limit (or no
@@ -78,12 +76,9 @@ impl<'a> Pool<'a> {
         let header = self.view.header;
         let mut total = header.total.load(Relaxed);
         loop {
-            let Some(new_total) = add_signed(total, bytes) else {
+            let Some(new_total) = within_limit(total, bytes, limit) else {
                 return false;
             };
-            if new_total > 0 && new_total as u64 > limit {
-                return false;
-            }
             match header
                 .total
                 .compare_exchange_weak(total, new_total, AcqRel, Relaxed)
@@ -366,6 +361,11 @@ fn clamp_to_i64(bytes: u64) -> i64 {
 
 fn add_signed(total: i64, bytes: u64) -> Option<i64> {
     total.checked_add(i64::try_from(bytes).ok()?)
+}
+
+/// `total + bytes`, if that stays within `limit` (a non-positive total always does).
+fn within_limit(total: i64, bytes: u64, limit: u64) -> Option<i64> {
+    add_signed(total, bytes).filter(|&new_total| new_total <= 0 || new_total as u64 <= limit)
 }
 
 #[cfg(test)]

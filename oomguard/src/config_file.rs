@@ -72,25 +72,34 @@ impl fmt::Display for Problem {
                 f,
                 "is not a regular file owned by root or by this user and writable only by its owner"
             ),
-            Problem::BadLine(line) => write!(
-                f,
-                "line {line} is not KEY=VALUE with KEY one of OOM_GUARD_LIMIT, _MODE, _RESERVE, \
-                 _SHARED_MEMORY, _REFUSE, _DIR, _DOMAIN, _CGROUP_ROOT"
-            ),
+            Problem::BadLine(line) => {
+                write!(f, "line {line} is not KEY=VALUE with KEY one of ")?;
+                // The setting names, the first in full and the others by their suffix.
+                for (index, key) in KEYS.iter().enumerate() {
+                    let shown = if index == 0 {
+                        key
+                    } else {
+                        key.strip_prefix("OOM_GUARD").unwrap_or(key)
+                    };
+                    let separator = if index == 0 { "" } else { ", " };
+                    write!(f, "{separator}{shown}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 /// Reads and parses the file at `path`. A missing file is no problem unless it was asked for
-/// (`explicit`). Returns whether a file was loaded.
+/// (`explicit`).
 ///
 /// # Safety
 /// Only while the guard starts, before anything calls [`value`].
-pub unsafe fn load(path: &CStr, explicit: bool) -> Result<bool, Problem> {
+pub unsafe fn load(path: &CStr, explicit: bool) -> Result<(), Problem> {
     // SAFETY: the caller guarantees nobody reads the store concurrently.
     let bytes = unsafe { &mut *STORE.bytes.get() };
     let Some(len) = read(path, bytes, explicit)? else {
-        return Ok(false);
+        return Ok(());
     };
     let mut found = [0usize; KEYS.len()];
     let mut start = 0;
@@ -111,7 +120,7 @@ pub unsafe fn load(path: &CStr, explicit: bool) -> Result<bool, Problem> {
     for (slot, value) in STORE.values.iter().zip(found) {
         slot.store(value, Release);
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Reads the file into `bytes` (NUL after the end). `None`: no file, and none was asked for.
@@ -133,6 +142,7 @@ fn read(
     let result = (|| {
         // SAFETY: an all-zero stat is a valid out-parameter; fd is open.
         let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: fd is open; `stat` is a valid out-parameter.
         if unsafe { libc::fstat(fd, &mut stat) } != 0 {
             return Err(Problem::Unreadable(crate::errno::get()));
         }

@@ -342,7 +342,7 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
             // A batch that would pass the budget is not taken: the request alone may still fit.
             // Over the budget and served anyway (report mode, a state where no refusal is
             // allowed), the budget does not apply to this request, batch included.
-            let fits_budget = bytes == need || over_budget || within_budget(bytes);
+            let fits_budget = over_budget || within_budget(bytes);
             if fits_budget && pool.try_reserve(slot, bytes) {
                 // The refusal episode ends with a reservation that could have been refused and
                 // was not. One made where no refusal is allowed (error handling in
@@ -754,12 +754,9 @@ extern "C" fn forked_child() {
     let parent_slot = SLOT.load(Relaxed);
     let parent_bytes = if parent_slot.is_null() {
         0
-    } else if core::ptr::eq(parent_slot, &pool().header().overflow) {
-        // The shared overflow slot: only the parent's own share there.
-        OVERFLOW_HELD.load(Relaxed)
     } else {
         // SAFETY: the parent's slot, in the segment this child inherited mapped.
-        unsafe { (*parent_slot).bytes.load(Relaxed).max(0) as u64 }
+        own_bytes(&pool(), unsafe { &*parent_slot })
     };
     INHERITED.fetch_add(parent_bytes, Relaxed);
     OVERFLOW_HELD.store(0, Relaxed);

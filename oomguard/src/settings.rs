@@ -85,7 +85,7 @@ fn load_config_file() -> Option<Line> {
     let path = explicit.unwrap_or(crate::config_file::DEFAULT_PATH);
     // SAFETY: called once, by the thread that starts the guard, before any setting is read.
     match unsafe { crate::config_file::load(path, explicit.is_some()) } {
-        Ok(_) => None,
+        Ok(()) => None,
         Err(problem) => {
             let mut line = Line::new();
             let _ = write!(

@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 
-pub use oomguard_cli::memcg::{MemoryCgroup, Version};
+pub use oomguard_cli::memcg::MemoryCgroup;
 
 /// Set to `1` to opt out of the tests that need a real memory cgroup.
 pub const SKIP_ENV: &str = "OOMGUARD_SKIP_REAL_CGROUP";

@@ -504,15 +504,49 @@ pub fn stale_and_live_domains(dir: &Path) -> Probe {
     live
 }
 
+/// Whether the tests run as root (some need it: cgroups, dpkg, chroot).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The permission bits (with setuid, setgid and sticky) of the file at `path`.
+pub fn mode(path: impl AsRef<Path>) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.as_ref();
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Fails with the fix when pg_cron is not installed next to the server binaries `binaries`.
+pub fn require_pg_cron(binaries: &oomguard_cli::pgcluster::PgBinaries) {
+    let library = binaries.bindir.join("../lib/pg_cron.so");
+    assert!(
+        library.is_file(),
+        "{} not found: this test runs a pg_cron job; install pg_cron for this server \
+         (Debian: `apt-get install postgresql-15-cron`; .ci/run does)",
+        library.display()
+    );
+}
+
 /// The `accounting` probe's `until-null 1048576` under the guard in `dir` with `env`, once it
 /// was refused (ENOMEM), freed and allocated again; it waits for a line before it exits.
 pub fn refused_probe(dir: &Path, env: &[(&str, &str)]) -> Probe {
-    let mut probe = Probe::start("accounting", dir, &["until-null", "1048576"], env);
+    refused_probe_with(dir, "1048576", env).1
+}
+
+/// [`refused_probe`] with blocks of `block` bytes; also returns its `refused after N errno=12`
+/// line.
+pub fn refused_probe_with(dir: &Path, block: &str, env: &[(&str, &str)]) -> (String, Probe) {
+    let mut probe = Probe::start("accounting", dir, &["until-null", block], env);
     let refused = probe.expect("refused after ");
     assert!(refused.ends_with("errno=12"), "ENOMEM: {refused}");
     probe.expect("freed");
     probe.expect("again ");
-    probe
+    (refused, probe)
 }
 
 /// Two domains in `dir` with one refused probe each ([`refused_probe`]): `oomguard-budget`,

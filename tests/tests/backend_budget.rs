@@ -14,12 +14,11 @@
 use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster::{backend_pid, pid_maps_library, Cluster};
+use oomguard_cli::pgcluster::{backend_pid, pid_maps_library, Cluster, PgBinaries};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_tests::library_path;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
-use std::sync::atomic::Ordering::Relaxed;
 
 const MIB: u64 = 1 << 20;
 /// The container-wide limit: far above every hog below.
@@ -54,27 +53,21 @@ fn connect_as(cluster: &Cluster, user: &str, database: &str, options: &str) -> C
 /// What the guard recorded for `pid`: its budget in bytes (0: none), the budget's source, and
 /// the cause of its latest refusal.
 fn slot_of(server: &GuardedCluster, pid: i32) -> (u64, BudgetSource, RefusalCause) {
-    let segment = server.segment().unwrap();
-    let view = segment.view().unwrap();
-    let slot = view
-        .live_slots()
-        .find(|slot| slot.pid.load(Relaxed) == pid)
+    let snapshot = server.snapshot().unwrap();
+    let process = snapshot
+        .process(pid)
         .unwrap_or_else(|| panic!("no slot for pid {pid}"));
     (
-        slot.budget_bytes.load(Relaxed),
-        BudgetSource::from_raw(slot.budget_source.load(Relaxed)),
-        RefusalCause::from_raw(slot.last_refusal_cause.load(Relaxed)),
+        process.budget_bytes.unwrap_or(0),
+        process.budget_source,
+        process.last_refusal_cause,
     )
 }
 
 /// Refusals made over the domain's limit and over budgets, domain-wide.
 fn denials_by_cause(server: &GuardedCluster) -> (u64, u64) {
-    let segment = server.segment().unwrap();
-    let stats = &segment.view().unwrap().header.stats;
-    (
-        stats.domain_limit_denials.load(Relaxed),
-        stats.budget_denials.load(Relaxed),
-    )
+    let snapshot = server.snapshot().unwrap();
+    (snapshot.domain_limit_denials, snapshot.budget_denials)
 }
 
 /// `query` must fail with `ERROR: out of memory` (SQLSTATE 53200) and the session must answer
@@ -115,7 +108,8 @@ fn assert_no_crash(server: &GuardedCluster) {
     assert!(crashes.is_empty(), "the server crashed:\n{crashes:#?}");
 }
 
-/// The server log has a refusal line for `pid` with cause `backend_budget`.
+/// The server log has a refusal line for `process` (as the line names it) with cause
+/// `backend_budget`.
 fn assert_budget_refusal_logged(server: &GuardedCluster, process: &str) {
     let log = server.cluster.log_text().unwrap();
     assert!(
@@ -338,19 +332,10 @@ fn the_default_budget_and_parallel_workers() {
     assert_no_crash(&server);
 }
 
-/// Fails with the fix when pg_cron is not installed next to the server binaries.
-fn require_pg_cron(cluster: &Cluster) {
-    let library = cluster.binaries().bindir.join("../lib/pg_cron.so");
-    assert!(
-        library.is_file(),
-        "{} not found: this test runs a pg_cron job; install pg_cron for this server \
-         (Debian: `apt-get install postgresql-15-cron`; .ci/run does)",
-        library.display()
-    );
-}
-
 #[test]
 fn a_pg_cron_job_runs_under_its_roles_budget() {
+    // Before the server starts: it preloads pg_cron.
+    oomguard_tests::require_pg_cron(&PgBinaries::discover().unwrap());
     let server = start(
         &[],
         &[
@@ -360,7 +345,6 @@ fn a_pg_cron_job_runs_under_its_roles_budget() {
         ],
     );
     let cluster = &server.cluster;
-    require_pg_cron(cluster);
     let mut admin = cluster.connect().unwrap();
     admin
         .batch_execute(

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use oomguard_tests::cgroup::{opted_out, SKIP_ENV};
 use oomguard_tests::{
-    guarded, library_path, oomguard_binary, oomguard_command, plain, probe, run_output,
+    guarded, is_root, library_path, oomguard_binary, oomguard_command, plain, probe, run_output,
     stale_and_live_domains, while_holding, Probe,
 };
 
@@ -597,11 +597,6 @@ fn the_demo_without_a_cgroup_shows_the_guarded_side_and_says_why() {
         "{stdout}"
     );
     assert_guarded_side_only(&stdout);
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Ctrl-C at the first pause stops the server and removes the cluster and (both sides, as root

@@ -7,11 +7,12 @@
 //! The images themselves (`docker build`) are not built: no base image can be pulled here.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use oomguard_tests::{library_path, oomguard_binary, plain, run_output, workspace_root};
+use oomguard_tests::{
+    is_root, library_path, mode, oomguard_binary, plain, run_output, workspace_root,
+};
 
 /// coreutils' chroot (by path: the commands run with an empty environment).
 const CHROOT: &str = "/usr/sbin/chroot";
@@ -52,22 +53,12 @@ fn install_into(root: &Path, what: &str, src: &Path) -> String {
     stdout
 }
 
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
 fn assert_root() {
     assert!(
         Path::new(CHROOT).is_file(),
         "{CHROOT} (coreutils) is missing"
     );
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test runs chroot and needs root");
+    assert!(is_root(), "this test runs chroot and needs root");
 }
 
 /// Whether a process started with `LD_PRELOAD=library` maps it (read from its own maps).
@@ -179,8 +170,8 @@ fn the_artifact_image_root_copies_the_guard_out_by_itself() {
     let src = sources();
     let root = tempfile::tempdir().unwrap();
     install_into(root.path(), "artifact", src.path());
-    assert_eq!(mode(&root.path().join("oomguard")), 0o755);
-    assert_eq!(mode(&root.path().join("liboomguard.so")), 0o644);
+    assert_eq!(mode(root.path().join("oomguard")), 0o755);
+    assert_eq!(mode(root.path().join("liboomguard.so")), 0o644);
     assert!(
         root.path().join("lib64/ld-linux-x86-64.so.2").is_file(),
         "the dynamic loader is in the image"
@@ -204,8 +195,8 @@ fn the_artifact_image_root_copies_the_guard_out_by_itself() {
         fs::read(shared.join("liboomguard.so")).unwrap(),
         fs::read(library_path()).unwrap()
     );
-    assert_eq!(mode(&shared.join("oomguard")), 0o755);
-    assert_eq!(mode(&shared.join("liboomguard.so")), 0o644);
+    assert_eq!(mode(shared.join("oomguard")), 0o755);
+    assert_eq!(mode(shared.join("liboomguard.so")), 0o644);
     // The copy loads where it landed (the volume, seen from the PostgreSQL container).
     assert!(loads(&shared.join("liboomguard.so")));
 
@@ -262,7 +253,7 @@ fn oomguard_install_copies_a_guard_that_loads() {
         fs::read(oomguard_binary()).unwrap()
     );
     assert_eq!(mode(&library), 0o644);
-    assert_eq!(mode(&to.join("oomguard")), 0o755);
+    assert_eq!(mode(to.join("oomguard")), 0o755);
     assert!(loads(&library), "the copied library loads");
 
     // The copy is self-sufficient: the copied binary finds the copied library next to itself,

@@ -14,13 +14,12 @@
 //! test binary runs while the package is installed (cargo runs test binaries one at a time).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use oomguard_cli::demo::HOG_QUERY;
 use oomguard_cli::pgcluster::{pid_maps_library, Cluster, ClusterOptions};
-use oomguard_tests::{run_output, workspace_root};
+use oomguard_tests::{is_root, mode, run_output, workspace_root};
 
 const PACKAGE: &str = "oomguard";
 const BINARY: &str = "/usr/bin/oomguard";
@@ -66,14 +65,6 @@ impl Drop for Purge {
     }
 }
 
-fn mode(path: &str) -> u32 {
-    fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
 /// The repository's files matching `dir/*.ext`, by name.
 fn repo_files(dir: &Path, ext: &str) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -115,10 +106,8 @@ fn build_deb() -> PathBuf {
 
 #[test]
 fn the_deb_installs_guards_postgres_and_purges_cleanly() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
+    assert!(
+        is_root(),
         "this test installs a Debian package with dpkg and needs root"
     );
     if let Some(status) = package_status() {

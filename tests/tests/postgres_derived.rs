@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster::backend_pids_by_type;
+use oomguard_cli::pgcluster;
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
 use oomguard_tests::{cgroup_v2_fixture, library_path, set_cgroup_usage};
 use postgres::error::SqlState;
@@ -63,12 +63,7 @@ fn sql_error(client: &mut Client, statement: &str) -> (SqlState, String) {
 }
 
 fn checkpointer(client: &mut Client) -> u32 {
-    backend_pids_by_type(client)
-        .unwrap()
-        .into_iter()
-        .find(|(_, kind)| kind == "checkpointer")
-        .unwrap()
-        .0
+    pgcluster::checkpointer_pid(client).unwrap()
 }
 
 #[test]

@@ -70,16 +70,9 @@ fn options(cgroup: &MemoryCgroup) -> ClusterOptions {
     }
 }
 
-/// Fails with the fix when pg_cron is not installed next to the server binaries.
+/// Fails with the fix when pg_cron is not installed next to the cluster's server binaries.
 fn require_pg_cron(cluster: &Cluster) {
-    let bindir = &cluster.binaries().bindir;
-    let library = bindir.join("../lib/pg_cron.so");
-    assert!(
-        library.is_file(),
-        "{} not found: these tests run a pg_cron job; install pg_cron for this server \
-         (Debian: `apt-get install postgresql-15-cron`; .ci/run does)",
-        library.display()
-    );
+    oomguard_tests::require_pg_cron(cluster.binaries());
 }
 
 fn string_settings() -> Vec<(String, String)> {
@@ -532,10 +525,6 @@ fn client_backend_hogs(ctx: &Ctx) -> Vec<String> {
     errors
 }
 
-/// Eight sessions each hold ~80 MB (160 MB for a moment while PL/pgSQL copies the array into
-/// its variable) at the same time: one alone fits the limit easily, eight need ~640 MB, more
-/// than the limit and than the cgroup's room. Each allocates, then waits for an advisory lock
-/// the test holds until every session either waits or has failed.
 /// Releases the gate's advisory lock. The unlock itself can be refused while the sessions hold
 /// the domain at its limit (after one refusal the guard's overdraft lets the next try through),
 /// so it is retried; a gate session that failed otherwise has ended, and its lock with it.
@@ -598,6 +587,10 @@ fn wait_until_all_hold_or_ended<T>(
     }
 }
 
+/// Eight sessions each hold ~80 MB (160 MB for a moment while PL/pgSQL copies the array into
+/// its variable) at the same time: one alone fits the limit easily, eight need ~640 MB, more
+/// than the limit and than the cgroup's room. Each allocates, then waits for an advisory lock
+/// the test holds until every session either waits or has failed.
 fn concurrent_sessions(ctx: &Ctx) -> Vec<String> {
     const SESSIONS: usize = 8;
     const HOLD: &str = "DO $$DECLARE a int[]; BEGIN
