@@ -3,8 +3,10 @@
 //! This module owns everything between "there are PostgreSQL binaries somewhere" and "here is a
 //! connected client to a server that runs with our environment":
 //!
-//! - [`PgBinaries`]: finding `initdb`, `postgres` and `pg_ctl` (`OOM_GUARD_PG_BINDIR`, then
-//!   `pg_config --bindir`, then `PATH`, then the highest `/usr/lib/postgresql/*/bin`).
+//! - [`PgBinaries`]: finding `initdb`, `postgres` and `pg_ctl` (`OOM_GUARD_PG_ROOT`, then
+//!   `OOM_GUARD_PG_BINDIR`, then `pg_config --bindir`, then `PATH`, then the highest
+//!   `/usr/lib/postgresql/*/bin`), and running them: plainly, or inside another Debian release's
+//!   root directory ([`PgRoot`]) when their C library is newer than this machine's.
 //! - [`ServerUser`]: which OS user the server runs as. PostgreSQL refuses to run as root, so when
 //!   we are root the cluster is owned by and run as an unprivileged user (`nobody` unless
 //!   `OOM_GUARD_PG_USER` or [`ClusterOptions::user`] says otherwise).
@@ -35,6 +37,9 @@ use anyhow::{bail, Context, Result};
 
 /// Environment variable naming the directory that holds `initdb`, `postgres` and `pg_ctl`.
 pub const BINDIR_ENV: &str = "OOM_GUARD_PG_BINDIR";
+/// Environment variable naming a Debian root directory (made by `mmdebstrap`) whose PostgreSQL
+/// the clusters run; see [`PgRoot`].
+pub const ROOT_ENV: &str = "OOM_GUARD_PG_ROOT";
 /// Environment variable naming the OS user the server runs as when we are root.
 pub const USER_ENV: &str = "OOM_GUARD_PG_USER";
 /// The OS user the server runs as when we are root and nothing else was asked for.
@@ -71,6 +76,101 @@ pub enum BinSource {
     VersionedDir,
     /// Given by the caller ([`PgBinaries::from_bindir`]).
     Explicit,
+    /// The highest `/usr/lib/postgresql/*/bin` inside `OOM_GUARD_PG_ROOT`.
+    Root,
+}
+
+/// A Debian root directory (made by `mmdebstrap`, e.g. of a newer release whose PostgreSQL
+/// needs a newer C library than this machine's) whose server programs run chrooted into it.
+///
+/// Each program starts in a private mount namespace (nothing it mounts reaches the host) where
+/// the host's `/dev` (with `/dev/shm`), `/proc`, `/sys` (the cgroup files the guard reads) and
+/// `/tmp` are bind-mounted at the same paths inside the root, then chroots into it and drops to
+/// the server user. A cluster under `/tmp` therefore has the same paths inside and outside: its
+/// data directory, socket, log and the staged guard library need no translation, and clients on
+/// the host connect to the socket as usual. Needs root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgRoot {
+    /// The root directory on the host.
+    pub dir: PathBuf,
+}
+
+/// Host directories every program in a [`PgRoot`] sees at the same path.
+const ROOT_SHARED_DIRS: [&str; 4] = ["/dev", "/proc", "/sys", "/tmp"];
+
+impl PgRoot {
+    /// A path of the host view (`ROOT/usr/lib/...`) as programs inside the root see it.
+    fn inside(&self, host_path: &Path) -> PathBuf {
+        match host_path.strip_prefix(&self.dir) {
+            Ok(relative) => Path::new("/").join(relative),
+            Err(_) => host_path.to_path_buf(),
+        }
+    }
+
+    /// Makes `cmd` enter the root before it execs: the mounts above, `chroot`, `chdir(cwd)`
+    /// (the same path inside), and then, when `user` is given, its gid and uid with no
+    /// supplementary groups. `cmd`'s program must be a path inside the root.
+    fn enter(&self, cmd: &mut Command, cwd: &Path, user: Option<(u32, u32)>) -> Result<()> {
+        let c_path = |path: &Path| {
+            CString::new(path.as_os_str().as_bytes())
+                .with_context(|| format!("{} contains a NUL byte", path.display()))
+        };
+        let root = c_path(&self.dir)?;
+        let cwd = c_path(cwd)?;
+        let mut binds = Vec::new();
+        for dir in ROOT_SHARED_DIRS {
+            let target = self.dir.join(dir.trim_start_matches('/'));
+            if !target.is_dir() {
+                bail!(
+                    "{} is not a Debian root: it has no {} directory ({ROOT_ENV})",
+                    self.dir.display(),
+                    target.display()
+                );
+            }
+            binds.push((c_path(Path::new(dir))?, c_path(&target)?));
+        }
+        // SAFETY: the closure runs in the forked child before exec. It only makes system calls
+        // (unshare, mount, chroot, chdir, setgroups, setgid, setuid), all async-signal-safe, on
+        // C strings built above; it neither allocates nor takes locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |rc: libc::c_int| {
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // Private from here on: none of the mounts below propagates to the host.
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                for (source, target) in &binds {
+                    check(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
+                }
+                check(libc::chroot(root.as_ptr()))?;
+                check(libc::chdir(cwd.as_ptr()))?;
+                if let Some((uid, gid)) = user {
+                    check(libc::setgroups(0, std::ptr::null()))?;
+                    check(libc::setgid(gid))?;
+                    check(libc::setuid(uid))?;
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The PostgreSQL server programs a [`Cluster`] needs, all from one directory.
@@ -81,12 +181,16 @@ pub struct PgBinaries {
     pub postgres: PathBuf,
     pub pg_ctl: PathBuf,
     pub found_via: BinSource,
+    /// The Debian root the programs run in; the paths above are then the host's view of them.
+    pub root: Option<PgRoot>,
 }
 
 /// The inputs of binary discovery, separated from the real environment so the order can be
 /// tested with fake directories.
 #[derive(Debug, Clone, Default)]
 pub struct DiscoveryInputs {
+    /// Value of `OOM_GUARD_PG_ROOT` (empty counts as unset).
+    pub env_root: Option<OsString>,
     /// Value of `OOM_GUARD_PG_BINDIR` (empty counts as unset).
     pub env_bindir: Option<OsString>,
     /// Output of `pg_config --bindir`, if `pg_config` ran successfully.
@@ -108,6 +212,7 @@ impl DiscoveryInputs {
             None
         };
         DiscoveryInputs {
+            env_root: std::env::var_os(ROOT_ENV).filter(|v| !v.is_empty()),
             env_bindir,
             pg_config_bindir,
             path: std::env::var_os("PATH"),
@@ -128,6 +233,15 @@ pub enum DiscoverError {
         var = BINDIR_ENV
     )]
     BadEnvDir { dir: PathBuf, missing: &'static str },
+    /// `OOM_GUARD_PG_ROOT` was set but holds no server binaries.
+    #[error(
+        "{var}={} holds no /usr/lib/postgresql/<version>/bin with initdb, postgres and pg_ctl: \
+         point {var} at a Debian root with PostgreSQL installed (`mmdebstrap --variant=apt \
+         --include=postgresql-17 trixie DIR`), or unset it",
+        dir.display(),
+        var = ROOT_ENV
+    )]
+    BadRoot { dir: PathBuf },
     /// Nothing found anywhere.
     #[error(
         "PostgreSQL server binaries (initdb, postgres, pg_ctl) not found; looked in: {tried}. \
@@ -148,6 +262,18 @@ impl PgBinaries {
     /// `pg_config --bindir`, else the first `PATH` directory holding all three programs, else the
     /// highest `VERSIONED_ROOT/<version>/bin`.
     pub fn discover_from(inputs: &DiscoveryInputs) -> Result<Self, DiscoverError> {
+        if let Some(dir) = &inputs.env_root {
+            let dir = PathBuf::from(dir);
+            let versioned = dir.join(VERSIONED_ROOT.trim_start_matches('/'));
+            return match highest_versioned_bindir(&versioned) {
+                Some(bindir) => {
+                    let mut binaries = Self::in_dir(bindir, BinSource::Root);
+                    binaries.root = Some(PgRoot { dir });
+                    Ok(binaries)
+                }
+                None => Err(DiscoverError::BadRoot { dir }),
+            };
+        }
         if let Some(dir) = inputs.env_bindir.as_ref().filter(|v| !v.is_empty()) {
             let dir = PathBuf::from(dir);
             return match missing_program(&dir) {
@@ -202,12 +328,36 @@ impl PgBinaries {
             pg_ctl: bindir.join("pg_ctl"),
             bindir,
             found_via,
+            root: None,
+        }
+    }
+
+    /// A command running `program` (one of these binaries, or another program of their
+    /// installation such as `pgbench`, as a host path) in `cwd`: plainly, or inside the root.
+    /// `user`: the (uid, gid) to switch to, when we are root.
+    pub fn command(&self, program: &Path, cwd: &Path, user: Option<(u32, u32)>) -> Result<Command> {
+        match &self.root {
+            None => {
+                let mut cmd = Command::new(program);
+                cmd.current_dir(cwd);
+                if let Some((uid, gid)) = user {
+                    // std drops supplementary groups (setgroups(0)) when root sets a uid.
+                    cmd.uid(uid).gid(gid);
+                }
+                Ok(cmd)
+            }
+            Some(root) => {
+                let mut cmd = Command::new(root.inside(program));
+                root.enter(&mut cmd, cwd, user)?;
+                Ok(cmd)
+            }
         }
     }
 
     /// `postgres --version`, e.g. `postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)`.
     pub fn version(&self) -> Result<String> {
-        let out = Command::new(&self.postgres)
+        let out = self
+            .command(&self.postgres, Path::new("/"), None)?
             .arg("--version")
             .stdin(Stdio::null())
             .output()
@@ -356,12 +506,15 @@ impl ServerUser {
         })
     }
 
-    /// Makes `cmd` run as this user, with `HOME` set to `home` (the unprivileged user's own home
-    /// is usually `/nonexistent`) and `USER`/`LOGNAME` set to the user's name.
+    /// The (uid, gid) a command must switch to, when it must.
+    fn switch_to(&self) -> Option<(u32, u32)> {
+        self.switch.then_some((self.uid, self.gid))
+    }
+
+    /// Gives `cmd`, which runs as this user, `HOME` set to `home` (the unprivileged user's own
+    /// home is usually `/nonexistent`) and `USER`/`LOGNAME` set to the user's name.
     fn apply(&self, cmd: &mut Command, home: &Path) {
         if self.switch {
-            // std drops supplementary groups (setgroups(0)) when root sets a uid.
-            cmd.uid(self.uid).gid(self.gid);
             cmd.env("HOME", home)
                 .env("USER", &self.name)
                 .env("LOGNAME", &self.name);
@@ -648,7 +801,7 @@ impl Cluster {
         let initdb_log = self.base_dir.join("initdb.log");
         let log = File::create(&initdb_log)
             .with_context(|| format!("could not create {}", initdb_log.display()))?;
-        let mut cmd = self.command(&self.binaries.initdb);
+        let mut cmd = self.command(&self.binaries.initdb)?;
         cmd.arg("-D")
             .arg(&self.data_dir)
             .args([
@@ -681,13 +834,19 @@ impl Cluster {
     /// A command for a server program: runs as the server user, in the base directory (the
     /// server user may not be able to read our working directory), with `LC_ALL=C` so messages
     /// are in English.
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.current_dir(&self.base_dir)
-            .stdin(Stdio::null())
-            .env("LC_ALL", "C");
+    fn command(&self, program: &Path) -> Result<Command> {
+        let mut cmd = self
+            .binaries
+            .command(program, &self.base_dir, self.user.switch_to())?;
+        cmd.stdin(Stdio::null()).env("LC_ALL", "C");
         self.user.apply(&mut cmd, &self.base_dir);
-        cmd
+        Ok(cmd)
+    }
+
+    /// A command running another program of the server's installation (`pgbench`, `psql`) as
+    /// the server user, in the root the server runs in if any.
+    pub fn program(&self, name: &str) -> Result<Command> {
+        self.command(&self.binaries.bindir.join(name))
     }
 
     /// Starts `postgres -D data -k sock -p PORT -c …` as our child, with stdout/stderr appended
@@ -711,7 +870,7 @@ impl Cluster {
             .with_context(|| format!("could not open {}", self.log_path.display()))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
 
-        let mut cmd = self.command(&self.binaries.postgres);
+        let mut cmd = self.command(&self.binaries.postgres)?;
         cmd.arg("-D")
             .arg(&self.data_dir)
             .arg("-k")
@@ -1155,6 +1314,7 @@ mod tests {
         let path = std::env::join_paths([root.path().join("nothing"), path_dir.clone()]).unwrap();
 
         let mut inputs = DiscoveryInputs {
+            env_root: None,
             env_bindir: Some(env_dir.clone().into()),
             pg_config_bindir: Some(cfg_dir.clone()),
             path: Some(path),
@@ -1188,6 +1348,40 @@ mod tests {
     }
 
     #[test]
+    fn a_debian_root_comes_first_and_its_programs_run_inside_it() {
+        let root = tempfile::tempdir().unwrap();
+        let bindir = fake_bindir(root.path(), "usr/lib/postgresql/17/bin", &ALL);
+        fake_bindir(root.path(), "usr/lib/postgresql/16/bin", &ALL);
+        let other = fake_bindir(root.path(), "elsewhere", &ALL);
+        let inputs = DiscoveryInputs {
+            env_root: Some(root.path().into()),
+            env_bindir: Some(other.into()),
+            pg_config_bindir: None,
+            path: None,
+            versioned_root: PathBuf::from("/nonexistent"),
+        };
+        let found = PgBinaries::discover_from(&inputs).unwrap();
+        assert_eq!(found.found_via, BinSource::Root);
+        assert_eq!(found.bindir, bindir);
+        let pg_root = found.root.clone().expect("the root is kept");
+        assert_eq!(
+            pg_root.inside(&found.postgres),
+            Path::new("/usr/lib/postgresql/17/bin/postgres")
+        );
+
+        let empty = tempfile::tempdir().unwrap();
+        let inputs = DiscoveryInputs {
+            env_root: Some(empty.path().into()),
+            ..inputs
+        };
+        let error = PgBinaries::discover_from(&inputs).unwrap_err().to_string();
+        assert!(
+            error.contains(ROOT_ENV) && error.contains("mmdebstrap"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn incomplete_dirs_are_skipped() {
         let root = tempfile::tempdir().unwrap();
         // pg_config points at a client-only bindir (libpq-dev without the server).
@@ -1198,6 +1392,7 @@ mod tests {
         let noexec = fake_bindir(root.path(), "noexec", &ALL);
         fs::set_permissions(noexec.join("initdb"), fs::Permissions::from_mode(0o644)).unwrap();
         let inputs = DiscoveryInputs {
+            env_root: None,
             env_bindir: None,
             pg_config_bindir: Some(cfg_dir),
             path: Some(std::env::join_paths([partial, noexec, full.clone()]).unwrap()),

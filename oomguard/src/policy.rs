@@ -227,7 +227,7 @@ pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
     let refusable = scope.covers(kind)
         && on_main_thread()
         && !in_loader
-        && !crate::loader::jit_fatal_on_oom()
+        && !crate::loader::cxx_new_handler_installed()
         && safe_to_fail(&symbols);
     Decision { kind, refusable }
 }

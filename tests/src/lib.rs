@@ -521,6 +521,22 @@ pub fn mode(path: impl AsRef<Path>) -> u32 {
         & 0o7777
 }
 
+/// Names the variable with which a run opts out of the pg_cron scenarios, its value saying why
+/// (`tools/test-versions` sets it for a major no package registry here has pg_cron for).
+pub const WITHOUT_PG_CRON_ENV: &str = "OOMGUARD_WITHOUT_PG_CRON";
+
+/// Whether this run opted out of pg_cron (see [`WITHOUT_PG_CRON_ENV`]); says so on stderr, with
+/// the reason and what is not run, every time it is asked.
+pub fn pg_cron_opted_out(what: &str) -> bool {
+    match env::var(WITHOUT_PG_CRON_ENV) {
+        Ok(reason) if !reason.is_empty() => {
+            eprintln!("NOT RUN: {what} ({WITHOUT_PG_CRON_ENV}: {reason})");
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Fails with the fix when pg_cron is not installed next to the server binaries `binaries`.
 pub fn require_pg_cron(binaries: &oomguard_cli::pgcluster::PgBinaries) {
     let library = binaries.bindir.join("../lib/pg_cron.so");

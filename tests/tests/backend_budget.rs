@@ -334,6 +334,9 @@ fn the_default_budget_and_parallel_workers() {
 
 #[test]
 fn a_pg_cron_job_runs_under_its_roles_budget() {
+    if oomguard_tests::pg_cron_opted_out("a_pg_cron_job_runs_under_its_roles_budget") {
+        return;
+    }
     // Before the server starts: it preloads pg_cron.
     oomguard_tests::require_pg_cron(&PgBinaries::discover().unwrap());
     let server = start(

@@ -22,7 +22,7 @@ const ROUNDS: usize = 3;
 /// `pgbench -C -S` for `seconds` against the cluster, as the server's user.
 fn pgbench(guarded: &GuardedCluster, args: &[&str]) -> Command {
     let cluster = &guarded.cluster;
-    let mut command = Command::new(cluster.binaries().bindir.join("pgbench"));
+    let mut command = cluster.program("pgbench").expect("a pgbench command");
     command
         .args(["-h"])
         .arg(cluster.socket_dir())
