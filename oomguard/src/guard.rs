@@ -150,6 +150,9 @@ fn initialise() -> bool {
     }
     kernel::discover(header, &settings);
     budget::set_default(settings.backend_limit);
+    if let Some((one_in, seed)) = settings.inject {
+        crate::inject::configure(one_in, seed);
+    }
     // This process's mode decides its own refusals: `OOM_GUARD_MODE=report psql` must not
     // switch off enforcement for the backends. Without one: enforce when a limit is known.
     let own_mode = mode.unwrap_or(if header.limit_bytes.load(Relaxed) != 0 {
@@ -312,6 +315,12 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let decision = classify();
+    if crate::inject::fires() {
+        if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
+            let cause = shortage_cause(tight);
+            return overdraft_or_refuse(&pool, slot, kind, need, request, call, cause);
+        }
+    }
     let budget = budget::evaluate(&pool, slot, &decision);
     let own = own_bytes(&pool, slot);
     let within_budget =
@@ -465,7 +474,8 @@ fn refusal_allowed(
         return None;
     }
     slot.kind.store(decision.kind as u32, Relaxed);
-    decision.refusable.then_some(decision.kind)
+    // The stack is looked at last: only for a request that would otherwise be refused.
+    (decision.refusable && !crate::fragile::on_stack()).then_some(decision.kind)
 }
 
 /// Counts a refusal and says so on stderr.
@@ -595,6 +605,12 @@ fn report_refusal(
         ),
     };
     let _ = write!(line, " [cause {}] (OOM_GUARD_MODE=enforce)", cause.name());
+    if crate::inject::active() {
+        let _ = write!(
+            line,
+            " (OOM_GUARD_TEST_INJECT is on: refusals are also made at random)"
+        );
+    }
     let unreported = UNREPORTED_REFUSALS.swap(0, Relaxed);
     if unreported > 0 {
         let _ = write!(line, "; {unreported} more refusals since the last line");
@@ -765,6 +781,7 @@ extern "C" fn forked_child() {
     LAST_REPORT_NS.store(0, Relaxed);
     UNREPORTED_REFUSALS.store(0, Relaxed);
     SLOT.store(core::ptr::null_mut(), Relaxed);
+    crate::inject::reseed();
     policy::forked();
 }
 

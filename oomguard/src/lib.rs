@@ -22,7 +22,9 @@
 mod budget;
 mod config_file;
 mod errno;
+mod fragile;
 mod guard;
+mod inject;
 pub mod interpose;
 mod kernel;
 pub mod loader;

@@ -12,7 +12,9 @@
 //! - not exiting (`proc_exit_inprogress`), not told to turn every ERROR into FATAL
 //!   (`ExitOnAnyError`), and not allocating in `ErrorContext` (reporting an error);
 //! - not inside `dlopen` and not while LLVM compiles inside PostgreSQL's fatal-on-OOM bracket
-//!   (see `loader`): their NULLs become aborts or FATAL, not ERRORs.
+//!   (see `loader`): their NULLs become aborts or FATAL, not ERRORs;
+//! - not inside one of PostgreSQL's functions that crash on a later call after a failed
+//!   allocation (see `fragile`; checked only when a request is about to be refused).
 //!
 //! Everything else is accounted and always served.
 //!
@@ -97,6 +99,7 @@ pub fn look_up_symbols() {
         // SAFETY: as above.
         let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GetConfigOption".as_ptr()) };
         GET_CONFIG_OPTION.store(address, Relaxed);
+        crate::fragile::look_up();
     }
     // Not PostgreSQL (or no GetConfigOption): leave no "undefined symbol" message for the
     // program's own dlerror().

@@ -44,6 +44,9 @@ pub struct Settings {
     /// tests point it at fixture trees). Only valid during start-up: PostgreSQL later overwrites
     /// the environment's memory with its process titles, so keep a copy.
     pub cgroup_root: &'static CStr,
+    /// `OOM_GUARD_TEST_INJECT` (environment only; tests): refuse about one in N refusable
+    /// reservations at random, with this seed (see `inject`).
+    pub inject: Option<(u64, u64)>,
 }
 
 const DEFAULT_DIR: &CStr = c"/dev/shm";
@@ -117,6 +120,7 @@ impl Settings {
             cgroup_root: var(c"OOM_GUARD_CGROUP_ROOT")
                 .filter(|root| !root.is_empty())
                 .unwrap_or(DEFAULT_CGROUP_ROOT),
+            inject: None,
         };
         if let Some(line) = config_problem {
             settings.fall_back(line);
@@ -126,6 +130,18 @@ impl Settings {
                 settings.domain = None;
                 let value = domain.to_str().unwrap_or("\u{fffd}");
                 settings.complain("OOM_GUARD_DOMAIN", value, DOMAIN_FORMS);
+            }
+        }
+        // Never from the configuration file: a test switch must not survive in a deployment.
+        if let Some(value) = env(c"OOM_GUARD_TEST_INJECT").filter(|value| !value.is_empty()) {
+            let value = value.to_str().unwrap_or("\u{fffd}");
+            match crate::inject::parse(value) {
+                Some(inject) => settings.inject = Some(inject),
+                None => settings.complain(
+                    "OOM_GUARD_TEST_INJECT",
+                    value,
+                    "N or N:SEED (refuse about one in N refusable reservations; tests only)",
+                ),
             }
         }
         if let Some(value) = text(c"OOM_GUARD_MODE") {

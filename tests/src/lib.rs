@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use oomguard_cli::exporter::LISTEN_ENV;
 
+pub mod campaign;
 pub mod cgroup;
 
 /// Overrides [`library_path`] when set (absolute path of a `liboomguard.so`).

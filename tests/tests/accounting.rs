@@ -122,6 +122,30 @@ fn allocations_fail_at_the_limit_and_succeed_again_after_free() {
 }
 
 #[test]
+fn injection_refuses_far_below_the_limit_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = start(
+        dir.path(),
+        &["until-null", "1048576"],
+        &[
+            ("OOM_GUARD_LIMIT", "64Gi"),
+            ("OOM_GUARD_TEST_INJECT", "1:7"),
+        ],
+    );
+    let refused = probe.expect("refused after");
+    assert!(refused.ends_with("errno=12"), "ENOMEM expected: {refused}");
+    let during = snapshot(dir.path());
+    assert!(during.total_bytes < 64 * MIB, "{during:#?}");
+    assert!(during.denied_allocations >= 1, "{during:#?}");
+    probe.proceed();
+    let stderr = probe.finish();
+    assert!(
+        stderr.contains("OOM_GUARD_TEST_INJECT is on"),
+        "an injected refusal says so: {stderr}"
+    );
+}
+
+#[test]
 fn every_allocating_function_is_refused_over_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut probe = start(
@@ -387,6 +411,8 @@ fn malformed_values_are_reported_once_and_fall_back_to_report_mode() {
         ),
         ("OOM_GUARD_MODE", "strict", "enforce, report or off"),
         ("OOM_GUARD_REFUSE", "everyone", "backends"),
+        ("OOM_GUARD_TEST_INJECT", "0", "N or N:SEED"),
+        ("OOM_GUARD_TEST_INJECT", "10:x", "N or N:SEED"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut env = vec![(name, value)];
