@@ -314,7 +314,12 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let slot = my_slot();
     kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
-    let decision = classify();
+    let mut decision = classify();
+    // PostgreSQL's own code calls calloc only where a NULL becomes FATAL (`InitLocalBuffers`:
+    // a session's first temporary table) or while a process starts; palloc never does.
+    if call == "calloc" && decision.kind != ProcessKind::Other {
+        decision.refusable = false;
+    }
     if crate::inject::fires() {
         if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
             let cause = shortage_cause(tight);

@@ -180,3 +180,56 @@ fn a_server_over_its_limit_from_the_start_still_runs_checkpoints_and_stops_clean
         .collect();
     assert!(crashes.is_empty(), "{crashes:#?}");
 }
+
+/// PostgreSQL sets a session's local buffers up with `calloc` on its first use of a temporary
+/// table (`InitLocalBuffers`) and turns a NULL there into `FATAL: out of memory`: the session
+/// would be lost. The guard never refuses `calloc` in a PostgreSQL process (every call of it in
+/// PostgreSQL's own code is such a site, or runs at start-up); what the statement allocates next
+/// may still be refused, as an ERROR.
+#[test]
+fn a_session_refused_at_its_first_temporary_table_keeps_its_session() {
+    let guarded = GuardedCluster::start(
+        &library_path(),
+        &[("OOM_GUARD_LIMIT", "1Gi"), ("OOM_GUARD_MODE", "enforce")],
+        &[],
+    )
+    .expect("start a guarded PostgreSQL");
+    let mut session = guarded.cluster.connect().unwrap();
+    let pid = pid_of(&mut session);
+    // 131072 local buffers: descriptor arrays of 8 MiB, far more than a thread's reservation
+    // covers, so their calloc reaches the guard's decision.
+    session
+        .batch_execute("SET temp_buffers = '1GB'; CREATE TEMP TABLE first_use (x int)")
+        .unwrap();
+    let own = guarded.snapshot().unwrap().process(pid).unwrap().bytes;
+    // Room for a few small blocks, not for the local buffers' descriptor arrays.
+    session
+        .batch_execute(&format!(
+            "SET oomguard.backend_memory_limit = '{}kB'",
+            (own >> 10) + 16
+        ))
+        .unwrap();
+    let outcome =
+        session.batch_execute("INSERT INTO first_use SELECT g FROM generate_series(1, 10) g");
+    if let Err(error) = &outcome {
+        let db = error
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a server error (the session is lost?): {error}"));
+        assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{db:?}");
+        assert_ne!(db.severity(), "FATAL", "{db:?}");
+    }
+    session
+        .batch_execute("RESET oomguard.backend_memory_limit")
+        .expect("the session lives on");
+    assert_eq!(one(&mut session), 1);
+    assert_eq!(pid_of(&mut session), pid, "same backend");
+    session
+        .batch_execute("INSERT INTO first_use VALUES (42)")
+        .unwrap();
+    let log = guarded.cluster.log_text().unwrap();
+    assert!(!log.contains("FATAL:  out of memory"), "{log}");
+    assert!(
+        log.contains(&format!("oomguard[{pid}]: refused")) || outcome.is_ok(),
+        "neither refused nor run: {log}"
+    );
+}

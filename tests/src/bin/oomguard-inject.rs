@@ -30,7 +30,9 @@ struct Args {
     /// The guard library (default: the release build of this workspace).
     #[arg(long)]
     library: Option<PathBuf>,
-    /// Where to keep the server log of a run that crashed (default: not kept).
+    /// Where to keep the server log of a run that crashed, lost a session, logged a FATAL or
+    /// got an error other than out of memory
+    /// (default: not kept).
     #[arg(long)]
     keep_logs: Option<PathBuf>,
 }
@@ -93,13 +95,17 @@ fn run(args: &Args) -> Result<()> {
             counts.guard_refusals,
             counts.seconds
         );
-        if let (Some(dir), false) = (&args.keep_logs, counts.signals.is_empty()) {
+        let eventful = !counts.signals.is_empty()
+            || counts.lost_sessions > 0
+            || counts.log_fatal > 0
+            || !counts.other_errors.is_empty();
+        if let (Some(dir), true) = (&args.keep_logs, eventful) {
             let path = dir.join(format!(
                 "{}.log",
                 pressure.describe().replace([' ', ','], "-")
             ));
             std::fs::write(&path, log)?;
-            eprintln!("server log of the crashed run: {}", path.display());
+            eprintln!("server log of that run: {}", path.display());
         }
     }
     Ok(())
