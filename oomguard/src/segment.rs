@@ -8,7 +8,10 @@
 //!
 //! The first process creates the file under a temporary name, sizes and initialises it, and
 //! publishes it with `link(2)`, which fails if another process won the race: an attacher never
-//! sees a half-written header. A file that exists but does not validate is reported and left alone;
+//! sees a half-written header. Before it creates one, it removes the segments of this user that
+//! no live process holds ([`sweep_stale`]): each container restart starts a new PID namespace and
+//! so a new domain, and without the sweep the old segments would fill a small segment directory
+//! (a 16 MiB emptyDir holds about 31) until the guard had to account privately. A file that exists but does not validate is reported and left alone;
 //! the process tree then accounts in a private anonymous shared mapping instead.
 
 use core::ffi::{c_char, CStr};
@@ -419,6 +422,7 @@ fn map(fd: i32, len: usize) -> Result<SegmentView<'static>, AttachError> {
 }
 
 fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
+    sweep_stale(path);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let mut temporary = PathBuffer::new();
@@ -482,6 +486,103 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         libc::close(fd);
     }
     result
+}
+
+/// Most directory entries looked at, and most stale segments removed, by one sweep.
+const SWEEP_ENTRIES: usize = 4096;
+const SWEEP_REMOVALS: usize = 64;
+
+/// Removes, from the directory of `path`, the segments of this user's other domains that no live
+/// process holds: files named `oomguard-<euid>-…` (not temporary ones), of this build's size and
+/// mode, on which a write lock can be taken (every guarded process holds a read lock on its
+/// segment until it exits, however it ends; see [`lock`]). The file is unlinked under that lock,
+/// as `oomguard clean` does: a process opening it meanwhile waits for the lock, then finds the
+/// name gone and starts over. Anything else is left alone. System calls only, nothing
+/// allocated; a failure just ends the sweep.
+fn sweep_stale(path: &PathBuffer) {
+    let Some(slash) = path.bytes[..path.len].iter().rposition(|&b| b == b'/') else {
+        return;
+    };
+    let mut dir = PathBuffer::new();
+    let own_name = &path.bytes[slash + 1..path.len];
+    let mut prefix = PathBuffer::new();
+    if !dir.push(&path.bytes[..slash.max(1)]) || write!(prefix, "oomguard-{}-", euid()).is_err() {
+        return;
+    }
+    // SAFETY: a NUL-terminated path.
+    let dir_fd = unsafe {
+        libc::open(
+            dir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir_fd < 0 {
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    let (mut seen, mut removed) = (0, 0);
+    'read: loop {
+        // SAFETY: a directory fd and a writable buffer of that length.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir_fd,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+            )
+        };
+        if got <= 0 {
+            break;
+        }
+        let mut at = 0;
+        while at + 19 < got as usize {
+            // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+            let record_len = usize::from(u16::from_ne_bytes([buffer[at + 16], buffer[at + 17]]));
+            if record_len == 0 || at + record_len > got as usize {
+                break 'read;
+            }
+            let name_bytes = &buffer[at + 19..at + record_len];
+            let name = &name_bytes[..name_bytes.iter().position(|&b| b == 0).unwrap_or(0)];
+            at += record_len;
+            seen += 1;
+            if seen > SWEEP_ENTRIES || removed >= SWEEP_REMOVALS {
+                break 'read;
+            }
+            if !name.starts_with(&prefix.bytes[..prefix.len])
+                || name.ends_with(b".tmp")
+                || name == own_name
+            {
+                continue;
+            }
+            let mut candidate = PathBuffer::new();
+            if candidate.push(&dir.bytes[..dir.len]) && candidate.push(b"/") && candidate.push(name)
+            {
+                removed += usize::from(remove_if_stale(&candidate));
+            }
+        }
+    }
+    // SAFETY: our fd.
+    unsafe { libc::close(dir_fd) };
+}
+
+/// Unlinks the segment at `path` if it is one of ours that no live process holds.
+fn remove_if_stale(path: &PathBuffer) -> bool {
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let stale = check_trusted(fd).is_ok() && lock(fd, libc::F_WRLCK) && still_named(fd, path);
+    // SAFETY: a NUL-terminated path; we hold the write lock, so no live process uses the file.
+    let removed = stale && unsafe { libc::unlink(path.as_ptr()) } == 0;
+    // SAFETY: our fd; closing it drops the lock.
+    unsafe { libc::close(fd) };
+    removed
 }
 
 /// Records the creator's PID namespace in a freshly initialised, unpublished segment.

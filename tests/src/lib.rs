@@ -703,6 +703,12 @@ impl Probe {
     }
 
     /// Waits for a successful exit and returns its stderr.
+    /// Kills it with SIGKILL (no exit handler runs) and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill the probe");
+        self.child.wait().expect("wait for the probe");
+    }
+
     pub fn finish(mut self) -> String {
         drop(self.stdin.take()); // end of input: a probe waiting for a line exits
         let status = self.child.wait().expect("wait for the probe");
