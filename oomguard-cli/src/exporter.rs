@@ -150,6 +150,11 @@ impl Reading {
         };
         let mut stale = 0;
         reading.errors = opened.bad.iter().map(ToString::to_string).collect();
+        reading.notes = opened
+            .skipped
+            .iter()
+            .map(|error| format!("skipped another user's segment: {error}"))
+            .collect();
         for segment in &opened.domains {
             let path = segment.path();
             match segment.liveness() {

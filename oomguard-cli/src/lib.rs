@@ -25,4 +25,5 @@ pub mod memcg;
 pub mod pgcluster;
 pub mod run;
 pub mod segment;
+pub mod settings;
 pub mod status;

@@ -166,6 +166,7 @@ pub fn from_segments(dir: &Path) -> Result<Option<Found<LimitReport>>, SegmentEr
     let mut found = Found {
         domains: Vec::new(),
         bad: opened.bad,
+        skipped: opened.skipped,
     };
     for segment in &opened.domains {
         match segment.snapshot() {
@@ -639,15 +640,21 @@ pub fn render(report: &LimitReport, segment_dir: &Path) -> String {
 }
 
 /// `oomguard limit`: the reports of the domains in `segment_dir` with the files that could not be
-/// read, or (none there, or a `data_dir` given) what the guard would derive here.
-pub fn collect(segment_dir: &Path, data_dir: Option<&Path>) -> Result<Found<LimitReport>> {
+/// read, or (none there, or a `data_dir` given) what the guard would derive here from its
+/// settings (`settings`: the environment, then the configuration file).
+pub fn collect(
+    segment_dir: &Path,
+    data_dir: Option<&Path>,
+    settings: &crate::settings::GuardSettings,
+) -> Result<Found<LimitReport>> {
     if data_dir.is_none() {
         if let Some(found) = from_segments(segment_dir)? {
             return Ok(found);
         }
     }
     Ok(Found {
-        domains: vec![predict(&|name| std::env::var_os(name), data_dir)?],
+        domains: vec![predict(&|name| settings.get(name), data_dir)?],
         bad: Vec::new(),
+        skipped: Vec::new(),
     })
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use oomguard_cli::settings::GuardSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,11 +42,13 @@ enum Cmd {
     /// usage with their budgets.
     /// Slots of processes that died without cleaning up are reaped first. Stale domains (no
     /// guarded process left) come last, marked as such. A file that cannot be read is named on
-    /// stderr and the command exits 1, after showing the domains it could read.
+    /// stderr and the command exits 1, after showing the domains it could read; another user's
+    /// segment this user may not open is skipped with a warning.
     Status {
-        /// Directory holding the guard's segments.
-        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
-        dir: PathBuf,
+        /// Directory holding the guard's segments [default: OOM_GUARD_DIR of the guard's
+        /// configuration file, else /dev/shm].
+        #[arg(long, env = "OOM_GUARD_DIR")]
+        dir: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long, conflicts_with = "csv")]
         json: bool,
@@ -61,9 +64,10 @@ enum Cmd {
     /// is gone). Never removes a live segment, follows a symbolic link, or removes another
     /// user's file unless run as root; prints one line per file.
     Clean {
-        /// Directory holding the guard's segments.
-        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
-        dir: PathBuf,
+        /// Directory holding the guard's segments [default: OOM_GUARD_DIR of the guard's
+        /// configuration file, else /dev/shm].
+        #[arg(long, env = "OOM_GUARD_DIR")]
+        dir: Option<PathBuf>,
         /// Only say what would be removed.
         #[arg(long)]
         dry_run: bool,
@@ -74,9 +78,10 @@ enum Cmd {
     /// in this environment (OOM_GUARD_CGROUP_ROOT, OOM_GUARD_LIMIT, OOM_GUARD_RESERVE,
     /// OOM_GUARD_SHARED_MEMORY).
     Limit {
-        /// Directory holding the guard's segments.
-        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
-        dir: PathBuf,
+        /// Directory holding the guard's segments [default: OOM_GUARD_DIR of the guard's
+        /// configuration file, else /dev/shm].
+        #[arg(long, env = "OOM_GUARD_DIR")]
+        dir: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -93,9 +98,10 @@ enum Cmd {
         #[arg(long, env = oomguard_cli::exporter::LISTEN_ENV, value_name = "ADDR",
               default_value = oomguard_cli::exporter::DEFAULT_LISTEN)]
         listen: String,
-        /// Directory holding the guard's segments.
-        #[arg(long, env = "OOM_GUARD_DIR", default_value = oomguard_cli::segment::DEFAULT_DIR)]
-        dir: PathBuf,
+        /// Directory holding the guard's segments [default: OOM_GUARD_DIR of the guard's
+        /// configuration file, else /dev/shm].
+        #[arg(long, env = "OOM_GUARD_DIR")]
+        dir: Option<PathBuf>,
     },
     /// Copy this binary and the preload library (found as `run` finds it) into DIR, each
     /// atomically (DIR/oomguard 0755, DIR/liboomguard.so 0644), and print the LD_PRELOAD line that
@@ -137,11 +143,14 @@ enum Cmd {
 /// Prints one stderr line per file that could not be read. Returns whether there was any: the
 /// command then exits 1 after showing every domain it could read (README: Reading `oomguard
 /// status`).
-fn report_bad(bad: &[oomguard_cli::segment::SegmentError], command: &str) -> bool {
-    for error in bad {
+fn report_bad<T>(found: &oomguard_cli::segment::Found<T>, command: &str) -> bool {
+    for error in &found.skipped {
+        eprintln!("oomguard {command}: warning: skipped another user's segment: {error}");
+    }
+    for error in &found.bad {
         eprintln!("oomguard {command}: {error}");
     }
-    !bad.is_empty()
+    !found.bad.is_empty()
 }
 
 /// The exit status of a command that printed what it could (`printed`) and reported bad files
@@ -170,7 +179,7 @@ fn status(dir: &std::path::Path, format: StatusFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let any_bad = report_bad(&found.bad, "status");
+    let any_bad = report_bad(&found, "status");
     // Nothing readable: the errors say it all (no empty table, no `[]` to mistake for "no
     // domain").
     if found.domains.is_empty() {
@@ -197,15 +206,20 @@ fn status(dir: &std::path::Path, format: StatusFormat) -> ExitCode {
     exit_code(printed, any_bad)
 }
 
-fn limit(dir: &std::path::Path, json: bool, data_dir: Option<&std::path::Path>) -> ExitCode {
-    let found = match oomguard_cli::limit::collect(dir, data_dir) {
+fn limit(
+    dir: &std::path::Path,
+    json: bool,
+    data_dir: Option<&std::path::Path>,
+    settings: &GuardSettings,
+) -> ExitCode {
+    let found = match oomguard_cli::limit::collect(dir, data_dir, settings) {
         Ok(found) => found,
         Err(error) => {
             eprintln!("oomguard limit: {error:#}");
             return ExitCode::FAILURE;
         }
     };
-    let any_bad = report_bad(&found.bad, "limit");
+    let any_bad = report_bad(&found, "limit");
     if found.domains.is_empty() {
         return ExitCode::FAILURE;
     }
@@ -342,6 +356,8 @@ fn install(to: &std::path::Path, library: Option<&std::path::Path>) -> ExitCode 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Read only by the commands that look at the guard's segments or settings.
+    let settings = GuardSettings::load;
     match cli.command {
         Cmd::Run { library, command } => {
             let err = oomguard_cli::run::run(library.as_deref(), &command);
@@ -362,15 +378,23 @@ fn main() -> ExitCode {
                 (false, true) => StatusFormat::Csv,
                 (false, false) => StatusFormat::Table,
             };
-            status(&dir, format)
+            status(&settings().segment_dir(dir), format)
         }
         Cmd::Limit {
             dir,
             json,
             data_dir,
-        } => limit(&dir, json, data_dir.as_deref()),
-        Cmd::Exporter { listen, dir } => exporter(&listen, &dir),
-        Cmd::Clean { dir, dry_run } => clean(&dir, dry_run),
+        } => {
+            let settings = settings();
+            limit(
+                &settings.segment_dir(dir),
+                json,
+                data_dir.as_deref(),
+                &settings,
+            )
+        }
+        Cmd::Exporter { listen, dir } => exporter(&listen, &settings().segment_dir(dir)),
+        Cmd::Clean { dir, dry_run } => clean(&settings().segment_dir(dir), dry_run),
         Cmd::Install { to, library } => install(&to, library.as_deref()),
         Cmd::Demo {
             limit,

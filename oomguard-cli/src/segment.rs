@@ -30,6 +30,14 @@ use serde::Serialize;
 /// Where segments live unless `OOM_GUARD_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 
+impl SegmentError {
+    /// Whether opening the file was refused for lack of permission (another user's segment).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, SegmentError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// Errors reading segments.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -67,14 +75,6 @@ pub enum SegmentError {
     },
 }
 
-/// The segment directory: `OOM_GUARD_DIR` or [`DEFAULT_DIR`].
-pub fn default_dir() -> PathBuf {
-    std::env::var_os("OOM_GUARD_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
-}
-
 /// The segment files in `dir` (named `oomguard-*`, without the creators' temporary files),
 /// sorted by name.
 pub fn find(dir: &Path) -> Result<Vec<PathBuf>, SegmentError> {
@@ -108,6 +108,11 @@ pub struct Found<T> {
     pub domains: Vec<T>,
     /// The files that could not be read, each with why.
     pub bad: Vec<SegmentError>,
+    /// Other users' segments this user may not open (permission denied): not an error. The
+    /// official image's entrypoint, say, runs its root phase under the guard and leaves a
+    /// root-owned segment beside the server's; `postgres` reading the SQL view cannot open it,
+    /// and must still get the server's domain and a successful exit.
+    pub skipped: Vec<SegmentError>,
 }
 
 /// Opens and validates every segment of `dir` ([`find`]), each on its own. Fails only when the
@@ -116,10 +121,14 @@ pub fn open_each(dir: &Path) -> Result<Found<Segment>, SegmentError> {
     let mut found = Found {
         domains: Vec::new(),
         bad: Vec::new(),
+        skipped: Vec::new(),
     };
     for path in find(dir)? {
         match Segment::open(&path) {
             Ok(segment) => found.domains.push(segment),
+            Err(error @ SegmentError::Io { .. }) if error.is_permission_denied() => {
+                found.skipped.push(error)
+            }
             Err(error) => found.bad.push(error),
         }
     }

@@ -51,6 +51,7 @@ pub fn collect(dir: &Path) -> Result<Found<DomainStatus>, SegmentError> {
     let mut found = Found {
         domains: Vec::new(),
         bad: opened.bad,
+        skipped: opened.skipped,
     };
     for segment in &opened.domains {
         match domain_status(segment) {

@@ -25,6 +25,7 @@
 pub mod budget;
 pub mod cgroup;
 pub mod config;
+pub mod config_file;
 pub mod fs;
 pub mod layout;
 pub mod limit;

@@ -22,6 +22,7 @@ use core::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Release};
 
 // The keys a file may set: every `OOM_GUARD_*` setting.
 use oomguard_core::config::SETTING_NAMES as KEYS;
+use oomguard_core::config_file::{parse_line, Line};
 
 /// Where the file is read from unless `OOM_GUARD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &CStr = c"/etc/oomguard/oomguard.conf";
@@ -110,10 +111,16 @@ pub unsafe fn load(path: &CStr, explicit: bool) -> Result<(), Problem> {
             .iter()
             .position(|&byte| byte == b'\n')
             .map_or(len, |at| start + at);
-        if let Some((key, value_start, value_end)) = parse_line(&bytes[..end], start) {
-            let key = key.ok_or(Problem::BadLine(line_number))?;
-            bytes[value_end] = 0;
-            found[key] = value_start;
+        match parse_line(&bytes[start..end]) {
+            Line::Nothing => {}
+            Line::Malformed => return Err(Problem::BadLine(line_number)),
+            Line::Setting { key, value } => {
+                // Terminated in place: the byte after the value is its closing quote, trailing
+                // whitespace, the newline or the NUL after the file. A value never starts at
+                // offset 0 (its name comes first), so 0 can stand for "not set".
+                bytes[start + value.end] = 0;
+                found[key] = start + value.start;
+            }
         }
         start = end + 1;
     }
@@ -178,43 +185,6 @@ fn read(
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
     result
-}
-
-/// Parses the line `text[start..]`: `None` for a blank or comment line, else the key's index
-/// (`None` if it is not `KEY=VALUE` with a known key) and where its value starts and ends.
-fn parse_line(text: &[u8], start: usize) -> Option<(Option<usize>, usize, usize)> {
-    let is_blank = |byte: &u8| byte.is_ascii_whitespace();
-    let first = start + text[start..].iter().position(|b| !is_blank(b))?;
-    if text[first] == b'#' {
-        return None;
-    }
-    let Some(equals) = text[first..]
-        .iter()
-        .position(|&b| b == b'=')
-        .map(|at| first + at)
-    else {
-        return Some((None, 0, 0));
-    };
-    let key = text[first..equals].trim_ascii_end();
-    let index = KEYS.iter().position(|known| known.as_bytes() == key);
-    let mut value_start = equals + 1;
-    let mut value_end = text.len();
-    while value_start < value_end && is_blank(&text[value_start]) {
-        value_start += 1;
-    }
-    while value_end > value_start && is_blank(&text[value_end - 1]) {
-        value_end -= 1;
-    }
-    if value_end - value_start >= 2 {
-        let (open, close) = (text[value_start], text[value_end - 1]);
-        if open == close && (open == b'"' || open == b'\'') {
-            value_start += 1;
-            value_end -= 1;
-        }
-    }
-    // A key whose value contains a NUL byte cannot be a setting.
-    let index = index.filter(|_| !text[value_start..value_end].contains(&0));
-    Some((index, value_start, value_end))
 }
 
 /// The file's value of `key` (one of [`KEYS`]), if it set one.

@@ -32,7 +32,10 @@ fn build_job(cluster: &Cluster) -> String {
         .arg("--includedir-server")
         .output()
         .expect("run pg_config");
-    assert!(output.status.success(), "pg_config --includedir-server failed");
+    assert!(
+        output.status.success(),
+        "pg_config --includedir-server failed"
+    );
     let inside = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let headers = match &cluster.binaries().root {
         Some(root) => root.dir.join(inside.trim_start_matches('/')),

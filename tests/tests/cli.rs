@@ -916,3 +916,127 @@ fn run_rejects_a_bad_default_budget_naming_the_accepted_forms() {
         assert_eq!(stdout, "started\n", "{value}");
     }
 }
+
+/// The configuration file is where `OOM_GUARD_DIR` lives when the environment never reaches
+/// the server (Spilo, `/etc/ld.so.preload`): `status` looks there too, and ignores a file the
+/// guard would ignore, saying why.
+#[test]
+fn status_reads_the_segment_directory_from_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("oomguard.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "# as in a deployment\nOOM_GUARD_DIR=\"{}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    while_holding(dir.path(), &[], |pid| {
+        let (out, stdout, stderr) = run_output(
+            oomguard_command()
+                .env("OOM_GUARD_CONFIG", &config)
+                .args(["status", "--csv"]),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(&format!(",{pid},"))),
+            "the directory of the configuration file was read: {stdout}"
+        );
+        // Writable by others: the guard ignores such a file, and so does the CLI.
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (_, stdout, stderr) = run_output(
+            oomguard_command()
+                .env("OOM_GUARD_CONFIG", &config)
+                .env("OOM_GUARD_DIR", dir.path())
+                .args(["status", "--csv"]),
+        );
+        assert!(
+            stderr.contains(&config.display().to_string())
+                && stderr.contains("writable only by its owner")
+                && stderr.contains("ignored"),
+            "{stderr}"
+        );
+        assert!(stdout.contains(&format!(",{pid},")), "{stdout}");
+    });
+}
+
+/// Another user's segment in the directory (the official image's entrypoint runs its root phase
+/// under `/etc/ld.so.preload`, then the server runs as `postgres`) is skipped with a warning:
+/// `status --csv` still prints this user's domain and exits 0, so the SQL view over `file_fdw`
+/// keeps working.
+#[test]
+fn another_users_segment_is_skipped_with_a_warning_and_status_succeeds() {
+    assert!(
+        is_root(),
+        "this test runs processes as another user: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // The binary and the library where `nobody` can reach them, whatever the workspace's
+    // permissions.
+    let library_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(library_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = library_dir.path().join("cli");
+    std::fs::copy(oomguard_binary(), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let library = library_dir.path().join("liboomguard.so");
+    std::fs::copy(library_path(), &library).unwrap();
+    std::fs::set_permissions(&library, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let library = library.display().to_string();
+
+    // setpriv runs under the guard as root (a root-owned 0600 segment), then execs the probe
+    // as nobody, whose domain is its own.
+    let mut probe = Probe::start_wrapped(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        "accounting",
+        dir.path(),
+        &["hold", "1048576", "8"],
+        &[("LD_PRELOAD", &library)],
+    );
+    probe.expect("held");
+    let root_segments = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("oomguard-0-")
+        })
+        .count();
+    assert_eq!(root_segments, 1, "setpriv left root's segment");
+
+    let mut command = Command::new(&binary);
+    plain(&mut command)
+        .env("OOM_GUARD_DIR", dir.path())
+        .args(["status", "--csv"]);
+    std::os::unix::process::CommandExt::uid(&mut command, 65534);
+    std::os::unix::process::CommandExt::gid(&mut command, 65534);
+    let (out, stdout, stderr) = run_output(&mut command);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.contains(&format!(",{},", probe.pid()))),
+        "nobody's domain is listed: {stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: skipped another user's segment")
+            && stderr.contains("oomguard-0-"),
+        "{stderr}"
+    );
+    probe.proceed();
+    probe.expect("freed");
+    probe.proceed();
+    probe.finish();
+}
