@@ -61,6 +61,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_build_info",
     "oomguard_exporter_read_errors_total",
     "oomguard_stale_domains",
+    "oomguard_enforcing",
     "oomguard_limit_bytes",
     "oomguard_limit_input_bytes",
     "oomguard_allocated_bytes",
@@ -372,6 +373,22 @@ impl Families {
                     .stale
                     .map(|stale| vec![(Vec::new(), saturating_i64(stale))])
                     .unwrap_or_default(),
+            ),
+            gauge(
+                "oomguard_enforcing",
+                "1 if the domain refuses over its limit (enforce mode), 0 if it only reports. \
+                 reason: chosen (as configured), or why it fell back to report mode: no_limit \
+                 (none given, none derivable), malformed_setting, config_file_rejected.",
+                false,
+                reading
+                    .domains
+                    .iter()
+                    .map(|(name, s)| {
+                        let mut labels = domain_label(name);
+                        labels.push(("reason", s.mode_reason.to_owned()));
+                        (labels, i64::from(s.mode == "enforce"))
+                    })
+                    .collect(),
             ),
             gauge(
                 "oomguard_limit",

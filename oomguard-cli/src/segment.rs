@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_core::layout::{
-    CgroupState, LayoutError, LimitInputs, LimitSource, SegmentView, SharedMemorySource,
-    CGROUP_DIR_CAPACITY,
+    CgroupState, LayoutError, LimitInputs, LimitSource, ModeReason, SegmentView,
+    SharedMemorySource, CGROUP_DIR_CAPACITY,
 };
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind};
@@ -340,6 +340,7 @@ impl Segment {
             mode: Mode::from_raw(header.mode.load(Relaxed))
                 .map(Mode::name)
                 .unwrap_or("unset"),
+            mode_reason: ModeReason::from_raw(header.mode_reason.load(Relaxed)).name(),
             limit_bytes: (limit != 0).then_some(limit),
             limit_source: LimitSource::from_raw(header.limit_source.load(Relaxed)).name(),
             total_bytes: header.total.load(Relaxed),
@@ -383,6 +384,9 @@ pub struct Snapshot {
     pub creator_pid: u32,
     /// `enforce`, `report` or `unset`.
     pub mode: &'static str,
+    /// Why: `chosen` (as configured), or why the guard fell back to report mode: `no_limit`,
+    /// `malformed_setting`, `config_file_rejected`.
+    pub mode_reason: &'static str,
     /// The limit, if any.
     pub limit_bytes: Option<u64>,
     /// Where the limit came from: `OOM_GUARD_LIMIT`, `derived` or `none`.

@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use oomguard_core::budget::{BudgetSource, RefusalCause};
+use oomguard_core::layout::ModeReason;
 
 use crate::segment::{
     self, Found, LimitInputsSnapshot, Liveness, ProcessSnapshot, Segment, SegmentError, Snapshot,
@@ -305,12 +306,27 @@ pub fn budget_legend(processes: &[ProcessSnapshot]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// The line that says a domain refuses nothing for a reason nobody chose, with the fix.
+pub fn not_enforcing_warning(s: &Snapshot) -> Option<String> {
+    let reason = ModeReason::from_name(s.mode_reason)?;
+    (s.mode == "report" && reason != ModeReason::Chosen).then(|| {
+        format!(
+            "WARNING  the guard refuses nothing: it fell back to report mode ({}). Fix: {}",
+            reason.name(),
+            reason.fix()
+        )
+    })
+}
+
 /// The human-readable report of one domain.
 pub fn render(status: &DomainStatus) -> String {
     let s = &status.snapshot;
     let mut out = String::new();
     let limit = limit_text(s);
     let _ = writeln!(out, "domain   {}", s.path);
+    if let Some(line) = not_enforcing_warning(s) {
+        let _ = writeln!(out, "{line}");
+    }
     if status.stale {
         let _ = writeln!(out, "state    {}", segment::STALE_TEXT);
     } else if let Some(why) = &status.liveness_unknown_because {

@@ -68,6 +68,75 @@ impl LimitSource {
     }
 }
 
+/// Why the domain runs in its mode (recorded with [`Header::mode`] by the domain's first
+/// process). A guard that refuses nothing for a reason the user did not choose must say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ModeReason {
+    /// As configured: `OOM_GUARD_MODE`, or enforce because a limit is known. (Also what a
+    /// segment written by a guard that recorded no reason holds.)
+    Chosen = 0,
+    /// Report mode because no limit is known: no `OOM_GUARD_LIMIT` and none could be derived
+    /// (no cgroup memory limit).
+    NoLimit = 1,
+    /// Report mode because a setting's value could not be read.
+    MalformedSetting = 2,
+    /// Report mode because the configuration file was rejected (unreadable, untrusted,
+    /// malformed).
+    ConfigFileRejected = 3,
+}
+
+impl ModeReason {
+    /// Decodes the header value; unknown values read as `Chosen`.
+    pub fn from_raw(raw: u32) -> ModeReason {
+        match raw {
+            1 => ModeReason::NoLimit,
+            2 => ModeReason::MalformedSetting,
+            3 => ModeReason::ConfigFileRejected,
+            _ => ModeReason::Chosen,
+        }
+    }
+
+    /// The reason a [`ModeReason::name`] names.
+    pub fn from_name(name: &str) -> Option<ModeReason> {
+        [
+            ModeReason::Chosen,
+            ModeReason::NoLimit,
+            ModeReason::MalformedSetting,
+            ModeReason::ConfigFileRejected,
+        ]
+        .into_iter()
+        .find(|reason| reason.name() == name)
+    }
+
+    /// The name used by the CLI and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeReason::Chosen => "chosen",
+            ModeReason::NoLimit => "no_limit",
+            ModeReason::MalformedSetting => "malformed_setting",
+            ModeReason::ConfigFileRejected => "config_file_rejected",
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(self) -> &'static str {
+        match self {
+            ModeReason::Chosen => "",
+            ModeReason::NoLimit => {
+                "set OOM_GUARD_LIMIT, or run the server in a container with a memory limit"
+            }
+            ModeReason::MalformedSetting => {
+                "the guarded processes' stderr (the server log) names the setting and its accepted forms"
+            }
+            ModeReason::ConfigFileRejected => {
+                "the server log says why; the file must be a regular file owned by root (or the \
+                 server's user), writable only by its owner, with KEY=VALUE lines"
+            }
+        }
+    }
+}
+
 /// The inputs a derived limit was computed from, recorded so `oomguard limit` can explain it, and
 /// where the guarded processes find their cgroup's files. Zero means "not known".
 #[repr(C)]
@@ -312,8 +381,8 @@ pub struct Header {
     pub slot_count: u32,
     /// Pid of the process that created the segment.
     pub creator_pid: u32,
-    /// Padding; zero.
-    pub reserved: u32,
+    /// A [`ModeReason`] (was padding, always zero, in the first releases of this layout).
+    pub mode_reason: AtomicU32,
     /// Inode of the creator's PID namespace (`/proc/self/ns/pid`), 0 if unknown. Pids in the
     /// slots mean something only inside it: a reader elsewhere (a sidecar container, the host)
     /// must not judge them dead.

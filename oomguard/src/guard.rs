@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
 use oomguard_core::budget::{BudgetSource, RefusalCause};
-use oomguard_core::layout::{Header, LimitSource, SegmentView, Slot};
+use oomguard_core::layout::{Header, LimitSource, ModeReason, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
 
@@ -161,10 +161,21 @@ fn initialise() -> bool {
         Mode::Report
     });
     MODE.store(own_mode as u32, Relaxed);
-    // The domain's mode, as `oomguard status` shows it: the first process's.
-    let _ = header
+    // The domain's mode, as `oomguard status` shows it: the first process's, with why.
+    let reason = if settings.malformed {
+        settings.fallback_reason
+    } else if mode.is_none() && own_mode == Mode::Report {
+        ModeReason::NoLimit
+    } else {
+        ModeReason::Chosen
+    };
+    if header
         .mode
-        .compare_exchange(0, own_mode as u32, Relaxed, Relaxed);
+        .compare_exchange(0, own_mode as u32, Relaxed, Relaxed)
+        .is_ok()
+    {
+        header.mode_reason.store(reason as u32, Relaxed);
+    }
     let scope = SCOPES.iter().position(|&scope| scope == settings.scope);
     SCOPE.store(scope.unwrap_or(0) as u8, Relaxed);
     HEADER.store(header as *const Header as *mut Header, Relaxed);

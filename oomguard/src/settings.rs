@@ -14,6 +14,7 @@ use oomguard_core::budget::{Budget, DEFAULT_FORMS};
 use oomguard_core::config::{
     domain_is_valid, limit_is_auto, parse_size, DOMAIN_FORMS, MODE_FORMS, REFUSE_FORMS,
 };
+use oomguard_core::layout::ModeReason;
 use oomguard_core::limit::Reserve;
 use oomguard_core::{Mode, RefuseScope};
 
@@ -29,6 +30,8 @@ pub struct Settings {
     pub scope: RefuseScope,
     /// A value could not be read: run in report mode.
     pub malformed: bool,
+    /// Why, when `malformed`: a bad value, or the configuration file rejected.
+    pub fallback_reason: ModeReason,
     /// `OOM_GUARD_DIR`: where segments live (default `/dev/shm`).
     pub dir: &'static CStr,
     /// `OOM_GUARD_DOMAIN`: the segment's name, when the default (per user and cgroup) won't do.
@@ -110,6 +113,7 @@ impl Settings {
             limit: None,
             scope: RefuseScope::Jobs,
             malformed: false,
+            fallback_reason: ModeReason::Chosen,
             dir: var(c"OOM_GUARD_DIR")
                 .filter(|dir| !dir.is_empty())
                 .unwrap_or(DEFAULT_DIR),
@@ -123,6 +127,7 @@ impl Settings {
             inject: None,
         };
         if let Some(line) = config_problem {
+            settings.fallback_reason = ModeReason::ConfigFileRejected;
             settings.fall_back(line);
         }
         if let Some(domain) = settings.domain {
@@ -224,6 +229,9 @@ impl Settings {
         );
         line.emit();
         self.malformed = true;
+        if self.fallback_reason == ModeReason::Chosen {
+            self.fallback_reason = ModeReason::MalformedSetting;
+        }
     }
 
     /// The mode this process runs in: malformed settings force report mode; without an explicit
