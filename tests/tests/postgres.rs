@@ -185,7 +185,7 @@ fn a_server_over_its_limit_from_the_start_still_runs_checkpoints_and_stops_clean
 /// table (`InitLocalBuffers`) and turns a NULL there into `FATAL: out of memory`: the session
 /// would be lost. The guard never refuses `calloc` in a PostgreSQL process (every call of it in
 /// PostgreSQL's own code is such a site, or runs at start-up); what the statement allocates next
-/// may still be refused, as an ERROR.
+/// may still be refused, as an ERROR, and the session goes on.
 #[test]
 fn a_session_refused_at_its_first_temporary_table_keeps_its_session() {
     let guarded = GuardedCluster::start(
@@ -215,8 +215,10 @@ fn a_session_refused_at_its_first_temporary_table_keeps_its_session() {
         let db = error
             .as_db_error()
             .unwrap_or_else(|| panic!("not a server error (the session is lost?): {error}"));
-        assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{db:?}");
-        assert_ne!(db.severity(), "FATAL", "{db:?}");
+        // An ERROR, whatever its code: after the served calloc the next refusal may come from
+        // the local buffers' hash table (`failed to initialize hash table`, 16), which
+        // PostgreSQL sets up again on the next use.
+        assert_eq!(db.severity(), "ERROR", "{db:?}");
     }
     session
         .batch_execute("RESET oomguard.backend_memory_limit")
