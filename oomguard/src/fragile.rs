@@ -11,7 +11,7 @@
 //!   skips the set-up and `repalloc`s a NULL list (18.6: segfault in `repalloc` from
 //!   `lookup_type_cache`, 3 of 6 injection runs).
 //! - `GetSnapshotData`: `malloc`s `xip`, then `subxip`; when the second fails, the next call
-//!   sees `xip` and uses the NULL `subxip` (fixed in 19).
+//!   sees `xip` and uses the NULL `subxip` (fixed in 19, commit 29fb598, not back-patched).
 //!
 //! Which functions: their names in [`FRAGILE`], looked up by name with their size from the
 //! symbol table (`dladdr1`) once per process image by the library's constructor. Whether one is
