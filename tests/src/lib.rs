@@ -6,8 +6,9 @@
 //! what the tests of the `oomguard` binary share: where the release-built binary is and how to run
 //! it ([`oomguard_command`], [`run_output`]), finding `promtool`, and a real exporter on a free
 //! loopback port ([`Exporter`]) scraped with a raw HTTP GET ([`http_get`]), and real memory
-//! cgroups: the policy of the tests that meet the kernel's OOM killer ([`cgroup`]). It contains no tests
-//! itself (beyond unit tests of its parsers); they live in `tests/*.rs`.
+//! cgroups: the policy of the tests that meet the kernel's OOM killer ([`cgroup`]), and injection
+//! campaigns against a real server ([`campaign`], also run by hand through `oomguard-inject`).
+//! It contains no tests itself (beyond unit tests of its parsers); they live in `tests/*.rs`.
 
 use std::env;
 use std::io::{BufRead, BufReader, Read, Write};
