@@ -98,7 +98,14 @@ fn build_deb() -> PathBuf {
     let _ = fs::remove_file(&deb);
     ok(Command::new(&cargo)
         .current_dir(&root)
-        .args(["deb", "-p", "oomguard-cli", "--no-build", "--output"])
+        .args([
+            "deb",
+            "-p",
+            "oomguard-cli",
+            "--no-build",
+            "--strip",
+            "--output",
+        ])
         .arg(&deb));
     assert!(deb.is_file(), "cargo deb wrote no {}", deb.display());
     deb
@@ -131,6 +138,16 @@ fn the_deb_installs_guards_postgres_and_purges_cleanly() {
         .arg(&deb)
         .args(["Package", "Description"]));
     assert!(fields.contains("Package: oomguard\n"), "{fields}");
+    // Debian's policy: a synopsis under 80 characters, binaries without debug information.
+    let synopsis = fields
+        .lines()
+        .find_map(|line| line.strip_prefix("Description: "))
+        .unwrap_or_else(|| panic!("no Description field: {fields}"));
+    assert!(
+        synopsis.len() < 80,
+        "synopsis of {} characters: {synopsis}",
+        synopsis.len()
+    );
     assert!(
         fields.contains(PRELOAD_FILE) && fields.contains(LIBRARY),
         "the description says how to enable the guard: {fields}"
@@ -173,6 +190,10 @@ fn the_deb_installs_guards_postgres_and_purges_cleanly() {
         assert!(Path::new(path).is_file(), "{path} is not installed");
     }
     assert_eq!(mode(BINARY), 0o755);
+    for (path, at_most) in [(BINARY, 8u64 << 20), (LIBRARY, 2 << 20)] {
+        let size = fs::metadata(path).unwrap().len();
+        assert!(size <= at_most, "{path} is {size} bytes: not stripped?");
+    }
     assert_eq!(mode(LIBRARY), 0o644);
     assert_eq!(mode(CONFFILE), 0o644);
     let conffiles = ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", PACKAGE]));
