@@ -148,6 +148,11 @@ fn the_deb_installs_guards_postgres_and_purges_cleanly() {
         "synopsis of {} characters: {synopsis}",
         synopsis.len()
     );
+    // Whole on its line: a longer one is wrapped into the extended description.
+    assert!(
+        fields.contains(&format!("Description: {synopsis}\n liboomguard.so, loaded")),
+        "the synopsis runs on past its line: {fields}"
+    );
     assert!(
         fields.contains(PRELOAD_FILE) && fields.contains(LIBRARY),
         "the description says how to enable the guard: {fields}"
