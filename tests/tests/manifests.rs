@@ -483,12 +483,30 @@ fn each_recipe_limits_memory_loads_the_guard_and_shares_the_segment_with_the_exp
                     .to_owned()
             }
             _ => {
-                assert!(dockerfile.contains("COPY oomguard.conf /etc/oomguard/oomguard.conf"));
+                // Modes set explicitly: the checkout's could be 0664, which the guard rejects.
+                assert!(dockerfile
+                    .contains("COPY --chmod=0644 oomguard.conf /etc/oomguard/oomguard.conf"));
                 let line = "RUN echo /usr/lib64/oomguard/liboomguard.so >> /etc/ld.so.preload";
                 assert!(dockerfile.contains(line), "{dockerfile}");
-                assert!(
-                    dockerfile.contains("/out/liboomguard.so /usr/lib64/oomguard/liboomguard.so")
+                assert!(dockerfile.contains(
+                    "--chmod=0644 /out/liboomguard.so /usr/lib64/oomguard/liboomguard.so"
+                ));
+                // The build fails unless the loader really starts the guard inside postgres:
+                // the pattern it greps for is what glibc's LD_DEBUG=libs prints, here too.
+                let pattern = "calling init: /usr/lib64/oomguard/liboomguard.so";
+                assert!(dockerfile.contains(pattern), "{dockerfile}");
+                let library = oomguard_tests::library_path();
+                let postgres = oomguard_cli::pgcluster::PgBinaries::discover()
+                    .expect("PostgreSQL server binaries")
+                    .postgres;
+                let (_, _, stderr) = oomguard_tests::run_output(
+                    oomguard_tests::plain(&mut std::process::Command::new(&postgres))
+                        .env("LD_DEBUG", "libs")
+                        .env("LD_PRELOAD", &library)
+                        .arg("--version"),
                 );
+                let here = format!("calling init: {}", library.display());
+                assert!(stderr.contains(&here), "LD_DEBUG=libs said:\n{stderr}");
                 continue;
             }
         };
