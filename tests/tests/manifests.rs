@@ -595,9 +595,18 @@ fn the_dashboard_queries_only_exported_metrics_and_its_config_map_embeds_it() {
     assert!(
         exprs
             .iter()
-            .any(|e| e.contains("by (domain, cause)") && e.contains("oomguard_refusals_total")),
+            .any(|e| e.contains("domain, cause)") && e.contains("oomguard_refusals_total")),
         "refusals by cause"
     );
+    // Domains of different pods stay apart: a default domain name is the same in every pod
+    // (cgroup v2 paths inside containers all read `0::/`), so every series is selected by
+    // namespace and pod as well (variables from the scrape's labels).
+    for expr in &exprs {
+        assert!(
+            expr.contains(r#"pod=~"$pod""#) && expr.contains(r#"namespace=~"$namespace""#),
+            "not selected by namespace and pod: {expr}"
+        );
+    }
     let variables = dashboard["templating"]["list"].as_array().unwrap();
     let domain = variables
         .iter()
