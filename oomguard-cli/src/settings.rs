@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use oomguard_core::config::SETTING_NAMES;
-use oomguard_core::config_file::{parse_line, Line};
+use oomguard_core::config_file::{is_trusted, parse_line, Line, CAPACITY, UNTRUSTED};
 
 use crate::segment::DEFAULT_DIR;
 
@@ -23,8 +23,6 @@ pub const CONFIG_ENV: &str = "OOM_GUARD_CONFIG";
 pub const DEFAULT_CONFIG: &str = "/etc/oomguard/oomguard.conf";
 /// Names the segment directory.
 pub const DIR_ENV: &str = "OOM_GUARD_DIR";
-/// Largest file read, as the library reads it.
-const CAPACITY: u64 = 8192;
 
 /// The configuration file's settings (none when there is no file or it cannot be used).
 #[derive(Debug, Default)]
@@ -67,22 +65,15 @@ impl GuardSettings {
             .map_err(|error| format!("cannot be read: {error}"))?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        if !meta.is_file()
-            || (meta.uid() != 0 && meta.uid() != euid)
-            || meta.permissions().mode() & 0o022 != 0
-        {
-            return Err(
-                "is not a regular file owned by root or by this user and writable only by its \
-                 owner"
-                    .to_owned(),
-            );
+        if !is_trusted(meta.is_file(), meta.uid(), euid, meta.permissions().mode()) {
+            return Err(UNTRUSTED.to_owned());
         }
         let mut bytes = Vec::new();
         (&mut file)
-            .take(CAPACITY + 1)
+            .take(CAPACITY as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|error| format!("cannot be read: {error}"))?;
-        if bytes.len() as u64 > CAPACITY {
+        if bytes.len() > CAPACITY {
             return Err(format!("is larger than {CAPACITY} bytes"));
         }
         let mut values = HashMap::new();

@@ -8,6 +8,20 @@ use core::ops::Range;
 
 use crate::config::SETTING_NAMES;
 
+/// Largest configuration file read: a configuration file is a dozen lines.
+pub const CAPACITY: usize = 8192;
+
+/// Why a file that [`is_trusted`] refuses is not used, as the guard and the CLI report it.
+pub const UNTRUSTED: &str =
+    "is not a regular file owned by root or by this user and writable only by its owner";
+
+/// Whether a configuration file may be used: a regular file owned by root or by the reading
+/// process's effective user (`euid`), writable by nobody else (`mode`: its permission bits).
+/// Anyone else who could write it could switch the guard off or set its limit to one byte.
+pub fn is_trusted(regular_file: bool, owner: u32, euid: u32, mode: u32) -> bool {
+    regular_file && (owner == 0 || owner == euid) && mode & 0o022 == 0
+}
+
 /// What one line holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -77,6 +91,16 @@ mod tests {
             Line::Setting { key, value } => Some((SETTING_NAMES[key], line[value].to_owned())),
             _ => None,
         }
+    }
+
+    #[test]
+    fn only_files_written_by_root_or_the_reader_alone_are_trusted() {
+        assert!(is_trusted(true, 0, 999, 0o644));
+        assert!(is_trusted(true, 999, 999, 0o600));
+        assert!(!is_trusted(true, 0, 999, 0o664));
+        assert!(!is_trusted(true, 0, 999, 0o646));
+        assert!(!is_trusted(true, 1000, 999, 0o644));
+        assert!(!is_trusted(false, 0, 999, 0o644));
     }
 
     #[test]

@@ -22,12 +22,10 @@ use core::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Release};
 
 // The keys a file may set: every `OOM_GUARD_*` setting.
 use oomguard_core::config::SETTING_NAMES as KEYS;
-use oomguard_core::config_file::{parse_line, Line};
+use oomguard_core::config_file::{is_trusted, parse_line, Line, CAPACITY, UNTRUSTED};
 
 /// Where the file is read from unless `OOM_GUARD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &CStr = c"/etc/oomguard/oomguard.conf";
-/// Largest file read: a configuration file is a dozen lines.
-const CAPACITY: usize = 8192;
 
 /// The file's bytes, rewritten in place so every value is NUL-terminated, and where each key's
 /// value starts (0: not set; values never start at offset 0).
@@ -69,10 +67,7 @@ impl fmt::Display for Problem {
                 write!(f, "cannot be read: {}", text.to_str().unwrap_or("error"))
             }
             Problem::TooLarge => write!(f, "is larger than {CAPACITY} bytes"),
-            Problem::Untrusted => write!(
-                f,
-                "is not a regular file owned by root or by this user and writable only by its owner"
-            ),
+            Problem::Untrusted => f.write_str(UNTRUSTED),
             Problem::BadLine(line) => {
                 write!(f, "line {line} is not KEY=VALUE with KEY one of ")?;
                 // The setting names, the first in full and the others by their suffix.
@@ -155,10 +150,8 @@ fn read(
         }
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
-        if stat.st_mode & libc::S_IFMT != libc::S_IFREG
-            || (stat.st_uid != 0 && stat.st_uid != euid)
-            || stat.st_mode & 0o022 != 0
-        {
+        let regular_file = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if !is_trusted(regular_file, stat.st_uid, euid, stat.st_mode) {
             return Err(Problem::Untrusted);
         }
         let mut len = 0;

@@ -325,12 +325,7 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let slot = my_slot();
     kernel::refresh(pool.header(), now_ns());
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
-    let mut decision = classify();
-    // PostgreSQL's own code calls calloc only where a NULL becomes FATAL (`InitLocalBuffers`:
-    // a session's first temporary table) or while a process starts; palloc never does.
-    if call == "calloc" && decision.kind != ProcessKind::Other {
-        decision.refusable = false;
-    }
+    let decision = classify(call);
     if crate::inject::fires() {
         if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
             let cause = shortage_cause(tight);
@@ -508,11 +503,11 @@ fn refuse(
 }
 
 /// What this process is and whether it may be refused right now.
-fn classify() -> policy::Decision {
+fn classify(call: &str) -> policy::Decision {
     let scope = SCOPES[usize::from(SCOPE.load(Relaxed)).min(SCOPES.len() - 1)];
     // SAFETY: the calling thread's own state.
     let in_loader = unsafe { (*crate::tls::current()).in_loader };
-    policy::classify(scope, in_loader)
+    policy::classify(scope, in_loader, call)
 }
 
 /// Charges `bytes` of PostgreSQL dynamic shared memory (a tmpfs file grown by `call`) to the
@@ -536,7 +531,7 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let granted = (!tight && pool.reserve_shared(bytes, false)) || {
         let slot = my_slot();
-        let decision = classify();
+        let decision = classify(call);
         match over_limit(&pool, slot, &decision, tight, || {
             pool.reserve_shared(bytes, false)
         }) {

@@ -13,6 +13,7 @@
 //!   (`ExitOnAnyError`), and not allocating in `ErrorContext` (reporting an error);
 //! - not inside `dlopen` and not while LLVM compiles inside PostgreSQL's fatal-on-OOM bracket
 //!   (see `loader`): their NULLs become aborts or FATAL, not ERRORs;
+//! - not a `calloc` (PostgreSQL calls it only where a NULL becomes FATAL, or at start-up);
 //! - not inside one of PostgreSQL's functions that crash on a later call after a failed
 //!   allocation (see `fragile`; checked only when a request is about to be refused).
 //!
@@ -215,8 +216,8 @@ pub struct Decision {
 }
 
 /// Classifies the calling process and decides. `in_loader`: the calling thread is inside
-/// `dlopen`.
-pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
+/// `dlopen`; `call`: the allocating function (`malloc`, `calloc`, …).
+pub fn classify(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
     let Some(symbols) = symbols() else {
         return Decision {
             kind: ProcessKind::Other,
@@ -230,6 +231,9 @@ pub fn classify(scope: RefuseScope, in_loader: bool) -> Decision {
     let refusable = scope.covers(kind)
         && on_main_thread()
         && !in_loader
+        // PostgreSQL's own code calls calloc only where a NULL becomes FATAL (`InitLocalBuffers`:
+        // a session's first temporary table) or while a process starts; palloc never does.
+        && call != "calloc"
         && !crate::loader::cxx_new_handler_installed()
         && safe_to_fail(&symbols);
     Decision { kind, refusable }
