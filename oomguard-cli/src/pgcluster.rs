@@ -660,11 +660,21 @@ impl Default for ClusterOptions {
     }
 }
 
+/// Environment variable that turns PostgreSQL's JIT on (`on`) in every cluster that does not
+/// set `jit` itself: the server tests then run their queries as a JIT-enabled server would.
+pub const JIT_ENV: &str = "OOM_GUARD_PG_JIT";
+
 /// Settings every cluster starts with; [`Cluster::start`]'s `settings` override them by name.
+/// JIT is off (deterministic plans and timings) unless `OOM_GUARD_PG_JIT=on`.
 pub fn default_settings() -> Vec<(String, String)> {
+    let jit = if std::env::var(JIT_ENV).is_ok_and(|value| value == "on") {
+        "on"
+    } else {
+        "off"
+    };
     [
         ("listen_addresses", ""),
-        ("jit", "off"),
+        ("jit", jit),
         ("fsync", "off"),
         ("synchronous_commit", "off"),
         ("full_page_writes", "off"),

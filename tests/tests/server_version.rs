@@ -17,7 +17,12 @@ fn the_server_under_test_is_the_expected_major_and_is_guarded() {
         .unwrap()
         .get(0);
     let version: String = client.query_one("SELECT version()", &[]).unwrap().get(0);
-    eprintln!("server under test: {version}");
+    let jit: String = client.query_one("SHOW jit", &[]).unwrap().get(0);
+    eprintln!("server under test: {version}, jit {jit}");
+    // OOM_GUARD_PG_JIT=on must really reach the server.
+    if std::env::var(oomguard_cli::pgcluster::JIT_ENV).is_ok_and(|value| value == "on") {
+        assert_eq!(jit, "on");
+    }
     // GuardedCluster::start checked that the postmaster maps the library; a backend must too.
     let pid = oomguard_cli::pgcluster::backend_pid(&mut client).unwrap();
     assert!(oomguard_cli::pgcluster::pid_maps_library(pid as u32, "liboomguard.so").unwrap());
