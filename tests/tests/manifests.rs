@@ -362,6 +362,47 @@ fn uid_of(pod: &Value, container: &Value) -> Option<i64> {
         .or_else(|| pod["spec"]["securityContext"]["runAsUser"].as_i64())
 }
 
+/// Where `container` breaks the `restricted` Pod Security Standard (the fields it checks for a
+/// container: privilege escalation, capabilities, non-root, seccomp), taking the pod's security
+/// context where the container's does not say; empty when it complies.
+fn restricted_violations(pod: &Value, container: &Value) -> Vec<String> {
+    let own = &container["securityContext"];
+    let pods = &pod["spec"]["securityContext"];
+    let either = |field: &str| {
+        if own[field].is_null() {
+            &pods[field]
+        } else {
+            &own[field]
+        }
+    };
+    let mut violations = Vec::new();
+    if own["allowPrivilegeEscalation"] != false {
+        violations.push("allowPrivilegeEscalation is not false".to_owned());
+    }
+    if !own["privileged"].is_null() && own["privileged"] != false {
+        violations.push("privileged".to_owned());
+    }
+    let dropped = own["capabilities"]["drop"].as_array();
+    if !dropped.is_some_and(|d| d.iter().any(|c| c == "ALL")) {
+        violations.push("capabilities.drop lacks ALL".to_owned());
+    }
+    let added = own["capabilities"]["add"].as_array().into_iter().flatten();
+    for capability in added.filter(|c| *c != "NET_BIND_SERVICE") {
+        violations.push(format!("adds capability {capability}"));
+    }
+    if either("runAsNonRoot") != true {
+        violations.push("runAsNonRoot is not true".to_owned());
+    }
+    if either("runAsUser") == 0 {
+        violations.push("runAsUser is 0".to_owned());
+    }
+    let seccomp = either("seccompProfile")["type"].as_str();
+    if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+        violations.push(format!("seccompProfile.type is {seccomp:?}"));
+    }
+    violations
+}
+
 /// `KEY=VALUE` of a configuration file's text.
 fn conf_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
@@ -464,6 +505,28 @@ fn each_recipe_limits_memory_loads_the_guard_and_shares_the_segment_with_the_exp
         );
         assert_eq!(exporter["ports"][0]["name"], "oomguard", "{stack}");
         assert_eq!(exporter["ports"][0]["containerPort"], 10187, "{stack}");
+
+        // Pod security: what the recipe adds meets `restricted` (Zalando's operator copies no
+        // securityContext of a sidecar: there only the init container can).
+        let added = ["oomguard-install", "oomguard-exporter"];
+        for name in added.iter().filter(|name| {
+            !(stack == "crunchy-pgo" && **name == "oomguard-install")
+                && !(stack == "zalando" && **name == "oomguard-exporter")
+        }) {
+            let violations = restricted_violations(pod, container(pod, name));
+            assert!(violations.is_empty(), "{stack} {name}: {violations:?}");
+        }
+        // The check itself sees a container that breaks the standard.
+        let mut loose = exporter.clone();
+        loose["securityContext"] = serde_json::json!({"runAsUser": 0});
+        let violations = restricted_violations(pod, &loose);
+        for expected in [
+            "allowPrivilegeEscalation is not false",
+            "capabilities.drop lacks ALL",
+            "runAsUser is 0",
+        ] {
+            assert!(violations.iter().any(|v| v == expected), "{violations:?}");
+        }
 
         // How the guard is loaded.
         let library = match stack {
