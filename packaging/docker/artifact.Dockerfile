@@ -7,19 +7,35 @@
 #   then in the PostgreSQL container: LD_PRELOAD=/guard/liboomguard.so (the line it prints)
 #
 # The image holds /oomguard, /liboomguard.so and the loader and libraries /oomguard needs, and
-# nothing else (no shell). Its entrypoint is `oomguard install --to DIR`.
+# nothing else (no shell). Its entrypoint is `oomguard install --to DIR`; the same binary runs
+# the exporter sidecar (`/oomguard exporter`).
 #
-# Build context: the workspace root. Not built in this repository's CI (no registry there); the
-# tree it holds is made by install-into-image.sh, which tests/tests/images.rs runs and checks.
-FROM rust:1-bookworm AS build
+# Build argument RUST_IMAGE (default rust:1-bookworm): where the guard is compiled and the
+# image's tree assembled (a Debian root with sh and ldd). With already built binaries, skip the
+# compilation: `--build-context oomguard-files=DIR`, DIR holding oomguard, liboomguard.so,
+# oomguard.conf and install-into-image.sh; RUST_IMAGE then only needs to be a Debian root of the
+# release they were built on (the container tests, tests/tests/containers.rs, build it so).
+#
+# Build context: the workspace root.
+ARG RUST_IMAGE=rust:1-bookworm
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p oomguard -p oomguard-cli \
-    && mkdir /in \
-    && cp target/release/oomguard target/release/liboomguard.so packaging/config/oomguard.conf /in/ \
-    && DESTDIR=/root-fs sh packaging/docker/install-into-image.sh artifact /in
+    && mkdir /out \
+    && cp target/release/oomguard target/release/liboomguard.so packaging/config/oomguard.conf \
+          packaging/docker/install-into-image.sh /out/
+
+# What the image receives; a build context of this name replaces it.
+FROM scratch AS oomguard-files
+COPY --from=build /out/ /
+
+FROM ${RUST_IMAGE} AS tree
+COPY --from=oomguard-files / /in/
+RUN DESTDIR=/root-fs sh /in/install-into-image.sh artifact /in
 
 FROM scratch
-COPY --from=build /root-fs/ /
+COPY --from=tree /root-fs/ /
 ENTRYPOINT ["/oomguard", "install", "--to"]
 CMD ["/oomguard-shared"]

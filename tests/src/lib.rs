@@ -22,6 +22,7 @@ use oomguard_cli::exporter::LISTEN_ENV;
 
 pub mod campaign;
 pub mod cgroup;
+pub mod containers;
 
 /// Overrides [`library_path`] when set (absolute path of a `liboomguard.so`).
 pub const LIBRARY_ENV: &str = "OOMGUARD_LIBRARY";

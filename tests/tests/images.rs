@@ -4,7 +4,7 @@
 //! it must be able to copy the guard out), `/etc/ld.so.preload` written by the script loading the
 //! guard in that root, and `oomguard install --to` copying a guard that loads.
 //!
-//! The images themselves (`docker build`) are not built: no base image can be pulled here.
+//! The images themselves are built and run with podman by `containers.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
