@@ -55,6 +55,70 @@ fn containers_conf() -> &'static Path {
     })
 }
 
+/// The configuration `podman kube play` needs on top of [`containers_conf`]: a pod's containers
+/// (its infra container too) get RLIMIT_NOFILE and RLIMIT_NPROC of 1048576 unless the
+/// configuration names values, and where the sandbox's hard limits are lower runc cannot set
+/// them. The values named are the ones a plain container gets here.
+fn kube_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let limits = podman_ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &base_image(15),
+            "cat",
+            "/proc/self/limits",
+        ]);
+        let hard = |name: &str| -> u64 {
+            let line = limits
+                .lines()
+                .find(|line| line.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name:?} in a container's /proc/self/limits"));
+            // "Max open files  20000  20000  files": the hard limit is the second number.
+            line[name.len()..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("hard limit of {line:?}"))
+        };
+        let (nofile, nproc) = (hard("Max open files"), hard("Max processes"));
+        let text = fs::read_to_string(containers_conf()).unwrap().replace(
+            "default_ulimits = []",
+            &format!("default_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]"),
+        );
+        let path = workspace_root().join("target/containers/kube.conf");
+        fs::write(&path, text).unwrap();
+        path
+    })
+}
+
+/// `podman kube play` of the pod(s) in `yaml`, with the configuration pods need here.
+pub fn kube_play(yaml: &Path) {
+    let (output, stdout, stderr) = run_output(
+        podman()
+            .env("CONTAINERS_CONF", kube_conf())
+            .args(["kube", "play", "--quiet"])
+            .arg(yaml),
+    );
+    assert!(
+        output.status.success(),
+        "podman kube play {}: {}\n{stdout}{stderr}",
+        yaml.display(),
+        output.status
+    );
+}
+
+/// `podman kube down` of what `yaml` started (ignoring whether it was running).
+pub fn kube_down(yaml: &Path) {
+    let _ = podman()
+        .env("CONTAINERS_CONF", kube_conf())
+        .args(["kube", "down"])
+        .arg(yaml)
+        .output();
+}
+
 /// A `podman` command with this module's configuration.
 ///
 /// # Panics
@@ -224,7 +288,9 @@ pub struct Container {
     /// Its name.
     pub name: String,
     /// The host directory mounted at `/var/run/postgresql`: the server's socket.
-    socket_dir: tempfile::TempDir,
+    socket_dir: PathBuf,
+    /// The directory's owner when this module made it.
+    _socket_tempdir: Option<tempfile::TempDir>,
 }
 
 /// Options of [`Container::start`] beyond the defaults.
@@ -285,9 +351,23 @@ impl Container {
         args.extend(options.server_args.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         podman_ok(&args);
-        let container = Container { name, socket_dir };
+        let container = Container {
+            name,
+            socket_dir: socket_dir.path().to_owned(),
+            _socket_tempdir: Some(socket_dir),
+        };
         container.wait_ready();
         container
+    }
+
+    /// A container started otherwise (e.g. by `podman kube play`) whose `/var/run/postgresql`
+    /// is the host's `socket_dir`; removed on drop too.
+    pub fn adopt(name: &str, socket_dir: PathBuf) -> Container {
+        Container {
+            name: name.to_owned(),
+            socket_dir,
+            _socket_tempdir: None,
+        }
     }
 
     /// Waits until a session can be opened, failing with the container's log when it exits or
@@ -327,7 +407,7 @@ impl Container {
 
     fn try_connect(&self) -> Result<postgres::Client, postgres::Error> {
         postgres::Config::new()
-            .host_path(self.socket_dir.path())
+            .host_path(&self.socket_dir)
             .user("postgres")
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(10))

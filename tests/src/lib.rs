@@ -53,6 +53,29 @@ pub fn library_path() -> PathBuf {
     path.canonicalize().unwrap_or(path)
 }
 
+/// `tools/validate-manifests ARGS` (offline validation of the Kubernetes manifests; `--pods FILE`
+/// writes the pods the operators would build) with the virtualenv's python, run to completion
+/// in the workspace: (success, stdout, stderr).
+///
+/// # Panics
+/// When the virtualenv `tools/install-deps test` makes is missing.
+pub fn validate_manifests(args: &[&str]) -> (bool, String, String) {
+    let python = workspace_root().join("target/manifest-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} not found: the manifest validator is missing; install it with `tools/install-deps \
+         test` (a virtualenv under target/ with kubernetes-validate and jsonpatch from PyPI)",
+        python.display()
+    );
+    let mut command = Command::new(python);
+    command
+        .arg(workspace_root().join("tools/validate-manifests"))
+        .args(args)
+        .current_dir(workspace_root());
+    let (out, stdout, stderr) = run_output(&mut command);
+    (out.status.success(), stdout, stderr)
+}
+
 /// Absolute path of the release-built `oomguard` binary (`<workspace>/target/release/oomguard`).
 ///
 /// # Panics

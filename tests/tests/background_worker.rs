@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::pgcluster::Cluster;
@@ -60,9 +61,23 @@ fn build_job(cluster: &Cluster) -> String {
     library.display().to_string()
 }
 
-fn worker_exit_line(log: &str, pid: i32) -> Option<&str> {
+/// The postmaster's line about the exit of worker `pid`, waited for: the postmaster wakes the
+/// session waiting for the worker before it logs the exit, so the line can come a moment after
+/// the job's function has returned.
+fn worker_exit_line(cluster: &Cluster, pid: i32) -> String {
     let needle = format!("background worker \"oomguard test job\" (PID {pid}) exited");
-    log.lines().find(|line| line.contains(&needle))
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = cluster.log_text().unwrap();
+        if let Some(line) = log.lines().find(|line| line.contains(&needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit line of worker {pid} within 30 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -115,7 +130,7 @@ fn a_refused_background_worker_job_fails_alone() {
         ),
         "the job's refusal did not become an ERROR:\n{log}"
     );
-    let exit = worker_exit_line(&log, hog).unwrap_or_else(|| panic!("no exit line:\n{log}"));
+    let exit = worker_exit_line(cluster, hog);
     assert!(exit.contains("exit code 1"), "{exit}");
 
     let one: i32 = session.query_one("SELECT 1", &[]).unwrap().get(0);

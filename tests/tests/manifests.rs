@@ -16,7 +16,7 @@
 //! Without the validator these tests fail, naming the command that installs it.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use oomguard_cli::exporter::METRIC_NAMES;
@@ -30,26 +30,9 @@ const STACKS: [&str; 4] = ["official-image", "cloudnativepg", "zalando", "crunch
 /// newest kubernetes-validate ships.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.28", "1.37"];
 
-fn validator_python() -> PathBuf {
-    let python = workspace_root().join("target/manifest-venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} not found: the manifest validator is missing; install it with `tools/install-deps \
-         test` (a virtualenv under target/ with kubernetes-validate and jsonpatch from PyPI)",
-        python.display()
-    );
-    python
-}
-
 /// `tools/validate-manifests ARGS`, run to completion: (success, stdout, stderr).
 fn validate(args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new(validator_python());
-    command
-        .arg(workspace_root().join("tools/validate-manifests"))
-        .args(args)
-        .current_dir(workspace_root());
-    let (out, stdout, stderr) = run_output(&mut command);
-    (out.status.success(), stdout, stderr)
+    oomguard_tests::validate_manifests(args)
 }
 
 /// Every manifest file: the stacks' YAML and the dashboard's ConfigMap (relative paths).
