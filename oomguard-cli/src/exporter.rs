@@ -61,6 +61,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_build_info",
     "oomguard_exporter_read_errors_total",
     "oomguard_stale_domains",
+    "oomguard_segment_directory_free_bytes",
+    "oomguard_segment_directory_full",
     "oomguard_enforcing",
     "oomguard_limit_bytes",
     "oomguard_limit_input_bytes",
@@ -132,6 +134,8 @@ pub struct Reading {
     pub errors: Vec<String>,
     /// Things worth saying that are not errors (a lock that could not be tested).
     pub notes: Vec<String>,
+    /// The directory's room for one more segment (`None`: statvfs failed, said in `errors`).
+    pub room: Option<segment::DirectoryRoom>,
 }
 
 impl Reading {
@@ -139,6 +143,18 @@ impl Reading {
     /// write, and counting stale ones.
     pub fn take(dir: &Path) -> Reading {
         let mut reading = Reading::default();
+        match segment::directory_room(dir) {
+            Ok(room) => {
+                reading.room = Some(room);
+                if let Some(warning) = room.warning(dir) {
+                    reading.notes.push(warning);
+                }
+            }
+            Err(error) => reading.errors.push(format!(
+                "cannot read the free space of {}: {error}",
+                dir.display()
+            )),
+        }
         let opened = match segment::open_each(dir) {
             Ok(opened) => opened,
             Err(error) => {
@@ -372,6 +388,27 @@ impl Families {
                 reading
                     .stale
                     .map(|stale| vec![(Vec::new(), saturating_i64(stale))])
+                    .unwrap_or_default(),
+            ),
+            gauge(
+                "oomguard_segment_directory_free",
+                "Free space in the segment directory's filesystem (statvfs, as an unprivileged \
+                 process may use it).",
+                true,
+                reading
+                    .room
+                    .map(|room| vec![(Vec::new(), saturating_i64(room.free_bytes))])
+                    .unwrap_or_default(),
+            ),
+            gauge(
+                "oomguard_segment_directory_full",
+                "1 if the segment directory has less room than one segment: a guarded process \
+                 that starts now cannot create its domain's segment and accounts privately, \
+                 unseen by this exporter. 0 if a segment fits.",
+                false,
+                reading
+                    .room
+                    .map(|room| vec![(Vec::new(), i64::from(room.is_full()))])
                     .unwrap_or_default(),
             ),
             gauge(

@@ -172,13 +172,25 @@ enum StatusFormat {
 }
 
 fn status(dir: &std::path::Path, format: StatusFormat) -> ExitCode {
+    // A full directory first: it explains a guard this command cannot see.
+    let full = oomguard_cli::segment::directory_room(dir)
+        .ok()
+        .and_then(|room| room.warning(dir));
     let found = match oomguard_cli::status::collect(dir) {
         Ok(found) => found,
         Err(error) => {
+            if let Some(warning) = &full {
+                eprintln!("oomguard status: warning: {warning}");
+            }
             eprintln!("oomguard status: {error}");
             return ExitCode::FAILURE;
         }
     };
+    match (&full, format) {
+        (Some(warning), StatusFormat::Table) => println!("WARNING  {warning}"),
+        (Some(warning), _) => eprintln!("oomguard status: warning: {warning}"),
+        (None, _) => {}
+    }
     let any_bad = report_bad(&found, "status");
     // Nothing readable: the errors say it all (no empty table, no `[]` to mistake for "no
     // domain").

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
+use oomguard_core::layout::{segment_size, SLOT_COUNT};
 use oomguard_core::layout::{
     CgroupState, LayoutError, LimitInputs, LimitSource, ModeReason, SegmentView,
     SharedMemorySource, CGROUP_DIR_CAPACITY,
@@ -29,6 +30,60 @@ use serde::Serialize;
 
 /// Where segments live unless `OOM_GUARD_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/dev/shm";
+
+/// How much room the segment directory has for the segment of a guarded process that starts
+/// now: when a new segment does not fit, that process accounts privately (its own anonymous
+/// mapping), which neither `oomguard status` nor the exporter can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectoryRoom {
+    /// Bytes an unprivileged process may still allocate in the directory's filesystem.
+    pub free_bytes: u64,
+    /// Bytes one segment takes (this build's layout).
+    pub segment_bytes: u64,
+}
+
+impl DirectoryRoom {
+    /// Whether a new segment would not fit.
+    pub fn is_full(&self) -> bool {
+        self.free_bytes < self.segment_bytes
+    }
+
+    /// The warning to show when the directory is full, naming `dir`, the numbers and the fix.
+    pub fn warning(&self, dir: &Path) -> Option<String> {
+        self.is_full().then(|| {
+            format!(
+                "the segment directory {} has {} KiB free, less than one segment ({} KiB): a \
+                 guarded process that starts now accounts privately, unseen here and by the \
+                 exporter. Fix: `oomguard clean` removes stale segments; otherwise give the \
+                 directory more room (the recipes' segment emptyDir: sizeLimit)",
+                dir.display(),
+                self.free_bytes / 1024,
+                self.segment_bytes / 1024
+            )
+        })
+    }
+}
+
+/// The room in `dir` for one more segment (`statvfs`: blocks available to unprivileged users).
+pub fn directory_room(dir: &Path) -> std::io::Result<DirectoryRoom> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` is writable memory of the type
+    // statvfs fills; it is read only after statvfs succeeded.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    let segment_bytes = segment_size(SLOT_COUNT) as u64;
+    Ok(DirectoryRoom {
+        free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+        segment_bytes,
+    })
+}
 
 impl SegmentError {
     /// Whether opening the file was refused for lack of permission (another user's segment).

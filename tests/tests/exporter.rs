@@ -333,3 +333,116 @@ fn a_bad_listen_address_is_a_clear_error() {
         );
     }
 }
+
+/// A tmpfs of `size` mounted on a fresh directory (root only), unmounted on drop.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> SmallTmpfs {
+        assert!(
+            oomguard_tests::is_root(),
+            "this test mounts a small tmpfs to fill it: run the tests as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=1777"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            dir.path().display()
+        );
+        SmallTmpfs { dir }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_segment_directory_is_said_by_status_and_the_exporter() {
+    // Room for one segment (513 KiB) and not for two.
+    let tmpfs = SmallTmpfs::mount("700k");
+    let dir = tmpfs.dir.path();
+    let exporter = Exporter::start(dir);
+    let room = http_get(&exporter.addr, "/metrics", None).body;
+    assert_eq!(
+        samples(&room, "oomguard_segment_directory_full"),
+        [0.0],
+        "{room}"
+    );
+
+    // The first domain's segment fits; the second domain's does not.
+    let mut first = oomguard_tests::Probe::start(
+        "accounting",
+        dir,
+        &["hold", "1048576", "1"],
+        &[("OOM_GUARD_DOMAIN", "oomguard-first")],
+    );
+    assert_eq!(first.expect("held"), "held");
+    let mut second = oomguard_tests::Probe::start(
+        "accounting",
+        dir,
+        &["hold", "1048576", "1"],
+        &[("OOM_GUARD_DOMAIN", "oomguard-second")],
+    );
+    assert_eq!(second.expect("held"), "held");
+    second.proceed();
+    second.expect("freed");
+    second.proceed();
+    let second_stderr = second.finish();
+    assert!(
+        second_stderr.contains("accounting this process and its children privately"),
+        "{second_stderr}"
+    );
+
+    let status = oomguard_command()
+        .args(["status", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{stdout}");
+    let first_line = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first_line.starts_with("WARNING  the segment directory")
+            && first_line.contains("less than one segment")
+            && first_line.contains("oomguard clean"),
+        "{stdout}"
+    );
+    let csv = oomguard_command()
+        .args(["status", "--csv", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(csv.status.success());
+    assert!(String::from_utf8_lossy(&csv.stdout).starts_with("domain,"));
+    assert!(String::from_utf8_lossy(&csv.stderr).contains("less than one segment"));
+
+    let full = http_get(&exporter.addr, "/metrics", None).body;
+    assert_eq!(
+        samples(&full, "oomguard_segment_directory_full"),
+        [1.0],
+        "{full}"
+    );
+    let free = samples(&full, "oomguard_segment_directory_free_bytes");
+    assert!(free.len() == 1 && free[0] < 525_312.0, "{full}");
+
+    first.proceed();
+    first.expect("freed");
+    first.proceed();
+    first.finish();
+}
