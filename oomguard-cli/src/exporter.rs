@@ -905,10 +905,8 @@ mod tests {
             tv_nsec: 0,
         };
         // SAFETY: clock_gettime writes the timespec we pass and nothing else.
-        assert_eq!(
-            unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) },
-            0
-        );
+        let read = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+        assert_eq!(read, 0);
         let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
         view.slots[0].claimed_at_ns.store(now_ns, Relaxed);
         view.slots[0].pid.store(std::process::id() as i32, Relaxed);
