@@ -11,12 +11,13 @@
 //! It contains no tests itself (beyond unit tests of its parsers); they live in `tests/*.rs`.
 
 use std::env;
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use oomguard_cli::exporter::LISTEN_ENV;
 
@@ -50,7 +51,58 @@ pub fn library_path() -> PathBuf {
          or point {LIBRARY_ENV} at a liboomguard.so)",
         path.display()
     );
+    if env::var_os(LIBRARY_ENV).is_none_or(|p| p.is_empty()) {
+        static FRESH: OnceLock<()> = OnceLock::new();
+        FRESH.get_or_init(|| {
+            assert_built_from_current_sources(&path, &["oomguard", "oomguard-core"])
+        });
+    }
     path.canonicalize().unwrap_or(path)
+}
+
+/// Fails when a source of `crates` (their `src/`, `build.rs` and `Cargo.toml`) changed after
+/// `artifact` was built: the tests would check an old build (cargo builds test targets, not
+/// the cdylib or the binary they run). The same test cargo makes, on modification times.
+fn assert_built_from_current_sources(artifact: &Path, crates: &[&str]) {
+    assert_built_from_sources_in(&workspace_root(), artifact, crates);
+}
+
+/// [`assert_built_from_current_sources`] for the crates under `root`.
+fn assert_built_from_sources_in(root: &Path, artifact: &Path, crates: &[&str]) {
+    fn newest_in(path: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
+        let Ok(metadata) = fs::metadata(path) else {
+            return;
+        };
+        if metadata.is_dir() {
+            for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+                newest_in(&entry.path(), newest);
+            }
+        } else if let Ok(modified) = metadata.modified() {
+            if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
+                *newest = Some((modified, path.to_owned()));
+            }
+        }
+    }
+    let built = fs::metadata(artifact)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", artifact.display()));
+    let mut newest = None;
+    for krate in crates {
+        let dir = root.join(krate);
+        for part in ["src", "build.rs", "Cargo.toml"] {
+            newest_in(&dir.join(part), &mut newest);
+        }
+    }
+    if let Some((changed, source)) = newest {
+        assert!(
+            changed <= built,
+            "{} is older than {} (changed since the last build): run `cargo build --release \
+             --workspace` (the README's test command does) so that the tests check what the \
+             sources say",
+            artifact.display(),
+            source.display()
+        );
+    }
 }
 
 /// `tools/validate-manifests ARGS` (offline validation of the Kubernetes manifests; `--pods FILE`
@@ -87,6 +139,10 @@ pub fn oomguard_binary() -> PathBuf {
         "{} not found: run `cargo build --release` first",
         path.display()
     );
+    static FRESH: OnceLock<()> = OnceLock::new();
+    FRESH.get_or_init(|| {
+        assert_built_from_current_sources(&path, &["oomguard-cli", "oomguard-core"])
+    });
     path
 }
 
@@ -612,6 +668,30 @@ pub fn budget_and_full_domains(dir: &Path) -> (Probe, Probe) {
     (budget, full)
 }
 
+/// How long a probe may take to print its next line or to exit; far more than any probe
+/// needs (they allocate and print), so reaching it means the probe is stuck.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Whether `fd` becomes readable (or hits end of file) within `timeout`.
+fn readable_within(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: one valid pollfd, and its count.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready >= 0 {
+            return ready > 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
 /// A probe process under the guard, driven line by line: it says what it did on stdout and
 /// waits for a line on stdin before going on, so a test can look at the shared segment at
 /// well-defined moments (no sleeps).
@@ -620,6 +700,8 @@ pub struct Probe {
     pub child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
     stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// How long [`Probe::line`] and [`Probe::finish`] wait ([`PROBE_DEADLINE`] unless changed).
+    pub deadline: Duration,
 }
 
 impl Probe {
@@ -680,6 +762,7 @@ impl Probe {
             child,
             stdin,
             stdout,
+            deadline: PROBE_DEADLINE,
         }
     }
 
@@ -688,12 +771,42 @@ impl Probe {
         self.child.id() as i32
     }
 
-    /// The next line it printed, without the newline.
+    /// The next line it printed, without the newline ("" at the end of its output). Fails the
+    /// test, killing the probe, when no line comes within [`PROBE_DEADLINE`]: a probe stuck in
+    /// the guard must not hang the run.
     pub fn line(&mut self) -> String {
         use std::io::BufRead;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read the probe");
-        line.trim_end().to_owned()
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + self.deadline;
+        let mut line = Vec::new();
+        loop {
+            if self.stdout.buffer().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !readable_within(self.stdout.get_ref().as_raw_fd(), left) {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let stderr = self.stderr();
+                    panic!(
+                        "the probe printed no line within {:?} (so far {:?}); stderr:\n{stderr}",
+                        self.deadline,
+                        String::from_utf8_lossy(&line)
+                    );
+                }
+            }
+            let buffer = self.stdout.fill_buf().expect("read the probe");
+            if buffer.is_empty() {
+                break; // end of its output
+            }
+            if let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buffer[..end]);
+                self.stdout.consume(end + 1);
+                break;
+            }
+            let taken = buffer.len();
+            line.extend_from_slice(buffer);
+            self.stdout.consume(taken);
+        }
+        String::from_utf8_lossy(&line).trim_end().to_owned()
     }
 
     /// The next line, which must start with `prefix` (else the probe is killed and the test fails
@@ -736,9 +849,88 @@ impl Probe {
 
     pub fn finish(mut self) -> String {
         drop(self.stdin.take()); // end of input: a probe waiting for a line exits
-        let status = self.child.wait().expect("wait for the probe");
+        let deadline = Instant::now() + self.deadline;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the probe") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.stderr();
+                panic!(
+                    "the probe did not exit within {:?}; stderr:\n{stderr}",
+                    self.deadline
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         let stderr = self.stderr();
         assert!(status.success(), "probe failed: {status}\n{stderr}");
         stderr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_build_older_than_a_source_is_refused_with_the_file_named() {
+        let root = tempfile::tempdir().unwrap();
+        let source = root.path().join("guard/src/lib.rs");
+        fs::create_dir_all(source.parent().unwrap()).unwrap();
+        fs::write(&source, "").unwrap();
+        let artifact = root.path().join("libguard.so");
+        fs::write(&artifact, "").unwrap();
+        let set = |path: &Path, seconds: u64| {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+            fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        };
+        set(&source, 1_000);
+        set(&artifact, 2_000);
+        assert_built_from_sources_in(root.path(), &artifact, &["guard"]);
+        set(&source, 3_000);
+        let failure = catch_unwind(AssertUnwindSafe(|| {
+            assert_built_from_sources_in(root.path(), &artifact, &["guard"])
+        }))
+        .expect_err("a source newer than the build");
+        let message = panic_text(failure);
+        assert!(
+            message.contains("guard/src/lib.rs") && message.contains("cargo build --release"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_silent_probe_fails_the_test_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut probe = Probe::start("accounting", dir.path(), &["hold", "4096", "1"], &[]);
+        assert_eq!(probe.expect("held"), "held");
+        // It now waits for a line from us and prints nothing.
+        probe.deadline = Duration::from_millis(300);
+        let started = Instant::now();
+        let failure = catch_unwind(AssertUnwindSafe(|| probe.line())).expect_err("no line");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let message = panic_text(failure);
+        assert!(
+            message.contains("printed no line within 300ms"),
+            "{message}"
+        );
+        // The probe was killed.
+        assert!(probe.child.try_wait().unwrap().is_some());
     }
 }
