@@ -797,8 +797,8 @@ extern "C" fn forked_child() {
 }
 
 /// At a clean exit: give the slot back, so only killed processes need reaping. Frees that run
-/// after this (other libraries' destructors) pass through.
-extern "C" fn process_exiting() {
+/// after this (other libraries' destructors) pass through. Run by `init`'s destructor.
+pub fn process_exiting() {
     if STATE
         .compare_exchange(ACTIVE, PASS_THROUGH, Acquire, Relaxed)
         .is_err()
@@ -820,21 +820,3 @@ extern "C" fn process_exiting() {
         pool.vacate(slot, unsafe { libc::getpid() });
     }
 }
-
-/// When the library is loaded, before the program's own constructors and `main`: start the
-/// guard, then look up what the refusal policy needs (the C library's `dlopen`, PostgreSQL's
-/// globals) outside any allocation — `dlsym` takes the loader's lock and may allocate itself.
-extern "C" fn library_loaded() {
-    start();
-    crate::loader::resolve();
-    crate::threads::resolve();
-    policy::look_up_symbols();
-}
-
-#[used]
-#[link_section = ".init_array"]
-static LIBRARY_LOADED_HOOK: extern "C" fn() = library_loaded;
-
-#[used]
-#[link_section = ".fini_array"]
-static PROCESS_EXIT_HOOK: extern "C" fn() = process_exiting;

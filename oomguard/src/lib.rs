@@ -2,7 +2,8 @@
 //! malloc family, accounts every block against a limit shared by all guarded processes of the
 //! container, and above it returns NULL with `ENOMEM` where the process can fail gracefully.
 //!
-//! - `interpose`: the exported C functions (the hot path).
+//! - `init`: the constructor and destructor the dynamic loader runs.
+//! - `interpose`: the malloc family's exported C functions (the hot path).
 //! - `tls`: the per-thread credit the hot path moves.
 //! - `guard`: start-up, batch reservation and release, refusal, fork/thread/process exit.
 //! - `shared`: PostgreSQL's shared memory (`mmap`, `ftruncate`, `posix_fallocate`,
@@ -24,19 +25,31 @@ mod config_file;
 mod errno;
 mod fragile;
 mod guard;
+mod init;
 mod inject;
-pub mod interpose;
+mod interpose;
 mod kernel;
-pub mod loader;
+mod loader;
 mod policy;
 mod real;
 mod report;
 mod segment;
 mod settings;
-pub mod shared;
+mod shared;
 mod sysfs;
-pub mod threads;
+mod threads;
 mod tls;
+
+// Every function the library exports, in one list: the C library's functions it stands in for.
+// tests/tests/semantics.rs checks that the built library exports exactly these and that each
+// resolves into it under LD_PRELOAD.
+pub use interpose::{
+    aligned_alloc, calloc, free, malloc, memalign, posix_memalign, pvalloc, realloc, reallocarray,
+    valloc,
+};
+pub use loader::dlopen;
+pub use shared::{ftruncate, mmap, mmap64, posix_fallocate, shm_unlink};
+pub use threads::pthread_create;
 
 use core::alloc::{GlobalAlloc, Layout};
 

@@ -5,8 +5,8 @@
  * identical output: below the limit the guard must be invisible.
  *
  *   semantics           print the semantics lines
- *   semantics --which   print, for each interposed function, which object
- *                       dlsym(RTLD_DEFAULT, name) resolves into ("liboomguard" or a basename)
+ *   semantics --which NAME...   print, for each function NAME, which object
+ *                       dlsym(RTLD_DEFAULT, NAME) resolves into ("liboomguard" or a basename)
  *
  * Every request stays far below the 1 GiB limit the test gives the guard, except requests that
  * glibc itself must refuse (SIZE_MAX and friends), whose errno must also match.
@@ -514,13 +514,8 @@ static void t_threads(void) {
 
 /* ---- --which ----------------------------------------------------------------------------- */
 
-static int which(void) {
-    static const char *const names[] = {"malloc",  "free",           "calloc",        "realloc",
-                                        "reallocarray", "posix_memalign", "aligned_alloc",
-                                        "memalign", "valloc",        "pvalloc",
-                                        "mmap", "mmap64", "ftruncate", "posix_fallocate",
-                                        "shm_unlink"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+static int which(int count, char **names) {
+    for (int i = 0; i < count; i++) {
         void *sym = dlsym(RTLD_DEFAULT, names[i]);
         Dl_info info;
         const char *where = "unresolved";
@@ -539,10 +534,10 @@ static int which(void) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc == 2 && strcmp(argv[1], "--which") == 0)
-        return which();
+    if (argc >= 2 && strcmp(argv[1], "--which") == 0)
+        return which(argc - 2, argv + 2);
     if (argc != 1) {
-        fprintf(stderr, "usage: %s [--which]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--which NAME...]\n", argv[0]);
         return 2;
     }
     t_malloc();

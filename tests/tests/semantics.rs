@@ -1,13 +1,17 @@
 //! glibc-observable semantics under the guard: `probes/semantics.c` must print exactly the same
 //! lines plainly and under `LD_PRELOAD` of `liboomguard.so` (enforce mode, 1 GiB limit, every
-//! process refusable), and every interposed function must really resolve into the guard.
+//! process refusable), and every function the built library exports must be one this file
+//! names and must really resolve into the guard.
 
 use std::process::Command;
 
-use oomguard_tests::{guarded, plain, probe, stdout_of};
+use oomguard_tests::{guarded, library_path, plain, probe, stdout_of};
 
-/// The functions the guard interposes (DESIGN.md §2, glibc's replacement list).
-const INTERPOSED: [&str; 15] = [
+/// The functions the guard interposes: glibc's malloc family (the replacement list of glibc's
+/// manual), PostgreSQL's shared memory calls (the main segment is observed, dynamic segments
+/// charged), `dlopen` (nothing is refused while a library loads) and `pthread_create` (every
+/// thread returns its credit when it exits). The built library must export exactly these.
+const INTERPOSED: [&str; 17] = [
     "malloc",
     "free",
     "calloc",
@@ -18,13 +22,40 @@ const INTERPOSED: [&str; 15] = [
     "memalign",
     "valloc",
     "pvalloc",
-    // PostgreSQL's shared memory: the main segment is observed, dynamic segments charged.
     "mmap",
     "mmap64",
     "ftruncate",
     "posix_fallocate",
     "shm_unlink",
+    "dlopen",
+    "pthread_create",
 ];
+
+/// The functions the built library defines and exports (`nm -D --defined-only`, type `T`).
+fn exported_functions() -> Vec<String> {
+    let library = library_path();
+    let output = Command::new("nm")
+        .args(["-D", "--defined-only", "--format=posix"])
+        .arg(&library)
+        .output()
+        .unwrap_or_else(|e| panic!("run nm (binutils, which gcc brings) on the library: {e}"));
+    assert!(output.status.success(), "nm {}", library.display());
+    let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (name, kind) = (fields.next()?, fields.next()?);
+            (kind == "T").then(|| name.to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The probe's `--which` lines for `names`.
+fn which_of(command: &mut Command, names: &[&str]) -> Vec<(String, String)> {
+    which(&stdout_of(command.arg("--which").args(names)))
+}
 
 fn which(output: &str) -> Vec<(String, String)> {
     output
@@ -73,9 +104,7 @@ fn probe_itself_is_sane_without_the_guard() {
             "expected line {line:?} in plain probe output:\n{out}"
         );
     }
-    let resolved = which(&stdout_of(plain(
-        Command::new(probe("semantics")).arg("--which"),
-    )));
+    let resolved = which_of(plain(&mut Command::new(probe("semantics"))), &INTERPOSED);
     assert_eq!(resolved.len(), INTERPOSED.len());
     for (func, place) in resolved {
         assert_ne!(
@@ -86,16 +115,25 @@ fn probe_itself_is_sane_without_the_guard() {
 }
 
 #[test]
+fn the_library_exports_exactly_the_interposed_functions() {
+    let mut expected: Vec<String> = INTERPOSED.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        exported_functions(),
+        expected,
+        "the library's exported functions changed: name each in INTERPOSED and check it here"
+    );
+}
+
+#[test]
 fn guard_is_loaded_and_interposes_every_function() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = stdout_of(guarded(
-        Command::new(probe("semantics")).arg("--which"),
-        dir.path(),
-        &[],
-    ));
-    let resolved = which(&out);
-    let names: Vec<&str> = resolved.iter().map(|(f, _)| f.as_str()).collect();
-    assert_eq!(names, INTERPOSED, "unexpected --which output:\n{out}");
+    let exported = exported_functions();
+    let names: Vec<&str> = exported.iter().map(String::as_str).collect();
+    let mut command = Command::new(probe("semantics"));
+    let resolved = which_of(guarded(&mut command, dir.path(), &[]), &names);
+    let reported: Vec<&str> = resolved.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(reported, names, "unexpected --which output: {resolved:?}");
     let missing: Vec<&str> = resolved
         .iter()
         .filter(|(_, place)| place != "liboomguard")
@@ -103,7 +141,7 @@ fn guard_is_loaded_and_interposes_every_function() {
         .collect();
     assert!(
         missing.is_empty(),
-        "not interposed by liboomguard (was the preload loaded?): {missing:?}\n{out}"
+        "not interposed by liboomguard (was the preload loaded?): {missing:?}\n{resolved:?}"
     );
 }
 
