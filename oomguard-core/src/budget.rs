@@ -136,6 +136,48 @@ impl Budget {
     }
 }
 
+/// A budget setting packed into one `u64`, so that the preload library can keep
+/// `OOM_GUARD_BACKEND_LIMIT` in a single atomic word: 0 for none, else a kind tag in the top byte
+/// above the value (bytes, clamped to [`BudgetWord::VALUE_MASK`]; hundredths of a percent).
+/// [`BudgetWord::decode`] reads any word, including ones no encoder wrote, without panicking.
+pub struct BudgetWord;
+
+impl BudgetWord {
+    /// The word of "no budget given".
+    pub const NONE: u64 = 0;
+    const UNLIMITED: u64 = 1 << 56;
+    const BYTES: u64 = 2 << 56;
+    const PERCENT: u64 = 3 << 56;
+    /// The bits that carry a value.
+    pub const VALUE_MASK: u64 = (1 << 56) - 1;
+
+    /// Packs `budget` (bytes above [`BudgetWord::VALUE_MASK`] are clamped to it; budgets are at
+    /// most `i64::MAX` when parsed, far below).
+    pub fn encode(budget: Option<Budget>) -> u64 {
+        match budget {
+            None => Self::NONE,
+            Some(Budget::Unlimited) => Self::UNLIMITED,
+            Some(Budget::Bytes(bytes)) => Self::BYTES | bytes.min(Self::VALUE_MASK),
+            Some(Budget::PercentOfLimit(hundredths)) => {
+                Self::PERCENT | (u64::from(hundredths) & Self::VALUE_MASK)
+            }
+        }
+    }
+
+    /// Unpacks a word; an unknown tag reads as no budget.
+    pub fn decode(word: u64) -> Option<Budget> {
+        let value = word & Self::VALUE_MASK;
+        match word & !Self::VALUE_MASK {
+            Self::UNLIMITED => Some(Budget::Unlimited),
+            Self::BYTES => Some(Budget::Bytes(value)),
+            Self::PERCENT => Some(Budget::PercentOfLimit(
+                u32::try_from(value).unwrap_or(u32::MAX),
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Largest budget: what fits in the signed counters the segment, the CSV and PostgreSQL's
 /// `bigint` carry.
 const MAX_BYTES: u128 = i64::MAX as u128;

@@ -290,6 +290,30 @@ pub enum ProcessKind {
 }
 
 impl ProcessKind {
+    /// A PostgreSQL background worker's kind from its `bgw_type` (`None`: no type could be
+    /// read). Launchers and schedulers (PostgreSQL's logical replication launcher, pg_cron's
+    /// launcher, TimescaleDB's scheduler) are never refused: the jobs they start are, and a
+    /// refused launcher would stop every job until it is restarted. `bgw_type` is whatever an
+    /// extension wrote: any bytes are read without panicking.
+    pub fn of_background_worker(bgw_type: Option<&[u8]>) -> ProcessKind {
+        let Some(name) = bgw_type else {
+            return ProcessKind::PostgresAuxiliary;
+        };
+        let contains = |word: &[u8]| {
+            name.windows(word.len())
+                .any(|window| window.eq_ignore_ascii_case(word))
+        };
+        if name == b"parallel worker" {
+            ProcessKind::ParallelWorker
+        } else if contains(b"launcher") || contains(b"scheduler") {
+            ProcessKind::PostgresAuxiliary
+        } else if name.starts_with(b"logical replication") {
+            ProcessKind::LogicalReplicationWorker
+        } else {
+            ProcessKind::BackgroundWorker
+        }
+    }
+
     /// Decodes the slot value; unknown values read as `Unclassified`.
     pub fn from_raw(raw: u32) -> ProcessKind {
         match raw {

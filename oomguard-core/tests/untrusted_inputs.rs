@@ -1,6 +1,7 @@
 //! Property tests of every input the core reads from outside the program: the `OOM_GUARD_*`
 //! values (`config`, `limit::Reserve`), byte counts as printed (`units`), `/proc/PID/stat`
-//! (`procstat`), the cgroup v1/v2 interface files, `/proc/self/cgroup`, `/proc/self/mountinfo`
+//! (`procstat`), a background worker's `bgw_type`, the budget's packed word, the cgroup v1/v2
+//! interface files, `/proc/self/cgroup`, `/proc/self/mountinfo`
 //! and `/proc/meminfo` (`cgroup`, read through an in-memory [`FileSystem`] defined here), and
 //! shared segment files (`layout::SegmentView`).
 //!
@@ -13,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::mem::offset_of;
 
-use oomguard_core::budget::{Budget, BudgetError};
+use oomguard_core::budget::{Budget, BudgetError, BudgetWord};
 use oomguard_core::cgroup::paths::{find_mount, read_membership, Membership};
 use oomguard_core::cgroup::{
     own_cgroup, v1, v2, Cgroup, CgroupError, CgroupPath, FileId, Level, LimitSource, Version,
@@ -28,6 +29,7 @@ use oomguard_core::layout::{
 use oomguard_core::limit::{Reserve, ReserveError, MAX_RESERVE_PERCENT, RESERVE_FORMS};
 use oomguard_core::procstat::{owner_alive, owner_gone, start_ticks};
 use oomguard_core::units::Bytes;
+use oomguard_core::ProcessKind;
 use oomguard_core::{Mode, RefuseScope};
 use proptest::prelude::*;
 
@@ -1582,5 +1584,97 @@ proptest! {
             let _ = budget.bytes(u64::MAX);
             let _ = budget.bytes(0);
         }
+    }
+}
+
+// ---- the budget's packed word and a background worker's kind -------------------------------
+
+fn any_budget() -> impl Strategy<Value = Option<Budget>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(Budget::Unlimited)),
+        any::<u64>().prop_map(|b| Some(Budget::Bytes(b))),
+        any::<u32>().prop_map(|h| Some(Budget::PercentOfLimit(h))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn budget_words_round_trip(budget in any_budget()) {
+        let expected = match budget {
+            Some(Budget::Bytes(bytes)) => Some(Budget::Bytes(bytes.min(BudgetWord::VALUE_MASK))),
+            other => other,
+        };
+        prop_assert_eq!(BudgetWord::decode(BudgetWord::encode(budget)), expected);
+    }
+
+    #[test]
+    fn any_word_decodes_to_a_budget_that_encodes_back(word in any::<u64>()) {
+        let budget = BudgetWord::decode(word);
+        prop_assert_eq!(BudgetWord::decode(BudgetWord::encode(budget)), budget);
+    }
+
+    #[test]
+    fn a_worker_named_launcher_or_scheduler_is_never_refused(
+        before in "[ -~]{0,20}",
+        word in prop_oneof![Just("launcher"), Just("scheduler")],
+        upper in proptest::collection::vec(any::<bool>(), 9),
+        after in "[ -~]{0,20}",
+    ) {
+        // Any ASCII case of the word (matched ASCII-insensitively, as PostgreSQL's names are).
+        let word: String = word
+            .chars()
+            .zip(upper)
+            .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+            .collect();
+        let name = format!("{before}{word}{after}");
+        prop_assert_eq!(
+            ProcessKind::of_background_worker(Some(name.as_bytes())),
+            ProcessKind::PostgresAuxiliary
+        );
+    }
+
+    #[test]
+    fn any_worker_type_has_a_kind(name in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let kind = ProcessKind::of_background_worker(Some(&name));
+        prop_assert!(matches!(
+            kind,
+            ProcessKind::ParallelWorker
+                | ProcessKind::PostgresAuxiliary
+                | ProcessKind::LogicalReplicationWorker
+                | ProcessKind::BackgroundWorker
+        ));
+    }
+}
+
+#[test]
+fn background_workers_by_type() {
+    for (name, kind) in [
+        (Some(&b"parallel worker"[..]), ProcessKind::ParallelWorker),
+        (Some(b"pg_cron"), ProcessKind::BackgroundWorker),
+        (Some(b"pg_cron launcher"), ProcessKind::PostgresAuxiliary),
+        (
+            Some(b"TimescaleDB Background Worker Scheduler"),
+            ProcessKind::PostgresAuxiliary,
+        ),
+        (
+            Some(b"logical replication launcher"),
+            ProcessKind::PostgresAuxiliary,
+        ),
+        (
+            Some(b"logical replication worker"),
+            ProcessKind::LogicalReplicationWorker,
+        ),
+        (
+            Some(b"logical replication tablesync worker"),
+            ProcessKind::LogicalReplicationWorker,
+        ),
+        (Some(b"Job Worker"), ProcessKind::BackgroundWorker),
+        (Some(b""), ProcessKind::BackgroundWorker),
+        (None, ProcessKind::PostgresAuxiliary),
+    ] {
+        assert_eq!(ProcessKind::of_background_worker(name), kind, "{name:?}");
     }
 }

@@ -11,7 +11,7 @@ use core::fmt::Write;
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::Relaxed;
 
-use oomguard_core::budget::{Budget, BudgetError, BudgetSource, SETTING_FORMS};
+use oomguard_core::budget::{Budget, BudgetError, BudgetSource, BudgetWord, SETTING_FORMS};
 use oomguard_core::layout::Slot;
 use oomguard_core::pool::Pool;
 use oomguard_core::ProcessKind;
@@ -19,14 +19,8 @@ use oomguard_core::ProcessKind;
 use crate::policy::{self, Decision, BUDGET_SETTING};
 use crate::report::Line;
 
-/// `OOM_GUARD_BACKEND_LIMIT`, encoded: [`NO_DEFAULT`], [`UNLIMITED`], or a kind tag in the top
-/// byte ([`BYTES`], [`PERCENT`]) above the value (bytes up to 2^56, hundredths of a percent).
-static DEFAULT: AtomicU64 = AtomicU64::new(NO_DEFAULT);
-const NO_DEFAULT: u64 = 0;
-const UNLIMITED: u64 = 1 << 56;
-const BYTES: u64 = 2 << 56;
-const PERCENT: u64 = 3 << 56;
-const VALUE_MASK: u64 = (1 << 56) - 1;
+/// `OOM_GUARD_BACKEND_LIMIT`, packed into one word ([`BudgetWord`]).
+static DEFAULT: AtomicU64 = AtomicU64::new(BudgetWord::NONE);
 
 /// FNV-1a hash of the malformed setting value this process last complained about, so a value
 /// read at every reservation is reported once (and again if it changes).
@@ -34,23 +28,11 @@ static LAST_COMPLAINT: AtomicU64 = AtomicU64::new(0);
 
 /// Records `OOM_GUARD_BACKEND_LIMIT` (at start-up).
 pub fn set_default(budget: Option<Budget>) {
-    let encoded = match budget {
-        None => NO_DEFAULT,
-        Some(Budget::Unlimited) => UNLIMITED,
-        Some(Budget::Bytes(bytes)) => BYTES | bytes.min(VALUE_MASK),
-        Some(Budget::PercentOfLimit(hundredths)) => PERCENT | u64::from(hundredths),
-    };
-    DEFAULT.store(encoded, Relaxed);
+    DEFAULT.store(BudgetWord::encode(budget), Relaxed);
 }
 
 fn default() -> Option<Budget> {
-    let encoded = DEFAULT.load(Relaxed);
-    match encoded & !VALUE_MASK {
-        UNLIMITED => Some(Budget::Unlimited),
-        BYTES => Some(Budget::Bytes(encoded & VALUE_MASK)),
-        PERCENT => Some(Budget::PercentOfLimit((encoded & VALUE_MASK) as u32)),
-        _ => None,
-    }
+    BudgetWord::decode(DEFAULT.load(Relaxed))
 }
 
 /// This process's budget in bytes now (`None`: no budget), recorded in `slot`. Only processes

@@ -254,7 +254,7 @@ fn kind_of(symbols: &Symbols) -> ProcessKind {
             b"client backend" => ProcessKind::ClientBackend,
             b"autovacuum worker" => ProcessKind::AutovacuumWorker,
             b"walsender" => ProcessKind::WalSender,
-            b"background worker" => background_worker_kind(bgw_type(symbols)),
+            b"background worker" => ProcessKind::of_background_worker(bgw_type(symbols)),
             _ => ProcessKind::PostgresAuxiliary,
         }
     }
@@ -278,28 +278,6 @@ fn bgw_type(symbols: &Symbols) -> Option<&'static [u8]> {
         .position(|&byte| byte == 0)
         .unwrap_or(BGW_MAXLEN);
     Some(&bytes[..len])
-}
-
-/// A background worker's kind from its `bgw_type`. Launchers and schedulers (PostgreSQL's logical
-/// replication launcher, pg_cron's launcher, TimescaleDB's scheduler) are never refused: the
-/// jobs they start are, and a refused launcher would stop every job until it is restarted.
-fn background_worker_kind(bgw_type: Option<&[u8]>) -> ProcessKind {
-    let Some(name) = bgw_type else {
-        return ProcessKind::PostgresAuxiliary;
-    };
-    let contains = |word: &[u8]| {
-        name.windows(word.len())
-            .any(|window| window.eq_ignore_ascii_case(word))
-    };
-    if name == b"parallel worker" {
-        ProcessKind::ParallelWorker
-    } else if contains(b"launcher") || contains(b"scheduler") {
-        ProcessKind::PostgresAuxiliary
-    } else if name.starts_with(b"logical replication") {
-        ProcessKind::LogicalReplicationWorker
-    } else {
-        ProcessKind::BackgroundWorker
-    }
 }
 
 /// Whether an ERROR raised now fails the current query or job cleanly.
