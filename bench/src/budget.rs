@@ -1,4 +1,4 @@
-//! Issue 5's overhead budget, checked line by line. A benchmark reports a miss; it does not fail.
+//! The overhead budget, checked line by line. A benchmark reports a miss; it does not fail.
 //!
 //! - small-object malloc/free loop ≤ 1.25× glibc, at 1 and at 2 threads;
 //! - PostgreSQL-like block pattern ≤ 1.02×;

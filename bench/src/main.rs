@@ -12,7 +12,7 @@
 //!
 //! `--pgbench` compares PostgreSQL throughput with and without the guard ([`pgbench`]); `--all`
 //! runs the allocation workloads, the instruction count and pgbench in one go. Every result with
-//! a budget in issue 5 is checked against it ([`budget`]) and reported as pass or miss; a miss
+//! the overhead budget is checked against it ([`budget`]) and reported as pass or miss; a miss
 //! does not change the exit status.
 
 mod budget;
@@ -776,7 +776,7 @@ fn markdown(cfg: &Config, library: &Path, report: &Report, elapsed: f64) -> Stri
     }
 
     let missed: Vec<&budget::Line> = report.checks.iter().filter(|c| !c.met()).collect();
-    let _ = writeln!(md, "\n## Budget (issue 5)\n");
+    let _ = writeln!(md, "\n## Budget\n");
     let _ = writeln!(
         md,
         "{} of {} checked lines pass{}",

@@ -51,7 +51,7 @@ pub struct Mode {
     pub args: &'static [&'static str],
 }
 
-/// The modes issue 5 names: select-only with the extended protocol and prepared statements,
+/// The modes the overhead budget names: select-only with the extended protocol and prepared statements,
 /// select-only with the simple protocol, TPC-B-like read-write (`synchronous_commit=off`), and a
 /// new connection per (select-only) transaction, the worst case for an interposer: every
 /// transaction forks a backend that attaches the guard.

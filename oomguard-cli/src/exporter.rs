@@ -1,8 +1,9 @@
 //! `oomguard exporter`: the guard's numbers as Prometheus metrics over HTTP.
 //!
 //! This module owns the exporter end to end: the metric set (names, types, units and help texts;
-//! DESIGN §5), reading every segment of the directory on each scrape, encoding, the HTTP server
-//! (`/metrics`, a small index page at `/`, 404 elsewhere) and shutdown on SIGTERM/SIGINT.
+//! Prometheus conventions: base units, `_total` counters, no pid labels), reading every segment
+//! of the directory on each scrape, encoding, the HTTP server (`/metrics`, a small index page at
+//! `/`, 404 elsewhere) and shutdown on SIGTERM/SIGINT.
 //!
 //! Nothing is cached between scrapes: each one lists the directory, maps every segment afresh,
 //! reaps dead processes' slots as `oomguard status` does, and encodes what it read through a

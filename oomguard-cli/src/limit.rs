@@ -1,4 +1,4 @@
-//! `oomguard limit`: how the guard's limit comes about, input by input (DESIGN §4).
+//! `oomguard limit`: how the guard's limit comes about, input by input (ARCHITECTURE.md, "The limit").
 //!
 //! For each domain (segment) it shows what the guard recorded: the cgroup limit and where it came
 //! from (our own cgroup, an ancestor, v1 `hierarchical_memory_limit` or `MemTotal`), PostgreSQL
@@ -66,7 +66,7 @@ pub struct LimitReport {
     pub notes: Vec<String>,
 }
 
-/// The guard's own count against the kernel's (DESIGN §4: the kernel is the truth).
+/// The guard's own count against the kernel's (the kernel is the truth: the README's "The limit").
 #[derive(Debug, Clone, Serialize)]
 pub struct Drift {
     /// Unix time of the kernel reading.

@@ -516,7 +516,7 @@ pub struct CgroupReading {
     pub oom_kill_events: u64,
 }
 
-/// The inputs of a derived limit as the guard recorded them (DESIGN §4), with their sources by
+/// The inputs of a derived limit as the guard recorded them (ARCHITECTURE.md, "The limit"), with their sources by
 /// name. Every `Option` is `None` while unknown.
 #[derive(Debug, Clone, Serialize)]
 pub struct LimitInputsSnapshot {

@@ -1,4 +1,4 @@
-//! The derived limit: `cgroup limit − PostgreSQL shared memory − reserve` (DESIGN.md §4), used
+//! The derived limit: `cgroup limit − PostgreSQL shared memory − reserve` (ARCHITECTURE.md, "The limit"), used
 //! when `OOM_GUARD_LIMIT` is not given.
 //!
 //! Shared memory is subtracted because PostgreSQL's shared buffers are charged to the cgroup (as

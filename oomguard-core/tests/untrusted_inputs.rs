@@ -47,7 +47,7 @@ fn config(cases: u32) -> ProptestConfig {
 // OOM_GUARD_LIMIT and OOM_GUARD_SHARED_MEMORY: sizes
 // ---------------------------------------------------------------------------------------------
 
-/// The accepted size suffixes and their multipliers (README, DESIGN §4).
+/// The accepted size suffixes and their multipliers (the README's "Configuration").
 const SUFFIXES: [(&str, u64); 17] = [
     ("", 1),
     ("Ki", 1 << 10),

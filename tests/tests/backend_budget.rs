@@ -1,4 +1,4 @@
-//! Per-backend budgets against a real PostgreSQL server (issue 11): `oomguard.backend_memory_limit`
+//! Per-backend budgets against a real PostgreSQL server: `oomguard.backend_memory_limit`
 //! set the PostgreSQL way — `ALTER ROLE`, `ALTER DATABASE`, `SET`, `SET LOCAL`, `RESET`,
 //! `PGOPTIONS` — and `OOM_GUARD_BACKEND_LIMIT` as the default. Every server here runs with a
 //! container-wide limit of 4 GiB, far above what any hog takes: each refusal seen is the

@@ -1,4 +1,4 @@
-//! Accounting under connection churn and crashes (issue 9): `pgbench -C` (a fork and a backend
+//! Accounting under connection churn and crashes: `pgbench -C` (a fork and a backend
 //! start per transaction) against a guarded server while random backends are SIGKILLed, so the
 //! postmaster resets every session several times. Afterwards the guard's books must balance: the
 //! domain total is exactly the sum of the live slots plus dynamic shared memory, and once idle

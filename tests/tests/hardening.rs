@@ -1,5 +1,5 @@
-//! Faults around the guard that must neither crash the guarded process nor skew the numbers
-//! (issue 9): a request glibc cannot serve, a segment directory on a full tmpfs, a segment file
+//! Faults around the guard that must neither crash the guarded process nor skew the numbers: a
+//! request glibc cannot serve, a segment directory on a full tmpfs, a segment file
 //! planted by someone else. Real processes under `LD_PRELOAD`, a real tmpfs mount.
 
 use std::fs;

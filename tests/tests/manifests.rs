@@ -26,7 +26,7 @@ use serde_json::Value;
 /// The stacks, each a directory of `packaging/kubernetes/`.
 const STACKS: [&str; 4] = ["official-image", "cloudnativepg", "zalando", "crunchy-pgo"];
 
-/// Kubernetes versions validated against: 1.28 (cgroup v2 `memory.oom.group`, DESIGN §7) and the
+/// Kubernetes versions validated against: 1.28 (cgroup v2 `memory.oom.group`: one kill takes the whole container) and the
 /// newest kubernetes-validate ships.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.28", "1.37"];
 

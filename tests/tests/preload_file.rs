@@ -1,4 +1,4 @@
-//! Activation without environment (issue 10): the guard named in `/etc/ld.so.preload` and
+//! Activation without environment: the guard named in `/etc/ld.so.preload` and
 //! configured by `/etc/oomguard/oomguard.conf` guards a real PostgreSQL server started with an
 //! empty environment, and a program that is not PostgreSQL is never refused by default. The
 //! script runs in a private mount namespace where a copy of /etc is bind-mounted over /etc, so
