@@ -9,6 +9,8 @@
 //!   validation.
 //! - [`pool`]: reserving and releasing bytes against the limit, peaks, denial counters, slot
 //!   claiming and reaping of dead processes.
+//! - [`decide`]: the slow path's decision (reserve, reserve regardless, refuse with a cause) as a
+//!   pure function of what the guard knows, its effects passed in.
 //! - [`budget`]: per-process budgets (`oomguard.backend_memory_limit`, `OOM_GUARD_BACKEND_LIMIT`)
 //!   and refusal causes.
 //! - [`config`]: `OOM_GUARD_*` value parsing (sizes, modes, refusal scope) with errors that name
@@ -26,6 +28,7 @@ pub mod budget;
 pub mod cgroup;
 pub mod config;
 pub mod config_file;
+pub mod decide;
 pub mod fs;
 pub mod layout;
 pub mod limit;

@@ -15,6 +15,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
 use oomguard_core::budget::{BudgetSource, RefusalCause};
+use oomguard_core::decide;
 use oomguard_core::layout::{Header, LimitSource, ModeReason, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
@@ -318,93 +319,88 @@ pub fn record_peaks() {
     }
 }
 
-/// Reserves `need` bytes (plus a batch when it fits) or decides to refuse. Returns the bytes
-/// reserved.
+/// Reserves `need` bytes (plus a batch when it fits) or refuses, as `decide::decide` says.
+/// Returns the bytes reserved.
 fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let pool = pool();
     let slot = my_slot();
     kernel::refresh(pool.header(), now_ns());
-    let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let decision = classify(call);
-    if crate::inject::fires() {
-        if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
-            let cause = shortage_cause(tight);
-            return overdraft_or_refuse(&pool, slot, kind, need, request, call, cause);
-        }
-    }
-    let budget = budget::evaluate(&pool, slot, &decision);
-    let own = own_bytes(&pool, slot);
-    let within_budget =
-        |bytes: u64| budget.is_none_or(|budget| own.saturating_add(bytes) <= budget);
-    let over_budget = !within_budget(need);
-    if over_budget {
-        // The process's own bytes would pass its budget: refused like over the domain's limit
-        // where that is allowed; otherwise the budget does not apply to this request. When the
-        // domain could not cover the request either, that is the cause: the container is short
-        // of memory, which is what its alerts are about (and in report mode, the would-be
-        // refusal is counted once, on that path below).
-        let domain_short = tight || !pool.would_fit(need);
-        let counted_below = domain_short && MODE.load(Relaxed) != Mode::Enforce as u32;
-        if !counted_below {
-            if let Some(kind) = refusal_allowed(&pool, slot, &decision) {
-                let cause = if domain_short {
-                    shortage_cause(tight)
-                } else {
-                    RefusalCause::BackendBudget
-                };
-                return overdraft_or_refuse(&pool, slot, kind, need, request, call, cause);
-            }
-        }
-    }
-    let batch = need.saturating_add(BATCH as u64);
-    if !tight {
-        for bytes in [batch, need] {
-            // A batch that would pass the budget is not taken: the request alone may still fit.
-            // Over the budget and served anyway (report mode, a state where no refusal is
-            // allowed), the budget does not apply to this request, batch included.
-            let fits_budget = over_budget || within_budget(bytes);
-            if fits_budget && pool.try_reserve(slot, bytes) {
-                // The refusal episode ends with a reservation that could have been refused and
-                // was not. One made where no refusal is allowed (error handling in
-                // `ErrorContext`) says nothing about the next: the overdraft stays for what
-                // `AbortTransaction` allocates after a refusal on the budget.
-                if decision.refusable && OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT_IDLE {
-                    OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
-                }
-                return Some(bytes);
-            }
-        }
-    }
-    let kind = match over_limit(&pool, slot, &decision, tight, || {
-        pool.try_reserve(slot, need)
-    }) {
-        // With a batch: a process that is never refused must not take the slow path on every
-        // allocation once the domain is over its limit.
-        OverLimit::Regardless => {
-            pool.reserve_regardless(slot, batch);
-            return Some(batch);
-        }
-        OverLimit::Retried => return Some(need),
-        OverLimit::Refuse(kind) => kind,
-    };
-    overdraft_or_refuse(
-        &pool,
-        slot,
-        kind,
+    let injected = crate::inject::fires();
+    let facts = decide::Request {
         need,
-        request,
-        call,
-        shortage_cause(tight),
-    )
+        batch: BATCH as u64,
+        own: own_bytes(&pool, slot),
+        budget: budget::evaluate(&pool, slot, &decision),
+        tight: pool.header().cgroup.tight.load(Relaxed) != 0,
+        enforce: MODE.load(Relaxed) == Mode::Enforce as u32,
+        refusable: decision.refusable,
+        injected,
+    };
+    let mut world = Effects {
+        pool: &pool,
+        slot,
+        kind: decision.kind,
+        shared: false,
+    };
+    match decide::decide(&facts, &mut world) {
+        decide::Outcome::Reserved(bytes) => {
+            // The refusal episode ends with a reservation that could have been refused and was
+            // not. One made where no refusal is allowed (error handling in `ErrorContext`) says
+            // nothing about the next: the overdraft stays for what `AbortTransaction` allocates
+            // after a refusal on the budget.
+            if decision.refusable && OVERDRAFT_LEFT.load(Relaxed) != OVERDRAFT_IDLE {
+                OVERDRAFT_LEFT.store(OVERDRAFT_IDLE, Relaxed);
+            }
+            Some(bytes)
+        }
+        decide::Outcome::Retried(bytes) => Some(bytes),
+        decide::Outcome::Regardless(bytes) => {
+            pool.reserve_regardless(slot, bytes);
+            Some(bytes)
+        }
+        decide::Outcome::Refuse(cause) => {
+            overdraft_or_refuse(&pool, slot, decision.kind, need, request, call, cause)
+        }
+    }
 }
 
-/// Why a request the container cannot cover is refused: the kernel's numbers when they are
-/// tight, else the domain's limit.
-fn shortage_cause(tight: bool) -> RefusalCause {
-    if tight {
-        RefusalCause::KernelTight
-    } else {
-        RefusalCause::DomainLimit
+/// What `decide` asks of the world, done on the shared pool for this process's slot.
+struct Effects<'a> {
+    pool: &'a Pool<'a>,
+    slot: &'a Slot,
+    kind: ProcessKind,
+    /// Dynamic shared memory (charged to the total, to no slot) rather than malloc.
+    shared: bool,
+}
+
+impl decide::World for Effects<'_> {
+    fn would_fit(&mut self, bytes: u64) -> bool {
+        self.pool.would_fit(bytes)
+    }
+
+    fn try_reserve(&mut self, bytes: u64) -> bool {
+        if self.shared {
+            self.pool.reserve_shared(bytes, false)
+        } else {
+            self.pool.try_reserve(self.slot, bytes)
+        }
+    }
+
+    fn reap_and_retry(&mut self, bytes: u64) -> bool {
+        due(&LAST_REAP_NS, REAP_INTERVAL_NS) && reap(self.pool) > 0 && self.try_reserve(bytes)
+    }
+
+    fn fragile_stack(&mut self) -> bool {
+        crate::fragile::on_stack()
+    }
+
+    fn considering_refusal(&mut self) {
+        self.slot.kind.store(self.kind as u32, Relaxed);
+    }
+
+    fn would_refuse(&mut self) {
+        self.pool.record_overlimit_report(self.slot);
     }
 }
 
@@ -442,51 +438,6 @@ fn overdraft_or_refuse(
     let _ = OVERDRAFT_LEFT.compare_exchange(OVERDRAFT_IDLE, OVERDRAFT, Relaxed, Relaxed);
     refuse(pool, slot, kind, request as u64, call, cause);
     None
-}
-
-/// How a request that the pool could not cover (over the limit, or the kernel tight) ends.
-enum OverLimit {
-    /// Report mode, or a process that may not be refused: reserve it anyway.
-    Regardless,
-    /// Reaping dead processes made room and the retry reserved it.
-    Retried,
-    /// Refuse it (a process of this kind, in a state where refusing is safe).
-    Refuse(ProcessKind),
-}
-
-/// Decides a request the pool could not cover, for malloc and dynamic shared memory alike.
-fn over_limit(
-    pool: &Pool<'_>,
-    slot: &Slot,
-    decision: &policy::Decision,
-    tight: bool,
-    retry: impl FnOnce() -> bool,
-) -> OverLimit {
-    let Some(kind) = refusal_allowed(pool, slot, decision) else {
-        return OverLimit::Regardless;
-    };
-    // Tight is the kernel's verdict: reaping the guard's own slots cannot change it.
-    if !tight && due(&LAST_REAP_NS, REAP_INTERVAL_NS) && reap(pool) > 0 && retry() {
-        return OverLimit::Retried;
-    }
-    OverLimit::Refuse(kind)
-}
-
-/// Whether a request over a limit may be refused: in enforce mode, for a process the policy
-/// allows to be refused now. Records the process's kind, and in report mode the would-be
-/// refusal.
-fn refusal_allowed(
-    pool: &Pool<'_>,
-    slot: &Slot,
-    decision: &policy::Decision,
-) -> Option<ProcessKind> {
-    if MODE.load(Relaxed) != Mode::Enforce as u32 {
-        pool.record_overlimit_report(slot);
-        return None;
-    }
-    slot.kind.store(decision.kind as u32, Relaxed);
-    // The stack is looked at last: only for a request that would otherwise be refused.
-    (decision.refusable && !crate::fragile::on_stack()).then_some(decision.kind)
 }
 
 /// Counts a refusal and says so on stderr.
@@ -532,19 +483,33 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
     let granted = (!tight && pool.reserve_shared(bytes, false)) || {
         let slot = my_slot();
         let decision = classify(call);
-        match over_limit(&pool, slot, &decision, tight, || {
-            pool.reserve_shared(bytes, false)
-        }) {
-            OverLimit::Regardless => pool.reserve_shared(bytes, true),
-            OverLimit::Retried => true,
-            OverLimit::Refuse(kind) => {
+        let facts = decide::Request {
+            need: bytes,
+            batch: 0,
+            own: 0,
+            budget: None,
+            tight,
+            enforce: MODE.load(Relaxed) == Mode::Enforce as u32,
+            refusable: decision.refusable,
+            injected: false,
+        };
+        let mut world = Effects {
+            pool: &pool,
+            slot,
+            kind: decision.kind,
+            shared: true,
+        };
+        match decide::over_limit(&facts, &mut world) {
+            decide::Outcome::Regardless(bytes) => pool.reserve_shared(bytes, true),
+            decide::Outcome::Refuse(cause) => {
                 pool.header()
                     .stats
                     .dynamic_shared_denials
                     .fetch_add(1, Relaxed);
-                refuse(&pool, slot, kind, bytes, call, shortage_cause(tight));
+                refuse(&pool, slot, decision.kind, bytes, call, cause);
                 false
             }
+            decide::Outcome::Reserved(_) | decide::Outcome::Retried(_) => true,
         }
     };
     errno::set(saved);
