@@ -22,7 +22,7 @@
 //! Nothing here knows about the guard itself; the guard only reaches the server through the
 //! environment passed to [`Cluster::start`].
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -34,6 +34,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::unistd::{Uid, User};
 
 /// Environment variable naming the directory that holds `initdb`, `postgres` and `pg_ctl`.
 pub const BINDIR_ENV: &str = "OOM_GUARD_PG_BINDIR";
@@ -472,14 +473,17 @@ impl ServerUser {
 
     /// Looks up `name` in the user database; the result switches to that user.
     pub fn lookup(name: &str) -> Result<Self> {
-        let c_name = CString::new(name).with_context(|| format!("bad user name {name:?}"))?;
-        match getpw(PwKey::Name(&c_name))
+        // A name with a NUL byte cannot be in the user database (`User::from_name` would say
+        // "no such user"): say what is wrong with it instead.
+        CString::new(name).with_context(|| format!("bad user name {name:?}"))?;
+        match User::from_name(name)
+            .map_err(io::Error::from)
             .with_context(|| format!("could not look up user `{name}`"))?
         {
-            Some((name, uid, gid)) => Ok(ServerUser {
-                name,
-                uid,
-                gid,
+            Some(user) => Ok(ServerUser {
+                name: user.name,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
                 switch: true,
             }),
             None => bail!(
@@ -494,8 +498,8 @@ impl ServerUser {
         let uid = euid();
         // SAFETY: getegid has no preconditions and cannot fail.
         let gid = unsafe { libc::getegid() };
-        let name = match getpw(PwKey::Uid(uid)) {
-            Ok(Some((name, _, _))) => name,
+        let name = match User::from_uid(Uid::from_raw(uid)) {
+            Ok(Some(user)) => user.name,
             _ => std::env::var("USER").unwrap_or_else(|_| uid.to_string()),
         };
         Ok(ServerUser {
@@ -566,55 +570,6 @@ impl ServerUser {
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
-}
-
-enum PwKey<'a> {
-    Name(&'a CStr),
-    Uid(u32),
-}
-
-/// `getpwnam_r`/`getpwuid_r`: (name, uid, primary gid), or None if there is no such user.
-fn getpw(key: PwKey<'_>) -> io::Result<Option<(String, u32, u32)>> {
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is a valid
-        // (if meaningless) value, and getpw*_r overwrites it before we read it.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the duration of the call: `pwd` and `result` are
-        // live locals, `buf` is a live buffer of `buf.len()` bytes, and the name is a
-        // NUL-terminated CStr.
-        let rc = unsafe {
-            match key {
-                PwKey::Name(name) => libc::getpwnam_r(
-                    name.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                    &mut result,
-                ),
-                PwKey::Uid(uid) => {
-                    libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result)
-                }
-            }
-        };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: on success `pw_name` points to a NUL-terminated string inside `buf`, which is
-        // still alive here.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        return Ok(Some((name, pwd.pw_uid, pwd.pw_gid)));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1590,5 +1545,25 @@ mod tests {
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
         assert!(err.contains(USER_ENV), "{err}");
+    }
+
+    #[test]
+    fn a_user_is_found_by_name_with_its_uid_and_primary_group() {
+        let root = ServerUser::lookup("root").unwrap();
+        assert_eq!(
+            root,
+            ServerUser {
+                name: "root".to_owned(),
+                uid: 0,
+                gid: 0,
+                switch: true,
+            }
+        );
+    }
+
+    #[test]
+    fn a_name_with_a_nul_byte_is_a_bad_user_name_not_a_missing_user() {
+        let err = format!("{:#}", ServerUser::lookup("ro\0ot").unwrap_err());
+        assert!(err.starts_with("bad user name"), "{err}");
     }
 }

@@ -419,7 +419,7 @@ pub fn render(status: &DomainStatus) -> String {
     out
 }
 
-/// The columns of [`csv`], in order. New columns go at the end, so that queries naming the
+/// The columns of [`csv()`], in order. New columns go at the end, so that queries naming the
 /// earlier ones keep working (a `file_fdw` table must still be re-created to see them).
 pub const CSV_COLUMNS: [&str; 14] = [
     "domain",
@@ -438,24 +438,20 @@ pub const CSV_COLUMNS: [&str; 14] = [
     "last_refusal_cause",
 ];
 
-/// `field` as one CSV field (RFC 4180): quoted when it holds a comma, quote, CR or LF, with
-/// quotes doubled.
-fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_owned()
-    }
-}
-
 /// Every live process of `domains` as CSV: a header row ([`CSV_COLUMNS`]), then one row per
 /// process (domains in the given order). `domain` is the segment's file name, as the exporter's
 /// `domain` label; numbers are plain integers (bytes are bytes); `budget_bytes` is empty (NULL
 /// to `file_fdw`) when the process has no budget, `budget_source` and `last_refusal_cause` are
 /// the names `--json` uses. Stale domains have no live process, so no row.
+///
+/// Written by the `csv` crate with its defaults, which are RFC 4180 as `file_fdw` reads it: `,`
+/// between fields, `\n` after each row, and a field quoted only when it holds a comma, a double
+/// quote, CR or LF (quotes doubled), which in practice means only a command line.
 pub fn csv(domains: &[DomainStatus]) -> String {
-    let mut out = CSV_COLUMNS.join(",");
-    out.push('\n');
+    // Writing to a Vec cannot fail, and every row has the header's 14 fields.
+    const INFALLIBLE: &str = "CSV rows of a fixed width into memory";
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(CSV_COLUMNS).expect(INFALLIBLE);
     for status in domains {
         let s = &status.snapshot;
         let domain = Path::new(&s.path).file_name().map_or_else(
@@ -463,28 +459,28 @@ pub fn csv(domains: &[DomainStatus]) -> String {
             |name| name.to_string_lossy().into_owned(),
         );
         for p in &s.processes {
-            let _ = writeln!(
-                out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                csv_field(&domain),
-                p.pid,
-                csv_field(p.kind),
-                p.bytes,
-                p.peak_bytes,
-                p.allocations,
-                p.denials,
-                p.denied_bytes,
-                p.last_denied_size,
-                p.overlimit_reports,
-                csv_field(&p.title),
+            let row: [String; CSV_COLUMNS.len()] = [
+                domain.clone(),
+                p.pid.to_string(),
+                p.kind.to_owned(),
+                p.bytes.to_string(),
+                p.peak_bytes.to_string(),
+                p.allocations.to_string(),
+                p.denials.to_string(),
+                p.denied_bytes.to_string(),
+                p.last_denied_size.to_string(),
+                p.overlimit_reports.to_string(),
+                p.title.clone(),
                 p.budget_bytes
                     .map_or_else(String::new, |bytes| bytes.to_string()),
-                csv_field(p.budget_source.name()),
-                csv_field(p.last_refusal_cause.name())
-            );
+                p.budget_source.name().to_owned(),
+                p.last_refusal_cause.name().to_owned(),
+            ];
+            out.write_record(&row).expect(INFALLIBLE);
         }
     }
-    out
+    let bytes = out.into_inner().expect(INFALLIBLE);
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
 }
 
 #[cfg(test)]
@@ -683,11 +679,49 @@ mod tests {
     }
 
     #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(csv_field("client backend"), "client backend");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    fn ordinary_values_are_written_unquoted_one_row_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut status, _lock) = domain_after_refusals(dir.path());
+        let mut budgeted = process(Some(16 << 20), BudgetSource::Setting);
+        budgeted.pid = 43;
+        budgeted.last_refusal_cause = RefusalCause::BackendBudget;
+        status.snapshot.processes = vec![process(None, BudgetSource::None), budgeted];
+        assert_eq!(
+            csv(std::slice::from_ref(&status)),
+            "domain,pid,kind,bytes,peak_bytes,allocations,denials,denied_bytes,last_denied_size,\
+             overlimit_reports,command,budget_bytes,budget_source,last_refusal_cause\n\
+             oomguard-test,42,client backend,3145728,5242880,10,0,0,0,0,\
+             postgres: app app [local] SELECT,,none,none\n\
+             oomguard-test,43,client backend,3145728,5242880,10,0,0,0,0,\
+             postgres: app app [local] SELECT,16777216,oomguard.backend_memory_limit,\
+             backend_budget\n"
+        );
+        assert_eq!(csv(&[]), format!("{}\n", CSV_COLUMNS.join(",")));
+    }
+
+    #[test]
+    fn a_command_line_with_a_comma_a_quote_and_a_newline_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut status, _lock) = domain_after_refusals(dir.path());
+        let title = "postgres: app app [local] SELECT 'a,b', \"x\"\nFROM t";
+        let mut odd = process(None, BudgetSource::None);
+        odd.title = title.to_owned();
+        status.snapshot.processes = vec![odd, process(None, BudgetSource::None)];
+        let text = csv(std::slice::from_ref(&status));
+        assert!(
+            text.contains(",\"postgres: app app [local] SELECT 'a,b', \"\"x\"\"\nFROM t\","),
+            "quoted as RFC 4180 says, quotes doubled:\n{text}"
+        );
+
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(reader.headers().unwrap(), CSV_COLUMNS.as_slice());
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        let command = CSV_COLUMNS.iter().position(|c| *c == "command").unwrap();
+        assert_eq!(&rows[0][command], title);
+        assert_eq!(&rows[0][1], "42");
+        assert_eq!(&rows[0][CSV_COLUMNS.len() - 1], "none");
+        assert_eq!(&rows[1][command], "postgres: app app [local] SELECT");
     }
 
     #[test]

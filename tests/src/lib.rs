@@ -6,8 +6,10 @@
 //! what the tests of the `oomguard` binary share: where the release-built binary is and how to run
 //! it ([`oomguard_command`], [`run_output`]), finding `promtool`, and a real exporter on a free
 //! loopback port ([`Exporter`]) scraped with a raw HTTP GET ([`http_get`]), and real memory
-//! cgroups: the policy of the tests that meet the kernel's OOM killer ([`cgroup`]), and injection
-//! campaigns against a real server ([`campaign`], also run by hand through `oomguard-inject`).
+//! cgroups: the policy of the tests that meet the kernel's OOM killer ([`cgroup`]), injection
+//! campaigns against a real server ([`campaign`], also run by hand through `oomguard-inject`),
+//! and what the tests against a real guarded server share: starting one and requiring a
+//! statement to end in `ERROR: out of memory` ([`sessions`]).
 //! It contains no tests itself (beyond unit tests of its parsers); they live in `tests/*.rs`.
 
 use std::env;
@@ -24,6 +26,7 @@ use oomguard_cli::exporter::LISTEN_ENV;
 pub mod campaign;
 pub mod cgroup;
 pub mod containers;
+pub mod sessions;
 
 /// Overrides [`library_path`] when set (absolute path of a `liboomguard.so`).
 pub const LIBRARY_ENV: &str = "OOMGUARD_LIBRARY";

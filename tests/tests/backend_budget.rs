@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::pgcluster::{backend_pid, pid_maps_library, Cluster, PgBinaries};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
-use oomguard_tests::library_path;
-use postgres::error::SqlState;
+use oomguard_tests::sessions::{expect_out_of_memory, start_guarded};
 use postgres::{Client, NoTls};
 
 const MIB: u64 = 1 << 20;
@@ -35,7 +34,7 @@ fn start(guard_env: &[(&str, &str)], settings: &[(&str, &str)]) -> GuardedCluste
         ("OOM_GUARD_MODE", "enforce"),
     ];
     env.extend_from_slice(guard_env);
-    GuardedCluster::start(&library_path(), &env, settings).expect("start a guarded PostgreSQL")
+    start_guarded(&env, settings)
 }
 
 /// A session as `user` to `database`, with `options` (what `PGOPTIONS` carries).
@@ -71,18 +70,13 @@ fn denials_by_cause(server: &GuardedCluster) -> (u64, u64) {
 }
 
 /// `query` must fail with `ERROR: out of memory` (SQLSTATE 53200) and the session must answer
-/// the next query from the same backend. Returns the error's message and context.
+/// the next query from the same backend. Returns the error as `sessions::describe` writes it
+/// (message, DETAIL and CONTEXT).
 fn assert_refused(client: &mut Client, query: &str) -> String {
     let pid = backend_pid(client).unwrap();
-    let error = client
-        .batch_execute(query)
-        .expect_err(&format!("{query} should have been refused"));
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{query}: not a server error (did the server crash?): {error}"));
-    assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{query}: {db:?}");
+    let refusal = expect_out_of_memory(client, &[query]);
     assert_eq!(backend_pid(client).unwrap(), pid, "the session answers");
-    format!("{} / {}", db.message(), db.where_().unwrap_or(""))
+    refusal
 }
 
 /// `query` must succeed.

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::pgcluster::Cluster;
-use oomguard_tests::{library_path, workspace_root};
+use oomguard_tests::sessions::start_guarded;
+use oomguard_tests::workspace_root;
 
 /// A hog short enough for the job's 120 bytes: one 400 MB array.
 const HOG: &str = "SELECT cardinality(array_fill(1, ARRAY[100000000]))";
@@ -82,12 +82,10 @@ fn worker_exit_line(cluster: &Cluster, pid: i32) -> String {
 
 #[test]
 fn a_refused_background_worker_job_fails_alone() {
-    let guarded = GuardedCluster::start(
-        &library_path(),
+    let guarded = start_guarded(
         &[("OOM_GUARD_LIMIT", "256Mi"), ("OOM_GUARD_MODE", "enforce")],
         &[],
-    )
-    .expect("start a guarded PostgreSQL");
+    );
     let cluster = &guarded.cluster;
     let library = build_job(cluster);
     assert!(Path::new(&library).is_file());

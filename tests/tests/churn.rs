@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::segment::Snapshot;
-use oomguard_tests::library_path;
+use oomguard_tests::sessions::start_guarded;
 
 const KIB: i64 = 1 << 10;
 const MIB: i64 = 1 << 20;
@@ -115,12 +115,7 @@ fn settled(guarded: &GuardedCluster) -> Snapshot {
 #[test]
 fn books_balance_after_connection_churn_and_crash_restarts() {
     // No autovacuum: its workers would come and go while the books are read.
-    let guarded = GuardedCluster::start(
-        &library_path(),
-        &[("OOM_GUARD_LIMIT", "1GiB")],
-        &[("autovacuum", "off")],
-    )
-    .expect("start a guarded PostgreSQL");
+    let guarded = start_guarded(&[("OOM_GUARD_LIMIT", "1GiB")], &[("autovacuum", "off")]);
     let status = pgbench(&guarded, &["-i", "-s", "1", "-q"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

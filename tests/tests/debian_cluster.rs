@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oomguard_cli::pgcluster::{pid_maps_library, stage_library, PgBinaries};
+use oomguard_tests::sessions::expect_out_of_memory;
 use oomguard_tests::{is_root, library_path, plain, run_output};
-use postgres::error::SqlState;
 
 /// Drops the cluster (stopping it) when the test ends, also when it fails.
 struct DebianCluster {
@@ -135,13 +135,10 @@ fn a_cluster_started_by_pg_ctlcluster_is_guarded_through_its_environment_file() 
             Err(_) => {}
         }
     };
-    let error = client
-        .batch_execute("SELECT cardinality(array_fill(1, ARRAY[100000000]))")
-        .expect_err("a 400 MB array under a 256 MiB limit");
-    assert_eq!(
-        error.as_db_error().map(|db| db.code()),
-        Some(&SqlState::OUT_OF_MEMORY),
-        "{error}"
+    // A 400 MB array under a 256 MiB limit.
+    expect_out_of_memory(
+        &mut client,
+        &["SELECT cardinality(array_fill(1, ARRAY[100000000]))"],
     );
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1, "the session lives on");

@@ -11,12 +11,10 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use oomguard_cli::demo::{GuardedCluster, HOG_QUERY};
+use oomguard_cli::demo::HOG_QUERY;
 use oomguard_cli::exporter::{LISTEN_ENV, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
-use oomguard_tests::{
-    http_get, library_path, oomguard_command, promtool, stale_and_live_domains, Exporter,
-};
-use postgres::error::SqlState;
+use oomguard_tests::sessions::{expect_out_of_memory, start_guarded};
+use oomguard_tests::{http_get, oomguard_command, promtool, stale_and_live_domains, Exporter};
 
 /// What Prometheus 2.x sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
@@ -86,12 +84,10 @@ fn assert_promtool_passes(text: &str) {
 #[test]
 fn a_refused_hog_shows_in_the_metrics_which_promtool_accepts_and_sigterm_exits_0() {
     promtool(); // fail before starting anything when it is missing
-    let guarded = GuardedCluster::start(
-        &library_path(),
+    let guarded = start_guarded(
         &[("OOM_GUARD_LIMIT", "256Mi"), ("OOM_GUARD_MODE", "enforce")],
         &[],
-    )
-    .expect("start a guarded PostgreSQL");
+    );
     let exporter = Exporter::start(&guarded.segment_dir);
     let addr = exporter.addr.clone();
 
@@ -121,11 +117,7 @@ fn a_refused_hog_shows_in_the_metrics_which_promtool_accepts_and_sigterm_exits_0
     );
     assert!(!before.contains("pid="), "no per-process series");
 
-    let error = hog
-        .batch_execute(HOG_QUERY)
-        .expect_err("the hog should have been refused");
-    let db = error.as_db_error().expect("a server error");
-    assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{db:?}");
+    expect_out_of_memory(&mut hog, &[HOG_QUERY]);
 
     let after = scrape_openmetrics(&addr);
     assert!(

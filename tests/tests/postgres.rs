@@ -6,7 +6,7 @@
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::pgcluster::{self, backend_pid, pid_maps_library};
 use oomguard_tests::library_path;
-use postgres::error::SqlState;
+use oomguard_tests::sessions::{expect_out_of_memory, start_guarded};
 use postgres::Client;
 
 const MIB: i64 = 1 << 20;
@@ -19,34 +19,16 @@ fn checkpointer_pid(client: &mut Client) -> u32 {
     pgcluster::checkpointer_pid(client).unwrap()
 }
 
-/// Runs `statements`; the last must fail with `ERROR: out of memory` (53200).
-fn assert_out_of_memory(client: &mut Client, statements: &[&str]) -> String {
-    let (last, setup) = statements.split_last().unwrap();
-    for statement in setup {
-        client.batch_execute(statement).unwrap();
-    }
-    let error = client
-        .batch_execute(last)
-        .expect_err(&format!("{last} should have been refused"));
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{last}: not a server error: {error}"));
-    assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{last}: {db:?}");
-    format!("{} / {}", db.message(), db.detail().unwrap_or(""))
-}
-
 fn one(client: &mut Client) -> i32 {
     client.query_one("SELECT 1", &[]).unwrap().get(0)
 }
 
 #[test]
 fn hog_queries_fail_with_out_of_memory_and_the_server_survives() {
-    let guarded = GuardedCluster::start(
-        &library_path(),
+    let guarded = start_guarded(
         &[("OOM_GUARD_LIMIT", "256Mi"), ("OOM_GUARD_MODE", "enforce")],
         &[],
-    )
-    .expect("start a guarded PostgreSQL");
+    );
     let cluster = &guarded.cluster;
     let postmaster = cluster.postmaster_pid().unwrap();
 
@@ -83,7 +65,7 @@ fn hog_queries_fail_with_out_of_memory_and_the_server_survives() {
         ],
     ];
     for statements in hogs {
-        let message = assert_out_of_memory(&mut hog, statements);
+        let message = expect_out_of_memory(&mut hog, statements);
         assert!(message.contains("out of memory"), "{message}");
         hog.batch_execute("RESET ALL").unwrap();
         assert_eq!(one(&mut hog), 1, "the hog's own session survives");
@@ -188,12 +170,10 @@ fn a_server_over_its_limit_from_the_start_still_runs_checkpoints_and_stops_clean
 /// may still be refused, as an ERROR, and the session goes on.
 #[test]
 fn a_session_refused_at_its_first_temporary_table_keeps_its_session() {
-    let guarded = GuardedCluster::start(
-        &library_path(),
+    let guarded = start_guarded(
         &[("OOM_GUARD_LIMIT", "1Gi"), ("OOM_GUARD_MODE", "enforce")],
         &[],
-    )
-    .expect("start a guarded PostgreSQL");
+    );
     let mut session = guarded.cluster.connect().unwrap();
     let pid = pid_of(&mut session);
     // 131072 local buffers: descriptor arrays of 8 MiB, far more than a thread's reservation

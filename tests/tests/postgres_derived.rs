@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::pgcluster;
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
-use oomguard_tests::{cgroup_v2_fixture, library_path, set_cgroup_usage};
+use oomguard_tests::sessions::{assert_out_of_memory, expect_out_of_memory, start_guarded};
+use oomguard_tests::{cgroup_v2_fixture, set_cgroup_usage};
 use postgres::error::SqlState;
 use postgres::Client;
 
@@ -49,7 +50,7 @@ fn start(
     let root = fixture.root.to_str().unwrap().to_owned();
     let mut env = vec![("OOM_GUARD_CGROUP_ROOT", root.as_str())];
     env.extend_from_slice(guard_env);
-    GuardedCluster::start(&library_path(), &env, settings).expect("start a guarded PostgreSQL")
+    start_guarded(&env, settings)
 }
 
 fn sql_error(client: &mut Client, statement: &str) -> (SqlState, String) {
@@ -107,11 +108,10 @@ fn the_limit_derives_from_the_cgroup_and_the_postmasters_shared_memory() {
         oomguard_core::Mode::Enforce as u32
     );
 
-    let (code, message) = sql_error(
+    expect_out_of_memory(
         &mut client,
-        "SELECT cardinality(array_fill(1, ARRAY[100000000]))",
+        &["SELECT cardinality(array_fill(1, ARRAY[100000000]))"],
     );
-    assert_eq!(code, SqlState::OUT_OF_MEMORY, "{message}");
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 
@@ -145,14 +145,13 @@ fn the_guard_tightens_while_the_kernel_sees_no_headroom() {
     // has read that (within its 100 ms interval), the same query is refused.
     fixture.set_anon(500 * MIB);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (code, message) = loop {
+    loop {
         if let Err(error) = hog.batch_execute(small) {
-            let db = error.as_db_error().expect("a server error");
-            break (db.code().clone(), db.message().to_owned());
+            assert_out_of_memory(small, &error);
+            break;
         }
         assert!(Instant::now() < deadline, "the guard never tightened");
-    };
-    assert_eq!(code, SqlState::OUT_OF_MEMORY, "{message}");
+    }
     let header_numbers = || {
         let segment = guarded.segment().unwrap();
         let header = segment.view().unwrap().header;
@@ -183,8 +182,7 @@ fn the_guard_tightens_while_the_kernel_sees_no_headroom() {
         match hog.batch_execute(small) {
             Ok(()) => break,
             Err(error) => {
-                let code = error.as_db_error().map(|db| db.code().clone());
-                assert_eq!(code, Some(SqlState::OUT_OF_MEMORY), "{error}");
+                assert_out_of_memory(small, &error);
                 assert!(
                     Instant::now() < deadline,
                     "the guard never loosened: {:?}",

@@ -34,10 +34,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use oomguard_cli::demo::{GuardedCluster, CRASH_LOG_LINES, HASH_AGGREGATE_HOG};
-use oomguard_cli::pgcluster::{self, backend_pid, Cluster, ClusterOptions};
+use oomguard_cli::pgcluster::{self, backend_pid, Cluster, ClusterOptions, PgBinaries};
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
 use oomguard_tests::cgroup::{self, opted_out, MemoryCgroup};
 use oomguard_tests::library_path;
+use oomguard_tests::sessions::{assert_out_of_memory, describe, expect_out_of_memory};
 use postgres::error::SqlState;
 use postgres::Client;
 
@@ -74,17 +75,18 @@ fn without_pg_cron() -> bool {
     oomguard_tests::pg_cron_opted_out("the pg_cron background-worker job scenario")
 }
 
+/// How both tests create their cluster: in `cgroup`, with the server binaries found as usual,
+/// which must have pg_cron next to them (unless this run opted out; fails with the fix).
 fn options(cgroup: &MemoryCgroup) -> ClusterOptions {
+    let binaries =
+        PgBinaries::discover().unwrap_or_else(|e| panic!("no PostgreSQL server binaries: {e}"));
+    if !without_pg_cron() {
+        oomguard_tests::require_pg_cron(&binaries);
+    }
     ClusterOptions {
+        binaries: Some(binaries),
         cgroup: Some(cgroup.path().to_owned()),
         ..Default::default()
-    }
-}
-
-/// Fails with the fix when pg_cron is not installed next to the cluster's server binaries.
-fn require_pg_cron(cluster: &Cluster) {
-    if !without_pg_cron() {
-        oomguard_tests::require_pg_cron(cluster.binaries());
     }
 }
 
@@ -98,7 +100,6 @@ fn string_settings() -> Vec<(String, String)> {
 /// Starts a server in `cgroup` without the guard.
 fn start_unguarded(cgroup: &MemoryCgroup) -> Cluster {
     let mut cluster = Cluster::create_temp(&options(cgroup)).expect("create a cluster");
-    require_pg_cron(&cluster);
     cluster
         .start(&[], &string_settings())
         .expect("start PostgreSQL in the cgroup");
@@ -107,39 +108,13 @@ fn start_unguarded(cgroup: &MemoryCgroup) -> Cluster {
 }
 
 /// Starts a server in `cgroup` guarded by `LD_PRELOAD` alone (plus `OOM_GUARD_DIR`, which only
-/// says where the segment lives, so the test can read it).
+/// says where the segment lives, so the test can read it). [`GuardedCluster::start_with`] checks
+/// that the postmaster maps the guard.
 fn start_guarded(cgroup: &MemoryCgroup) -> GuardedCluster {
-    let mut cluster = Cluster::create_temp(&options(cgroup)).expect("create a cluster");
-    require_pg_cron(&cluster);
-    let base = cluster.base_dir().to_owned();
-    let library = pgcluster::stage_library(&library_path(), &base.join("lib")).unwrap();
-    let segment_dir = base.join("guard");
-    std::fs::create_dir_all(&segment_dir).unwrap();
-    let user = cluster.server_user().clone();
-    if user.switch {
-        std::os::unix::fs::chown(&segment_dir, Some(user.uid), Some(user.gid)).unwrap();
-    }
-    let env = [
-        ("LD_PRELOAD".to_owned(), library.display().to_string()),
-        (
-            "OOM_GUARD_DIR".to_owned(),
-            segment_dir.display().to_string(),
-        ),
-    ];
-    cluster
-        .start(&env, &string_settings())
+    let guarded = GuardedCluster::start_with(&options(cgroup), &library_path(), &[], &settings())
         .expect("start the guarded PostgreSQL in the cgroup");
-    assert_in_cgroup(&cluster, cgroup);
-    let postmaster = cluster.postmaster_pid().unwrap();
-    assert!(
-        pgcluster::pid_maps_library(postmaster, "liboomguard.so").unwrap(),
-        "the postmaster does not have the guard mapped"
-    );
-    GuardedCluster {
-        cluster,
-        segment_dir,
-        library,
-    }
+    assert_in_cgroup(&guarded.cluster, cgroup);
+    guarded
 }
 
 fn assert_in_cgroup(cluster: &Cluster, cgroup: &MemoryCgroup) {
@@ -204,34 +179,6 @@ fn crash_lines(log: &str) -> Vec<String> {
         .filter(|line| CRASH_LOG_LINES.iter().any(|crash| line.contains(crash)))
         .map(str::to_owned)
         .collect()
-}
-
-/// `message / DETAIL / CONTEXT` of a server error.
-fn describe(db: &postgres::error::DbError) -> String {
-    let mut text = db.message().to_owned();
-    if let Some(detail) = db.detail() {
-        text.push_str(&format!(" / DETAIL: {detail}"));
-    }
-    if let Some(context) = db.where_() {
-        text.push_str(&format!(" / CONTEXT: {context}"));
-    }
-    text
-}
-
-/// Runs `statements`; the last must fail with `ERROR: out of memory` (53200). Returns its text.
-fn expect_out_of_memory(client: &mut Client, statements: &[&str]) -> String {
-    let (last, setup) = statements.split_last().unwrap();
-    for statement in setup {
-        client.batch_execute(statement).unwrap();
-    }
-    let error = client
-        .batch_execute(last)
-        .expect_err(&format!("{last} should have failed with out of memory"));
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{last}: not a server error (did the server crash?): {error}"));
-    assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{last}: {db:?}");
-    describe(db)
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
@@ -642,13 +589,7 @@ fn concurrent_sessions(ctx: &Ctx) -> Vec<String> {
     for result in results {
         match result {
             Ok(()) => succeeded += 1,
-            Err(error) => {
-                let db = error
-                    .as_db_error()
-                    .unwrap_or_else(|| panic!("not a server error (a crash?): {error}"));
-                assert_eq!(db.code(), &SqlState::OUT_OF_MEMORY, "{db:?}");
-                errors.push(describe(db));
-            }
+            Err(error) => errors.push(assert_out_of_memory("a session holding ~80 MB", &error)),
         }
     }
     assert!(

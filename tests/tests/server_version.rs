@@ -4,13 +4,11 @@
 //! test fails when the server that actually started is another major, so a wrong path cannot
 //! make the whole matrix test one version.
 
-use oomguard_cli::demo::GuardedCluster;
-use oomguard_tests::library_path;
+use oomguard_tests::sessions::start_guarded;
 
 #[test]
 fn the_server_under_test_is_the_expected_major_and_is_guarded() {
-    let guarded = GuardedCluster::start(&library_path(), &[("OOM_GUARD_MODE", "report")], &[])
-        .expect("start a guarded PostgreSQL");
+    let guarded = start_guarded(&[("OOM_GUARD_MODE", "report")], &[]);
     let mut client = guarded.cluster.connect().unwrap();
     let version_num: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -23,7 +21,8 @@ fn the_server_under_test_is_the_expected_major_and_is_guarded() {
     if std::env::var(oomguard_cli::pgcluster::JIT_ENV).is_ok_and(|value| value == "on") {
         assert_eq!(jit, "on");
     }
-    // GuardedCluster::start checked that the postmaster maps the library; a backend must too.
+    // start_guarded (GuardedCluster::start) checked that the postmaster maps the library; a
+    // backend must too.
     let pid = oomguard_cli::pgcluster::backend_pid(&mut client).unwrap();
     assert!(oomguard_cli::pgcluster::pid_maps_library(pid as u32, "liboomguard.so").unwrap());
     match std::env::var("OOMGUARD_EXPECT_PG_MAJOR") {

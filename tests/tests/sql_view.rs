@@ -12,9 +12,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use oomguard_cli::demo::GuardedCluster;
 use oomguard_cli::status::CSV_COLUMNS;
-use oomguard_tests::{library_path, oomguard_binary, run_output, while_holding, workspace_root};
+use oomguard_tests::sessions::{expect_out_of_memory, start_guarded};
+use oomguard_tests::{oomguard_binary, run_output, while_holding, workspace_root};
 
 /// The `program` option as the packaged file writes it.
 const PACKAGED_PROGRAM: &str = "program '/usr/bin/oomguard status --csv'";
@@ -36,8 +36,7 @@ fn stage_binary(dir: &std::path::Path) -> PathBuf {
 
 #[test]
 fn the_foreign_table_joins_pg_stat_activity_and_shows_who_holds_the_memory() {
-    let guarded = GuardedCluster::start(&library_path(), &[("OOM_GUARD_LIMIT", "1GiB")], &[])
-        .expect("start a guarded cluster");
+    let guarded = start_guarded(&[("OOM_GUARD_LIMIT", "1GiB")], &[]);
     let binary = stage_binary(&guarded.cluster.base_dir().join("bin"));
 
     let sql = packaged_sql();
@@ -166,17 +165,13 @@ fn budgets_and_refusal_causes_show_in_the_table(client: &mut postgres::Client) {
     assert_eq!(source, "oomguard.backend_memory_limit");
     assert_eq!(cause, "none");
 
-    client
-        .batch_execute("SET oomguard.backend_memory_limit = '16MB'")
-        .unwrap();
-    let error = client
-        .batch_execute("SELECT length(repeat('x', 64000000))")
-        .expect_err("64 MB is past a 16 MB budget");
-    let db = error.as_db_error().expect("a server error");
-    assert_eq!(
-        db.code(),
-        &postgres::error::SqlState::OUT_OF_MEMORY,
-        "{db:?}"
+    // 64 MB is past a 16 MB budget.
+    expect_out_of_memory(
+        client,
+        &[
+            "SET oomguard.backend_memory_limit = '16MB'",
+            "SELECT length(repeat('x', 64000000))",
+        ],
     );
     let (budget, source, cause, denials) = own_row(client);
     assert_eq!(budget, Some(16 << 20));

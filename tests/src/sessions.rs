@@ -1,0 +1,104 @@
+//! Sessions against a real PostgreSQL server under the guard.
+//!
+//! This module owns what the server tests (`postgres.rs`, `backend_budget.rs`, `real_cgroup.rs`,
+//! …) share about a guarded server and its sessions:
+//!
+//! - starting a throwaway guarded server with the release-built library ([`start_guarded`]; the
+//!   cluster itself is `oomguard_cli::demo::GuardedCluster`, which the demo uses too);
+//! - the check that a statement was refused the way the guard promises, with PostgreSQL's own
+//!   `ERROR: out of memory` (SQLSTATE 53200, [`SqlState::OUT_OF_MEMORY`]) and not with a lost
+//!   connection, another error or success: [`expect_out_of_memory`] runs the statements itself,
+//!   [`assert_out_of_memory`] judges an error already in hand (from a session on another thread,
+//!   or from a retry loop);
+//! - [`describe`], the one-line text of a server error that those checks return and that failure
+//!   messages quote.
+//!
+//! Checks of other outcomes (a reset, another SQLSTATE, any ERROR) stay in their test files.
+
+use oomguard_cli::demo::GuardedCluster;
+use postgres::error::{DbError, SqlState};
+use postgres::Client;
+
+use crate::library_path;
+
+/// Starts a throwaway PostgreSQL server with the release-built guard ([`library_path`])
+/// preloaded, `guard_env` (`OOM_GUARD_*`) in its environment and `settings` over the cluster's
+/// defaults ([`GuardedCluster::start`]). Dropping it stops the server and removes its directory.
+///
+/// # Panics
+/// When the server cannot be created or started, or does not map the guard (with the whole
+/// error chain).
+pub fn start_guarded(guard_env: &[(&str, &str)], settings: &[(&str, &str)]) -> GuardedCluster {
+    GuardedCluster::start(&library_path(), guard_env, settings).expect("start a guarded PostgreSQL")
+}
+
+/// Runs `statements` on `client`, each with `batch_execute`: every one but the last must
+/// succeed (setup such as `SET work_mem = '2GB'`), and the last must fail with `ERROR: out of
+/// memory` (SQLSTATE 53200). Returns that error as [`describe`] writes it (message, then any
+/// DETAIL and CONTEXT: a refusal in a parallel worker says so in its CONTEXT).
+///
+/// # Panics
+/// - when a setup statement fails;
+/// - when the last statement succeeds;
+/// - when it fails without a server error (the connection was lost: the panic says whether the
+///   client sees its connection closed, as after a backend crash or a server reset);
+/// - when the server error has another SQLSTATE.
+///
+/// Each message names the statement.
+pub fn expect_out_of_memory(client: &mut Client, statements: &[&str]) -> String {
+    let (last, setup) = statements
+        .split_last()
+        .expect("at least the statement that must be refused");
+    for statement in setup {
+        if let Err(error) = client.batch_execute(statement) {
+            panic!("setup statement {statement} failed: {error:#}");
+        }
+    }
+    let error = match client.batch_execute(last) {
+        Ok(()) => panic!("{last} should have failed with ERROR: out of memory, but it succeeded"),
+        Err(error) => error,
+    };
+    if error.as_db_error().is_none() {
+        let connection = if client.is_closed() {
+            "the connection is closed: did the backend crash or the server reset?"
+        } else {
+            "the connection is still open"
+        };
+        panic!("{last}: not a server error but {error:#}; {connection}");
+    }
+    assert_out_of_memory(last, &error)
+}
+
+/// Requires `error` to be `ERROR: out of memory` (SQLSTATE 53200) from the server. `what` names
+/// what ended with it (the statement, or the session that ran it) in the panic messages.
+/// Returns the error as [`describe`] writes it.
+///
+/// # Panics
+/// When `error` is not a server error (did the server crash?), or has another SQLSTATE.
+pub fn assert_out_of_memory(what: &str, error: &postgres::Error) -> String {
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{what}: not a server error (did the server crash?): {error:#}"));
+    assert_eq!(
+        db.code(),
+        &SqlState::OUT_OF_MEMORY,
+        "{what}: {} ({db:?})",
+        describe(db)
+    );
+    describe(db)
+}
+
+/// A server error in one line: its message, then ` / DETAIL: …` and ` / CONTEXT: …` when the
+/// server sent them.
+pub fn describe(db: &DbError) -> String {
+    let mut text = db.message().to_owned();
+    if let Some(detail) = db.detail() {
+        text.push_str(" / DETAIL: ");
+        text.push_str(detail);
+    }
+    if let Some(context) = db.where_() {
+        text.push_str(" / CONTEXT: ");
+        text.push_str(context);
+    }
+    text
+}
