@@ -329,6 +329,15 @@ impl Response {
     }
 }
 
+/// A loopback port nothing listens on now (for a server that must be told its port; another
+/// process could take it before that server binds it, which a test then sees as a clear error).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind a loopback port")
+}
+
 /// `GET path` from `addr` over HTTP/1.0 (so the server closes the connection and never chunks),
 /// with an `Accept` header when `accept` is given. The status is not checked.
 ///

@@ -5,7 +5,6 @@
 //! guard's settings go. The server must map the guard, and a hog must end in `ERROR: out of
 //! memory` while the session lives.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,14 +25,6 @@ impl Drop for DebianCluster {
             .args([&self.version, &self.name, "--stop"])
             .status();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run(command: &mut Command) -> String {
@@ -80,7 +71,7 @@ fn a_cluster_started_by_pg_ctlcluster_is_guarded_through_its_environment_file() 
         .arg(&segments));
 
     let name = format!("oomguard{}", std::process::id());
-    let port = free_port();
+    let port = oomguard_tests::free_loopback_port();
     let cluster = DebianCluster {
         version: version.clone(),
         name: name.clone(),

@@ -25,7 +25,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,15 +43,6 @@ const POD: &str = "postgres-0";
 const RESTARTS: usize = 50;
 /// How long Prometheus may take to show what the test waits for.
 const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(90);
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A host directory for a pod volume, owned by `uid` with `mode`.
 fn volume_dir(parent: &Path, name: &str, uid: u32, mode: u32) -> PathBuf {
@@ -221,7 +211,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = format!("127.0.0.1:{}", oomguard_tests::free_loopback_port());
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -372,7 +362,7 @@ fn the_recipe_pod_refuses_the_hog_and_prometheus_sees_it() {
         0,
         0o777,
     );
-    let exporter_port = free_port();
+    let exporter_port = oomguard_tests::free_loopback_port();
     let exporter = format!("127.0.0.1:{exporter_port}");
     let pod_spec = local_pod(dir.path(), &socket, &segments, exporter_port);
     let yaml = dir.path().join("pod.yaml");
