@@ -5,7 +5,7 @@
 //! - pgbench, every mode, ≥ 0.97× the unguarded median TPS;
 //! - ≤ 30 extra instructions per malloc+free pair.
 //!
-//! Ratios are checked by their median over the A/B rounds.
+//! Ratios are checked by their median over the rounds (guard over plain glibc, B/A).
 
 /// A bound on a measured value.
 #[derive(Clone, Copy, Debug, PartialEq)]

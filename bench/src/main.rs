@@ -1,14 +1,20 @@
-//! `oomguard-bench`: whole-process A/B benchmark of `liboomguard.so` against plain glibc.
+//! `oomguard-bench`: whole-process benchmark of `liboomguard.so` against plain glibc and against
+//! the floor, a pure pass-through interposer.
 //!
-//! This module owns the benchmark driver: argument parsing, the A/B schedule, the environment of
-//! guarded runs, statistics, the optional valgrind instruction count and the Markdown report.
-//! The workloads themselves live in `workloads/alloc_loop.c` (compiled by `build.rs`), which
-//! times only its own workload with `CLOCK_MONOTONIC` and prints one `key=value` line.
+//! This module owns the benchmark driver: argument parsing, the round schedule, the environment
+//! of each side's runs, statistics and the Markdown report. The workloads themselves live in
+//! `workloads/alloc_loop.c` (compiled by `build.rs`), which times only its own workload with
+//! `CLOCK_MONOTONIC` and prints one `key=value` line. The floor is `workloads/passthrough.c`
+//! (`libpassthrough.so`, also compiled by `build.rs`): every allocation function forwards to
+//! glibc's `__libc_*` entry point and does nothing else, so it costs what any `LD_PRELOAD`
+//! interposer costs, and guard minus floor is what the guard itself costs.
 //!
-//! For every workload, R rounds each run A (plain glibc) and B (`LD_PRELOAD` of the guard in
-//! enforce mode, generous limit, `OOM_GUARD_REFUSE=all`, a fresh `OOM_GUARD_DIR`) back to back,
-//! alternating which side goes first. The per-round ratio B/A of ns/op is the unit of
-//! comparison; the report gives its median and min/max, and the median ns/op of each side.
+//! For every workload, R rounds each run three sides back to back: A (plain glibc), F (the
+//! floor) and B (`LD_PRELOAD` of the guard in enforce mode, generous limit,
+//! `OOM_GUARD_REFUSE=all`, a fresh `OOM_GUARD_DIR`), in an order that changes from round to
+//! round ([`round_order`]). The per-round ratios F/A, B/A and B/F of ns/op are the unit of
+//! comparison; the report gives their median and min/max, and the median ns/op of each side.
+//! [`callgrind`] counts instructions per operation of the same workloads on the three sides.
 //!
 //! `--pgbench` compares PostgreSQL throughput with and without the guard ([`pgbench`]); `--all`
 //! runs the allocation workloads, the instruction count and pgbench in one go. Every result with
@@ -16,6 +22,7 @@
 //! does not change the exit status.
 
 mod budget;
+mod callgrind;
 mod pgbench;
 
 use std::collections::BTreeMap;
@@ -30,6 +37,12 @@ use std::time::{Instant, UNIX_EPOCH};
 /// Path of the compiled workload program (set by `build.rs`).
 const ALLOC_LOOP: &str = env!("OOMGUARD_ALLOC_LOOP");
 
+/// Path of the floor, the pass-through interposer (set by `build.rs`).
+const PASSTHROUGH: &str = env!("OOMGUARD_PASSTHROUGH");
+
+/// File name of the floor: `alloc_loop` reports it as `malloc_from`, callgrind as its object.
+const PASSTHROUGH_NAME: &str = "libpassthrough.so";
+
 /// Limit handed to the guard in B runs: far above anything the workloads allocate.
 const GUARD_LIMIT: &str = "64GiB";
 
@@ -42,11 +55,13 @@ usage: oomguard-bench [--all | --pgbench] [--quick] [--rounds N] [--library PATH
   --all            allocation workloads, instruction count and pgbench: the whole suite
   --pgbench        pgbench only: plain vs guarded PostgreSQL throughput
   --quick          a few seconds per part (CI keep-alive); valgrind off unless --valgrind
-  --rounds N       A/B pairs per allocation workload (default 11, quick 5)
+  --rounds N       rounds (plain, floor, guard) per allocation workload (default 11, quick 5)
   --library PATH   guard to preload (default <workspace>/target/release/liboomguard.so)
   --markdown FILE  also write the results as a Markdown report to FILE
-  --only NAME      run only allocation workloads whose label contains NAME (e.g. small, fork)
-  --valgrind       count instructions per malloc+free pair with callgrind (default: full mode)
+  --only NAME      run only allocation workloads (and callgrind shapes) whose label contains
+                   NAME (e.g. small, fork)
+  --valgrind       count instructions per operation of every shape with callgrind, for glibc,
+                   the floor and the guard (default: full mode)
   --no-valgrind    skip the instruction count
   --pg-seconds T   seconds per pgbench run (default 20, quick 2)
   --pg-rounds R    A/B rounds per pgbench mode (default 5, quick 3)
@@ -87,11 +102,95 @@ impl Workload {
     }
 }
 
-/// Which side of a pair a run belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What a run preloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
+    /// A: plain glibc, no preload.
     Plain,
-    Guarded,
+    /// F: the floor, `libpassthrough.so`, which forwards every allocation call to glibc.
+    Floor,
+    /// B: the guard, `liboomguard.so`, in enforce mode.
+    Guard,
+}
+
+impl Side {
+    /// Every side, in the order of [`Side::index`].
+    const ALL: [Side; 3] = [Side::Plain, Side::Floor, Side::Guard];
+
+    /// Position in [`Side::ALL`], for per-side arrays.
+    fn index(self) -> usize {
+        match self {
+            Side::Plain => 0,
+            Side::Floor => 1,
+            Side::Guard => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Plain => "plain",
+            Side::Floor => "floor",
+            Side::Guard => "guarded",
+        }
+    }
+
+    /// The object `malloc` must resolve into on this side (`alloc_loop`'s `malloc_from`).
+    fn expected_origin(self, library: &Path) -> String {
+        match self {
+            Side::Plain => "glibc".to_string(),
+            Side::Floor => PASSTHROUGH_NAME.to_string(),
+            Side::Guard => library_name(library),
+        }
+    }
+
+    /// Whether `malloc_from` is this side's allocator, i.e. the preload (or its absence) took
+    /// effect as intended.
+    fn resolved_as_expected(self, malloc_from: &str, library: &Path) -> bool {
+        let guard = library_name(library);
+        match self {
+            Side::Plain => malloc_from != PASSTHROUGH_NAME && malloc_from != guard,
+            Side::Floor => malloc_from == PASSTHROUGH_NAME,
+            Side::Guard => malloc_from == guard,
+        }
+    }
+}
+
+/// File name of a library, as `alloc_loop` (via `dladdr`) and callgrind report it.
+fn library_name(library: &Path) -> String {
+    library
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The order of the sides in round `round`. Consecutive rounds reverse each other and every
+/// second round rotates by one, so that over six rounds each side runs twice in each position
+/// and as often before as after each other side: slow drift of the machine favours no side.
+fn round_order(round: usize) -> [Side; 3] {
+    let mut order = Side::ALL;
+    order.rotate_left((round / 2) % 3);
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// Median and range of per-round values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Spread {
+        Spread {
+            median: median(&mut values.to_vec()),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
 }
 
 /// Aggregated result of one workload.
@@ -99,17 +198,14 @@ struct WorkloadResult {
     label: String,
     args: String,
     rounds: usize,
-    plain_ns: f64,
-    guarded_ns: f64,
-    ratio_median: f64,
-    ratio_min: f64,
-    ratio_max: f64,
-}
-
-/// Instruction counts per malloc+free pair from callgrind, or why there are none.
-enum InstrReport {
-    Counted { plain: f64, guarded: f64, ops: u64 },
-    Skipped(String),
+    /// Median ns/op of each side, in [`Side::ALL`] order.
+    ns: [f64; 3],
+    /// Per-round F/A: what any interposer costs.
+    floor_ratio: Spread,
+    /// Per-round B/A: what the guard costs, the ratio the budget is checked against.
+    guard_ratio: Spread,
+    /// Per-round B/F: the guard's excess over the floor.
+    over_floor: Spread,
 }
 
 fn main() -> ExitCode {
@@ -231,10 +327,14 @@ fn workloads(quick: bool) -> Vec<Workload> {
 fn run(args: &[String]) -> Result<(), String> {
     let cfg = parse_args(args)?;
     let library = check_library(&cfg.library)?;
-    if cfg.alloc && !Path::new(ALLOC_LOOP).is_file() {
-        return Err(format!(
-            "workload program {ALLOC_LOOP} is missing; rebuild oomguard-bench"
-        ));
+    if cfg.alloc {
+        for built in [ALLOC_LOOP, PASSTHROUGH] {
+            if !Path::new(built).is_file() {
+                return Err(format!(
+                    "{built} (built by bench/build.rs) is missing; rebuild oomguard-bench"
+                ));
+            }
+        }
     }
 
     let started = Instant::now();
@@ -316,8 +416,8 @@ fn run(args: &[String]) -> Result<(), String> {
 struct Report {
     /// Allocation workloads (empty with `--pgbench`).
     results: Vec<WorkloadResult>,
-    /// Instruction count (None with `--pgbench`).
-    instr: Option<InstrReport>,
+    /// Instruction counts (None with `--pgbench`).
+    instr: Option<callgrind::Report>,
     /// pgbench comparison, or why it failed (None unless `--pgbench`/`--all`).
     pgbench: Option<Result<pgbench::Report, String>>,
     /// Every result with a budget.
@@ -327,7 +427,8 @@ struct Report {
 /// The allocation workloads and the instruction count.
 fn run_alloc(cfg: &Config, library: &Path, report: &mut Report) -> Result<(), String> {
     println!(
-        "allocation workloads: {} A/B rounds per workload",
+        "allocation workloads: {} rounds per workload; A = plain glibc, F = floor (pass-through \
+         interposer), B = guard",
         cfg.rounds
     );
     for w in workloads(cfg.quick) {
@@ -342,21 +443,28 @@ fn run_alloc(cfg: &Config, library: &Path, report: &mut Report) -> Result<(), St
                 report.checks.push(budget::Line {
                     what: r.label.clone(),
                     budget: b,
-                    measured: r.ratio_median,
+                    measured: r.guard_ratio.median,
                 });
-                format!("budget {} {}", b.describe(), b.verdict(r.ratio_median))
+                format!(
+                    "budget {} {}",
+                    b.describe(),
+                    b.verdict(r.guard_ratio.median)
+                )
             }
             None => "no budget".to_string(),
         };
+        // `tests/tests/bench_quick.rs` reads the numbers after "A ", "B " and "B/A median ".
+        let spread = |s: Spread| format!("{:.3} [min {:.3}, max {:.3}]", s.median, s.min, s.max);
         println!(
-            "  {:<10} A {:>12} ns/op  B {:>12} ns/op  B/A median {:.3} [min {:.3}, max {:.3}]  \
-             {verdict}",
+            "  {:<10} A {:>9} ns/op  F {:>9} ns/op  B {:>9} ns/op  F/A median {}  \
+             B/A median {}  B/F median {}  {verdict}",
             r.label,
-            fmt_ns(r.plain_ns),
-            fmt_ns(r.guarded_ns),
-            r.ratio_median,
-            r.ratio_min,
-            r.ratio_max
+            fmt_ns(r.ns[Side::Plain.index()]),
+            fmt_ns(r.ns[Side::Floor.index()]),
+            fmt_ns(r.ns[Side::Guard.index()]),
+            spread(r.floor_ratio),
+            spread(r.guard_ratio),
+            spread(r.over_floor),
         );
         report.results.push(r);
     }
@@ -366,33 +474,31 @@ fn run_alloc(cfg: &Config, library: &Path, report: &mut Report) -> Result<(), St
 
     let want_valgrind = cfg.valgrind.unwrap_or(!cfg.quick);
     let instr = if want_valgrind {
-        count_instructions(library, if cfg.quick { 50_000 } else { 200_000 })
+        callgrind::count(library, cfg.quick, cfg.only.as_deref())
     } else if cfg.quick {
-        InstrReport::Skipped("skipped in --quick mode (pass --valgrind to enable)".into())
+        callgrind::Report::Skipped("skipped in --quick mode (pass --valgrind to enable)".into())
     } else {
-        InstrReport::Skipped("skipped (--no-valgrind)".into())
+        callgrind::Report::Skipped("skipped (--no-valgrind)".into())
     };
-    match &instr {
-        InstrReport::Counted {
-            plain,
-            guarded,
-            ops,
-        } => {
-            let extra = guarded - plain;
-            println!(
-                "  instructions per malloc+free pair (small 1T, callgrind, {ops} vs {} ops): \
-                 glibc {plain:.1}, guard {guarded:.1}, extra {extra:+.1}  budget {} {}",
-                2 * ops,
-                budget::EXTRA_INSTRUCTIONS.describe(),
-                budget::EXTRA_INSTRUCTIONS.verdict(extra)
-            );
-            report.checks.push(budget::Line {
-                what: "extra instructions per malloc+free pair".to_string(),
-                budget: budget::EXTRA_INSTRUCTIONS,
-                measured: extra,
-            });
-        }
-        InstrReport::Skipped(why) => println!("  instructions per malloc+free pair: {why}"),
+    callgrind::print(&instr);
+    // The budget covers the guard's whole cost over glibc per malloc+free pair.
+    if let Some(small) = instr.shape("small 1T") {
+        let (plain, guard) = (small.per_op(Side::Plain), small.per_op(Side::Guard));
+        let extra = guard - plain;
+        println!(
+            "  instructions per malloc+free pair (small 1T, callgrind, {} vs {} ops): \
+             glibc {plain:.1}, floor {:.1}, guard {guard:.1}, extra {extra:+.1}  budget {} {}",
+            2 * small.ops,
+            small.ops,
+            small.per_op(Side::Floor),
+            budget::EXTRA_INSTRUCTIONS.describe(),
+            budget::EXTRA_INSTRUCTIONS.verdict(extra)
+        );
+        report.checks.push(budget::Line {
+            what: "extra instructions per malloc+free pair".to_string(),
+            budget: budget::EXTRA_INSTRUCTIONS,
+            measured: extra,
+        });
     }
     report.instr = Some(instr);
     Ok(())
@@ -431,8 +537,8 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Builds the command for one run: plain runs scrub any inherited preload or guard setting,
-/// guarded runs get the guard in enforce mode with a generous limit.
+/// Builds the command for one run: every run starts from no preload and no guard setting; floor
+/// runs then preload the floor, guarded runs the guard in enforce mode with a generous limit.
 fn command(program: &str, args: &[String], side: Side, library: &Path, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -442,12 +548,18 @@ fn command(program: &str, args: &[String], side: Side, library: &Path, dir: &Pat
             cmd.env_remove(&key);
         }
     }
-    if side == Side::Guarded {
-        cmd.env("LD_PRELOAD", library)
-            .env("OOM_GUARD_MODE", "enforce")
-            .env("OOM_GUARD_LIMIT", GUARD_LIMIT)
-            .env("OOM_GUARD_REFUSE", "all")
-            .env("OOM_GUARD_DIR", dir);
+    match side {
+        Side::Plain => {}
+        Side::Floor => {
+            cmd.env("LD_PRELOAD", PASSTHROUGH);
+        }
+        Side::Guard => {
+            cmd.env("LD_PRELOAD", library)
+                .env("OOM_GUARD_MODE", "enforce")
+                .env("OOM_GUARD_LIMIT", GUARD_LIMIT)
+                .env("OOM_GUARD_REFUSE", "all")
+                .env("OOM_GUARD_DIR", dir);
+        }
     }
     cmd
 }
@@ -464,15 +576,7 @@ fn describe_failure(what: &str, out: &Output) -> String {
 /// Runs the workload once and returns its ns/op, after checking where `malloc` resolved.
 fn run_once(w: &Workload, side: Side, library: &Path) -> Result<f64, String> {
     let dir = ScratchDir::new()?;
-    let what = format!(
-        "`alloc_loop {}` ({})",
-        w.args.join(" "),
-        if side == Side::Guarded {
-            "guarded"
-        } else {
-            "plain"
-        }
-    );
+    let what = format!("`alloc_loop {}` ({})", w.args.join(" "), side.name());
     let out = command(ALLOC_LOOP, &w.args, side, library, &dir.0)
         .output()
         .map_err(|e| format!("cannot run {ALLOC_LOOP}: {e}"))?;
@@ -489,16 +593,11 @@ fn run_once(w: &Workload, side: Side, library: &Path) -> Result<f64, String> {
         .and_then(|v| v.parse::<f64>().ok())
         .ok_or_else(|| describe_failure(&format!("{what}: no ns_per_op in output;"), &out))?;
     let malloc_from = fields.get("malloc_from").copied().unwrap_or("unknown");
-    let guarded = malloc_from.contains("liboomguard");
-    if guarded != (side == Side::Guarded) {
+    if !side.resolved_as_expected(malloc_from, library) {
         return Err(format!(
             "{what}: malloc resolves into {malloc_from}, expected {}; the preload did not \
              take effect as intended\nstderr: {}",
-            if side == Side::Guarded {
-                "liboomguard"
-            } else {
-                "glibc"
-            },
+            side.expected_origin(library),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
@@ -512,34 +611,33 @@ fn bench_workload(
     warmup: bool,
 ) -> Result<WorkloadResult, String> {
     if warmup {
-        run_once(w, Side::Plain, library)?;
-        run_once(w, Side::Guarded, library)?;
+        for side in Side::ALL {
+            run_once(w, side, library)?;
+        }
     }
-    let mut plain = Vec::with_capacity(rounds);
-    let mut guarded = Vec::with_capacity(rounds);
-    let mut ratios = Vec::with_capacity(rounds);
+    let mut ns: [Vec<f64>; 3] = Default::default();
+    let (mut floor_ratios, mut guard_ratios, mut over_floor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        // Alternate which side goes first so that slow drift does not favour either.
-        let (a, b) = if round % 2 == 0 {
-            let a = run_once(w, Side::Plain, library)?;
-            (a, run_once(w, Side::Guarded, library)?)
-        } else {
-            let b = run_once(w, Side::Guarded, library)?;
-            (run_once(w, Side::Plain, library)?, b)
-        };
-        ratios.push(b / a);
-        plain.push(a);
-        guarded.push(b);
+        let mut this_round = [0.0f64; 3];
+        for side in round_order(round) {
+            this_round[side.index()] = run_once(w, side, library)?;
+        }
+        let [a, f, b] = this_round;
+        floor_ratios.push(f / a);
+        guard_ratios.push(b / a);
+        over_floor.push(b / f);
+        for (all, one) in ns.iter_mut().zip(this_round) {
+            all.push(one);
+        }
     }
     Ok(WorkloadResult {
         label: w.label.clone(),
         args: w.args.join(" "),
         rounds,
-        plain_ns: median(&mut plain),
-        guarded_ns: median(&mut guarded),
-        ratio_median: median(&mut ratios.clone()),
-        ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ns: ns.map(|mut v| median(&mut v)),
+        floor_ratio: Spread::of(&floor_ratios),
+        guard_ratio: Spread::of(&guard_ratios),
+        over_floor: Spread::of(&over_floor),
     })
 }
 
@@ -561,77 +659,6 @@ fn fmt_ns(ns: f64) -> String {
     } else {
         format!("{ns:.2}")
     }
-}
-
-/// Instructions per malloc+free pair of `small 1`, plain and guarded. Runs callgrind with OPS=N
-/// and OPS=2N and divides the difference by N, so start-up and exit cancel out.
-fn count_instructions(library: &Path, ops: u64) -> InstrReport {
-    let version = Command::new("valgrind").arg("--version").output();
-    match version {
-        Ok(out) if out.status.success() => {}
-        _ => {
-            return InstrReport::Skipped(
-                "not measured: valgrind is not installed (apt-get install valgrind)".into(),
-            )
-        }
-    }
-    let mut per_pair = [0.0f64; 2];
-    for (slot, side) in [Side::Plain, Side::Guarded].into_iter().enumerate() {
-        let mut counts = [0u64; 2];
-        for (i, n) in [ops, 2 * ops].into_iter().enumerate() {
-            match callgrind_total(library, side, n) {
-                Ok(c) => counts[i] = c,
-                Err(e) => return InstrReport::Skipped(format!("not measured: {e}")),
-            }
-        }
-        per_pair[slot] = counts[1].saturating_sub(counts[0]) as f64 / ops as f64;
-    }
-    InstrReport::Counted {
-        plain: per_pair[0],
-        guarded: per_pair[1],
-        ops,
-    }
-}
-
-fn callgrind_total(library: &Path, side: Side, ops: u64) -> Result<u64, String> {
-    let dir = ScratchDir::new()?;
-    let out_file = dir.0.join("callgrind.out");
-    let mut args = vec![
-        "--tool=callgrind".to_string(),
-        format!("--callgrind-out-file={}", out_file.display()),
-        ALLOC_LOOP.to_string(),
-    ];
-    args.extend(["small".to_string(), "1".to_string(), ops.to_string()]);
-    let seg_dir = dir.0.join("segment");
-    fs::create_dir(&seg_dir).map_err(|e| format!("cannot create {}: {e}", seg_dir.display()))?;
-    let out = command("valgrind", &args, side, library, &seg_dir)
-        .output()
-        .map_err(|e| format!("cannot run valgrind: {e}"))?;
-    if !out.status.success() {
-        return Err(describe_failure("valgrind --tool=callgrind", &out));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let from_guard = stdout.contains("malloc_from=liboomguard");
-    if from_guard != (side == Side::Guarded) {
-        return Err(format!(
-            "under valgrind malloc did not resolve as expected: {}",
-            stdout.trim()
-        ));
-    }
-    // callgrind prints "==PID== Collected : N" on stderr.
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    stderr
-        .lines()
-        .find_map(|l| {
-            let rest = l.split_once("Collected :")?.1;
-            rest.trim().replace(',', "").parse::<u64>().ok()
-        })
-        .ok_or_else(|| {
-            format!(
-                "no `Collected :` line in callgrind output: {}",
-                stderr.trim()
-            )
-        })
 }
 
 fn first_line_of(program: &str, args: &[&str]) -> Option<String> {
@@ -759,6 +786,12 @@ fn markdown(cfg: &Config, library: &Path, report: &Report, elapsed: f64) -> Stri
         library.display(),
         library_state(library)
     );
+    if cfg.alloc {
+        let _ = writeln!(
+            md,
+            "- floor: `{PASSTHROUGH}` (from `bench/workloads/passthrough.c`)"
+        );
+    }
 
     if cfg.alloc {
         alloc_markdown(&mut md, cfg, report);
@@ -798,66 +831,73 @@ fn alloc_markdown(md: &mut String, cfg: &Config, report: &Report) {
     let _ = writeln!(md, "\n## Allocation workloads\n");
     let _ = writeln!(
         md,
-        "Each workload (`bench/workloads/alloc_loop.c`) runs as a whole process, A = plain glibc, \
-         B = `LD_PRELOAD` of the guard with `OOM_GUARD_MODE=enforce`, \
-         `OOM_GUARD_LIMIT={GUARD_LIMIT}`, `OOM_GUARD_REFUSE=all` and a fresh `OOM_GUARD_DIR`; \
-         {} A/B rounds per workload, alternating which side goes first. ns/op: wall time of the \
-         workload (CLOCK_MONOTONIC inside the process, start-up excluded) divided by ops per \
-         thread; the ratio is computed per A/B pair, then the median is taken.\n",
+        "Each workload (`bench/workloads/alloc_loop.c`) runs as a whole process on three sides: \
+         A = plain glibc; F = the floor, `LD_PRELOAD` of `{PASSTHROUGH_NAME}` \
+         (`bench/workloads/passthrough.c`: every allocation function forwards to glibc's \
+         `__libc_*` and does nothing else, so F/A is what any interposer costs); B = \
+         `LD_PRELOAD` of the guard with `OOM_GUARD_MODE=enforce`, \
+         `OOM_GUARD_LIMIT={GUARD_LIMIT}`, `OOM_GUARD_REFUSE=all` and a fresh `OOM_GUARD_DIR`. \
+         {} rounds per workload, each running the three sides back to back in an order that \
+         changes every round (every side in every position equally often over six rounds). \
+         ns/op: wall time of the workload (CLOCK_MONOTONIC inside the process, start-up \
+         excluded) divided by ops per thread; each ratio is computed within a round, then the \
+         median is taken. B/F is the guard's excess over the floor; the budget applies to B/A.\n",
         cfg.rounds
     );
     let _ = writeln!(
         md,
-        "| workload | alloc_loop args | A glibc ns/op (median) | B guard ns/op (median) \
-         | B/A median | B/A min–max | rounds | budget | |"
+        "| workload | alloc_loop args | A glibc ns/op | F floor ns/op | B guard ns/op \
+         | F/A median | F/A min–max | B/A median | B/A min–max | B/F median | B/F min–max \
+         | rounds | budget | |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---|---:|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---:|---|---|"
+    );
     for r in &report.results {
         let (b, verdict) = match budget::for_workload(&r.label) {
-            Some(b) => (b.describe(), verdict_md(b.met(r.ratio_median))),
+            Some(b) => (b.describe(), verdict_md(b.met(r.guard_ratio.median))),
             None => ("–".to_string(), ""),
         };
+        let spread = |s: Spread| format!("{:.3} | {:.3}–{:.3}", s.median, s.min, s.max);
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} | {:.3} | {:.3}–{:.3} | {} | {b} | {verdict} |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {b} | {verdict} |",
             r.label,
             r.args,
-            fmt_ns(r.plain_ns),
-            fmt_ns(r.guarded_ns),
-            r.ratio_median,
-            r.ratio_min,
-            r.ratio_max,
+            fmt_ns(r.ns[Side::Plain.index()]),
+            fmt_ns(r.ns[Side::Floor.index()]),
+            fmt_ns(r.ns[Side::Guard.index()]),
+            spread(r.floor_ratio),
+            spread(r.guard_ratio),
+            spread(r.over_floor),
             r.rounds
         );
     }
     let _ = writeln!(md);
-    match &report.instr {
-        Some(InstrReport::Counted {
-            plain,
-            guarded,
-            ops,
-        }) => {
-            let extra = guarded - plain;
-            let _ = writeln!(
-                md,
-                "Instructions per malloc+free pair (`small 1`, callgrind, difference of {} and \
-                 {ops} ops; includes the loop's PRNG and ring bookkeeping on both sides):\n",
-                2 * ops
-            );
-            let _ = writeln!(md, "| glibc | guard | extra | budget | |");
-            let _ = writeln!(md, "|---:|---:|---:|---|---|");
-            let _ = writeln!(
-                md,
-                "| {plain:.1} | {guarded:.1} | {extra:+.1} | {} | {} |",
-                budget::EXTRA_INSTRUCTIONS.describe(),
-                verdict_md(budget::EXTRA_INSTRUCTIONS.met(extra))
-            );
-        }
-        Some(InstrReport::Skipped(why)) => {
-            let _ = writeln!(md, "Instructions per malloc+free pair: {why}.");
-        }
-        None => {}
+    let Some(instr) = &report.instr else {
+        return;
+    };
+    callgrind::markdown(md, instr);
+    if let Some(small) = instr.shape("small 1T") {
+        let (plain, guard) = (small.per_op(Side::Plain), small.per_op(Side::Guard));
+        let extra = guard - plain;
+        let _ = writeln!(
+            md,
+            "The budget on instructions per malloc+free pair (`small 1T`, the guard over \
+             glibc):\n"
+        );
+        let _ = writeln!(md, "| glibc | floor | guard | extra | budget | |");
+        let _ = writeln!(md, "|---:|---:|---:|---:|---|---|");
+        let _ = writeln!(
+            md,
+            "| {plain:.1} | {:.1} | {guard:.1} | {extra:+.1} | {} | {} |",
+            small.per_op(Side::Floor),
+            budget::EXTRA_INSTRUCTIONS.describe(),
+            verdict_md(budget::EXTRA_INSTRUCTIONS.met(extra))
+        );
     }
+    callgrind::account_markdown(md, instr);
 }
 
 fn pgbench_markdown(md: &mut String, r: &pgbench::Report) {
@@ -931,6 +971,47 @@ mod tests {
     fn median_odd_even() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn round_orders_balance_positions_and_precedence() {
+        let orders: Vec<[Side; 3]> = (0..6).map(round_order).collect();
+        assert_eq!(orders[0], Side::ALL);
+        for side in Side::ALL {
+            for position in 0..3 {
+                let n = orders.iter().filter(|o| o[position] == side).count();
+                assert_eq!(n, 2, "{side:?} in position {position}");
+            }
+            for other in Side::ALL.into_iter().filter(|&o| o != side) {
+                let before = orders
+                    .iter()
+                    .filter(|o| {
+                        let at = |s: Side| o.iter().position(|&x| x == s);
+                        at(side) < at(other)
+                    })
+                    .count();
+                assert_eq!(before, 3, "{side:?} before {other:?}");
+            }
+        }
+        assert_eq!(round_order(6), round_order(0));
+    }
+
+    #[test]
+    fn spreads() {
+        let s = Spread::of(&[1.2, 0.9, 1.0]);
+        assert_eq!((s.median, s.min, s.max), (1.0, 0.9, 1.2));
+    }
+
+    #[test]
+    fn sides_check_where_malloc_resolved() {
+        let guard = Path::new("/x/target/release/liboomguard.so");
+        assert!(Side::Plain.resolved_as_expected("libc.so.6", guard));
+        assert!(!Side::Plain.resolved_as_expected(PASSTHROUGH_NAME, guard));
+        assert!(!Side::Plain.resolved_as_expected("liboomguard.so", guard));
+        assert!(Side::Floor.resolved_as_expected(PASSTHROUGH_NAME, guard));
+        assert!(!Side::Floor.resolved_as_expected("libc.so.6", guard));
+        assert!(Side::Guard.resolved_as_expected("liboomguard.so", guard));
+        assert!(!Side::Guard.resolved_as_expected(PASSTHROUGH_NAME, guard));
     }
 
     #[test]
