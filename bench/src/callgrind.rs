@@ -4,7 +4,7 @@
 //! This module owns the callgrind part of the benchmark: which shapes are counted and with how
 //! many operations ([`SHAPES`]), running `valgrind --tool=callgrind` on `alloc_loop`, reading
 //! callgrind's output files ([`parse`]), and the stdout lines and Markdown sections that report
-//! the counts ([`print`], [`markdown`]).
+//! the counts ([`print()`], [`markdown`]).
 //!
 //! Counting. Each shape runs under callgrind with N and with 2N operations, and every count is
 //! the difference divided by N, so process start-up, the guard's initialisation and exit cancel
