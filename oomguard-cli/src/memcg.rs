@@ -141,13 +141,7 @@ impl MemoryCgroup {
     /// How many processes the kernel's OOM killer has killed in this cgroup (v1
     /// `memory.oom_control` `oom_kill`, v2 `memory.events` `oom_kill`).
     pub fn oom_kills(&self) -> Result<u64> {
-        let file = match self.version {
-            Version::V1 => "memory.oom_control",
-            Version::V2 => "memory.events",
-        };
-        let text = self.read(file)?;
-        keyed_value(&text, "oom_kill")
-            .ok_or_else(|| anyhow!("no oom_kill line in {file}: {text:?}"))
+        oom_kills_in(&self.path, self.version)
     }
 
     /// The memory the kernel charges to this cgroup now (v1 `memory.usage_in_bytes`, v2
@@ -234,36 +228,33 @@ fn swap_is_on() -> Result<bool> {
     Ok(swaps.lines().skip(1).any(|l| !l.trim().is_empty()))
 }
 
-/// The directory of this process's memory cgroup: the v1 `memory` hierarchy if there is one,
-/// else the unified hierarchy when it offers `memory`.
-fn own_memory_cgroup() -> Result<(PathBuf, Version)> {
-    let cgroups = fs::read_to_string("/proc/self/cgroup").context("read /proc/self/cgroup")?;
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+/// How many processes the kernel's OOM killer has killed in the memory cgroup of process `pid`
+/// (e.g. a container's first process, seen from the host).
+pub fn oom_kills_of_process(pid: u32) -> Result<u64> {
+    let (dir, version) = memory_cgroup_of(&pid.to_string())?;
+    oom_kills_in(&dir, version)
+}
 
-    let v1_path = cgroups.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then(|| path.to_owned())
+/// The OOM-kill counter of the memory cgroup `dir` (v1 `memory.oom_control`, v2
+/// `memory.events`).
+fn oom_kills_in(dir: &Path, version: Version) -> Result<u64> {
+    let file = dir.join(match version {
+        Version::V1 => "memory.oom_control",
+        Version::V2 => "memory.events",
     });
-    if let Some(path) = v1_path {
-        let (root, mount) = find_mount(&mountinfo, |fstype, options| {
-            fstype == "cgroup" && options.split(',').any(|o| o == "memory")
-        })
-        .context("no cgroup v1 memory mount in /proc/self/mountinfo")?;
-        return Ok((join_cgroup(&mount, &root, &path), Version::V1));
-    }
+    let text = fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+    keyed_value(&text, "oom_kill")
+        .ok_or_else(|| anyhow!("no oom_kill line in {}: {text:?}", file.display()))
+}
 
-    let v2_path = cgroups
-        .lines()
-        .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
-        .context("no memory controller in /proc/self/cgroup (neither v1 memory nor v2)")?;
-    let (root, mount) = find_mount(&mountinfo, |fstype, _| fstype == "cgroup2")
-        .context("no cgroup2 mount in /proc/self/mountinfo")?;
-    let own = join_cgroup(&mount, &root, &v2_path);
+/// The directory of this process's memory cgroup: the v1 `memory` hierarchy if there is one,
+/// else the unified hierarchy when it offers `memory` (enabled for children, so that one can be
+/// created under it).
+fn own_memory_cgroup() -> Result<(PathBuf, Version)> {
+    let (own, version) = memory_cgroup_of("self")?;
+    if version == Version::V1 {
+        return Ok((own, version));
+    }
     let controllers = fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
     if !controllers.split_whitespace().any(|c| c == "memory") {
         bail!(
@@ -287,6 +278,41 @@ fn own_memory_cgroup() -> Result<(PathBuf, Version)> {
         })?;
     }
     Ok((own, Version::V2))
+}
+
+/// The directory of the memory cgroup of process `pid` (`self` for this one), as this process's
+/// mounts show it: the v1 `memory` hierarchy if there is one, else the unified hierarchy.
+fn memory_cgroup_of(pid: &str) -> Result<(PathBuf, Version)> {
+    let cgroup_file = format!("/proc/{pid}/cgroup");
+    let cgroups =
+        fs::read_to_string(&cgroup_file).with_context(|| format!("read {cgroup_file}"))?;
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let v1_path = cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    });
+    if let Some(path) = v1_path {
+        let (root, mount) = find_mount(&mountinfo, |fstype, options| {
+            fstype == "cgroup" && options.split(',').any(|o| o == "memory")
+        })
+        .context("no cgroup v1 memory mount in /proc/self/mountinfo")?;
+        return Ok((join_cgroup(&mount, &root, &path), Version::V1));
+    }
+
+    let v2_path = cgroups
+        .lines()
+        .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
+        .with_context(|| {
+            format!("no memory controller in {cgroup_file} (neither v1 memory nor v2)")
+        })?;
+    let (root, mount) = find_mount(&mountinfo, |fstype, _| fstype == "cgroup2")
+        .context("no cgroup2 mount in /proc/self/mountinfo")?;
+    Ok((join_cgroup(&mount, &root, &v2_path), Version::V2))
 }
 
 /// (mount root, mount point) of the first mount whose file-system type and super options match.

@@ -1,4 +1,5 @@
-//! Which processes may be refused, and when (ARCHITECTURE.md, "Which processes are refused"; the README's table by backend type).
+//! Which processes may be refused, and when (ARCHITECTURE.md, "Which processes are refused";
+//! the README's table by backend type).
 //!
 //! Refusing in the wrong place is worse than no guard: an ERROR inside a critical section becomes
 //! a PANIC, and the postmaster or startup process exiting takes the whole server down. So a

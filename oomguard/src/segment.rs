@@ -11,8 +11,9 @@
 //! sees a half-written header. Before it creates one, it removes the segments of this user that
 //! no live process holds ([`sweep_stale`]): each container restart starts a new PID namespace and
 //! so a new domain, and without the sweep the old segments would fill a small segment directory
-//! (a 16 MiB emptyDir holds about 31) until the guard had to account privately. A file that exists but does not validate is reported and left alone;
-//! the process tree then accounts in a private anonymous shared mapping instead.
+//! (a 16 MiB emptyDir holds about 31) until the guard had to account privately. A file that
+//! exists but does not validate is reported and left alone; the process tree then accounts in a
+//! private anonymous shared mapping instead.
 
 use core::ffi::{c_char, CStr};
 use core::fmt::{self, Write};

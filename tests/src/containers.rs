@@ -398,11 +398,21 @@ impl Container {
     }
 
     fn first_process_is_postgres(&self) -> bool {
+        self.try_pid().is_some_and(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+    }
+
+    /// The host pid of the container's first process, if it has one now.
+    fn try_pid(&self) -> Option<u32> {
         let (output, pid, _) =
             run_output(podman().args(["inspect", "--format", "{{.State.Pid}}", &self.name]));
-        output.status.success()
-            && fs::read_to_string(format!("/proc/{}/comm", pid.trim()))
-                .is_ok_and(|comm| comm.trim() == "postgres")
+        output
+            .status
+            .success()
+            .then(|| pid.trim().parse().ok())
+            .flatten()
     }
 
     fn try_connect(&self) -> Result<postgres::Client, postgres::Error> {
@@ -447,9 +457,8 @@ impl Container {
     /// The host pid of the container's first process (the postmaster once the entrypoint
     /// exec'd it).
     pub fn pid(&self) -> u32 {
-        let pid = podman_ok(&["inspect", "--format", "{{.State.Pid}}", &self.name]);
-        pid.parse()
-            .unwrap_or_else(|_| panic!("pid of {}: {pid:?}", self.name))
+        self.try_pid()
+            .unwrap_or_else(|| panic!("no pid for container {}", self.name))
     }
 
     /// How many processes the kernel's OOM killer has killed in the container's memory cgroup.
@@ -497,29 +506,9 @@ impl Drop for Container {
     }
 }
 
-/// The OOM-kill counter of the memory cgroup host process `pid` is in (cgroup v1
-/// `memory.oom_control`, v2 `memory.events`).
+/// The OOM-kill counter of the memory cgroup host process `pid` is in
+/// ([`oomguard_cli::memcg::oom_kills_of_process`]).
 pub fn oom_kills_of(pid: u32) -> u64 {
-    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/cgroup: {e}"));
-    let v1 = cgroups.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then(|| format!("/sys/fs/cgroup/memory{path}/memory.oom_control"))
-    });
-    let file = v1.unwrap_or_else(|| {
-        let path = cgroups
-            .lines()
-            .find_map(|line| line.strip_prefix("0::"))
-            .unwrap_or_else(|| panic!("no memory cgroup in /proc/{pid}/cgroup: {cgroups}"));
-        format!("/sys/fs/cgroup{path}/memory.events")
-    });
-    let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {file}: {e}"));
-    text.lines()
-        .find_map(|line| line.strip_prefix("oom_kill "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no oom_kill line in {file}: {text:?}"))
+    oomguard_cli::memcg::oom_kills_of_process(pid)
+        .unwrap_or_else(|e| panic!("the OOM-kill counter of process {pid}'s cgroup: {e:#}"))
 }
