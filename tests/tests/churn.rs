@@ -73,6 +73,32 @@ fn wait_until_accepting(guarded: &GuardedCluster) -> postgres::Client {
     }
 }
 
+/// The postmaster's line once every session is gone after a crash, before it starts over.
+const RESET_LINE: &str = "all server processes terminated; reinitializing";
+
+/// How many resets the server's log shows.
+fn resets(guarded: &GuardedCluster) -> usize {
+    guarded
+        .cluster
+        .log_text()
+        .unwrap()
+        .matches(RESET_LINE)
+        .count()
+}
+
+/// Waits until the log shows a reset beyond the first `before`.
+fn wait_for_reset(guarded: &GuardedCluster, before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resets(guarded) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no reset within 60 s of killing a backend:\n{}",
+            guarded.cluster.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Pids of client backends other than the caller's own.
 fn other_backends(client: &mut postgres::Client) -> Vec<i32> {
     client
@@ -143,10 +169,14 @@ fn books_balance_after_connection_churn_and_crash_restarts() {
                 "round {round}: pgbench opened no backend"
             );
         };
+        let resets_before = resets(&guarded);
         // SAFETY: kill(2) with a pid read from pg_stat_activity just now; a backend that has
         // ended meanwhile makes it fail with ESRCH, which the loop below tolerates.
         if unsafe { libc::kill(victim, libc::SIGKILL) } == 0 {
             kills += 1;
+            // The postmaster resets only once it has reaped the victim: a session opened before
+            // that would be cut by the reset (and pgbench below with it).
+            wait_for_reset(&guarded, resets_before);
         }
         let _ = load.wait();
         client = wait_until_accepting(&guarded);
