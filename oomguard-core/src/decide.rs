@@ -95,7 +95,10 @@ fn refusal_allowed(request: &Request, world: &mut impl World) -> bool {
     request.refusable && !world.fragile_stack()
 }
 
-/// Decides a request the thread's credit cannot cover (steps 1 to 4).
+/// Decides a request the thread's credit cannot cover (steps 1 to 4). Inlined into the caller's
+/// reservation path: it runs once per batch of allocation growth, and a call would cost it a
+/// frame of saved registers as large as its own work.
+#[inline(always)]
 pub fn decide(request: &Request, world: &mut impl World) -> Outcome {
     let cause = shortage_cause(request.tight);
     if request.injected && refusal_allowed(request, world) {

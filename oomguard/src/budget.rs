@@ -40,11 +40,17 @@ fn default() -> Option<Budget> {
 /// refused: a budget changes nothing where no refusal is allowed, and PostgreSQL is then in a
 /// state (a critical section, error recovery, exit, a signal handler reporting) where the guard
 /// has no business calling into it. The slot keeps the last value read.
+#[inline(always)]
 pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64> {
     if !decision.refusable {
         return None;
     }
-    let (budget, source) = current(default_applies_to(decision.kind));
+    evaluate_refusable(pool, slot, decision.kind)
+}
+
+#[inline(never)]
+fn evaluate_refusable(pool: &Pool<'_>, slot: &Slot, kind: ProcessKind) -> Option<u64> {
+    let (budget, source) = current(default_applies_to(kind));
     let bytes = budget.and_then(|budget| budget.bytes(pool.limit()));
     slot.budget_bytes.store(bytes.unwrap_or(0), Relaxed);
     slot.budget_source.store(source as u32, Relaxed);

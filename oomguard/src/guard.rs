@@ -223,7 +223,10 @@ fn my_slot() -> &'static Slot {
 }
 
 /// Takes this process's slot; `replaces_image` when it is a new image rather than a forked child.
+/// Keeps errno: it makes system calls (getpid, and reaping's), and a forked child claims its
+/// slot from inside whichever call first needs it, `free` included.
 fn claim_slot(replaces_image: bool) {
+    let saved = errno::get();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let pool = pool();
@@ -234,6 +237,7 @@ fn claim_slot(replaces_image: bool) {
         slot = pool.claim(pid, claimed_at, false);
     }
     SLOT.store(slot as *const Slot as *mut Slot, Relaxed);
+    errno::set(saved);
 }
 
 /// Frees the slots of dead processes of our PID namespace (the domain name includes the PID
@@ -324,7 +328,7 @@ pub fn record_peaks() {
 fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let pool = pool();
     let slot = my_slot();
-    kernel::refresh(pool.header(), now_ns());
+    kernel::refresh(pool.header(), now_ns);
     let decision = classify(call);
     let injected = crate::inject::fires();
     let facts = decide::Request {
@@ -478,7 +482,7 @@ pub fn reserve_shared(bytes: u64, call: &'static str) -> bool {
     }
     let saved = errno::get();
     let pool = pool();
-    kernel::refresh(pool.header(), now_ns());
+    kernel::refresh(pool.header(), now_ns);
     let tight = pool.header().cgroup.tight.load(Relaxed) != 0;
     let granted = (!tight && pool.reserve_shared(bytes, false)) || {
         let slot = my_slot();
@@ -616,10 +620,7 @@ pub unsafe fn release_excess(thread: *mut ThreadState) {
         let excess = (*thread).credit - BATCH;
         if excess > 0 {
             (*thread).credit = BATCH;
-            // Claiming a forked child's slot may reap, i.e. make system calls: free keeps errno.
-            let saved = errno::get();
             give_back(excess as u64);
-            errno::set(saved);
         }
     }
 }

@@ -161,35 +161,67 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         // SAFETY: realloc(NULL, n) is malloc(n).
         return unsafe { malloc(size) };
     }
-    if !guard::active_or_started() {
-        // SAFETY: forwarded contract.
-        return unsafe { real::realloc(ptr, size) };
-    }
+    // As in `allocate`: a shrink, or growth the thread's credit covers, reads no global state.
     let thread = tls::current();
-    // SAFETY: as in `allocate`; `ptr` is live until glibc's realloc frees or moves it.
+    // SAFETY: `ptr` is live until glibc's realloc frees or moves it; `thread` is this thread's
+    // state.
     unsafe {
         let old = real::block_size(ptr);
         let growth = size.saturating_sub(old);
-        if growth > 0
-            && !covered((*thread).credit, growth)
-            && !guard::reserve(thread, growth, "realloc")
-        {
-            errno::set(libc::ENOMEM);
-            return null_mut();
+        if !covered((*thread).credit, growth) {
+            return realloc_slowly(ptr, size, old, growth);
         }
         let block = real::realloc(ptr, size);
+        settle_realloc(block, size, old);
+        block
+    }
+}
+
+/// Moves the thread's credit by what a realloc of a block of `old` bytes to `size` changed,
+/// once glibc returned `block`.
+///
+/// # Safety
+/// `block` must be glibc's result of that realloc.
+#[inline(always)]
+unsafe fn settle_realloc(block: *mut c_void, size: usize, old: usize) {
+    let thread = tls::current();
+    // SAFETY: forwarded contract; `thread` is this thread's state.
+    unsafe {
         if !block.is_null() {
             (*thread).credit += old as i64 - real::block_size(block) as i64;
             (*thread).pending_allocations += 1;
-            if growth > 0 {
-                guard::record_peaks();
-            }
         } else if size == 0 {
             // glibc's realloc(p, 0) frees p and returns NULL.
             (*thread).credit += old as i64;
         }
         if (*thread).credit > RELEASE_ABOVE {
             guard::release_excess(thread);
+        }
+    }
+}
+
+/// Growth of `growth` bytes the credit does not cover (or a realloc before the guard started).
+///
+/// # Safety
+/// As [`realloc`]; `old` is the block's size, `growth` what `size` adds to it.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize, growth: usize) -> *mut c_void {
+    if !guard::active_or_started() {
+        // SAFETY: forwarded contract.
+        return unsafe { real::realloc(ptr, size) };
+    }
+    let thread = tls::current();
+    // SAFETY: as in `allocate_slowly`.
+    unsafe {
+        if !covered((*thread).credit, growth) && !guard::reserve(thread, growth, "realloc") {
+            errno::set(libc::ENOMEM);
+            return null_mut();
+        }
+        let block = real::realloc(ptr, size);
+        settle_realloc(block, size, old);
+        if !block.is_null() {
+            guard::record_peaks();
         }
         block
     }

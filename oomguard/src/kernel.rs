@@ -132,15 +132,19 @@ pub fn report_derived(header: &Header, derived: u64) {
 
 /// Reads the cgroup's numbers into the header if no process did for [`READ_INTERVAL_NS`], and
 /// sets or clears `tight`: tight while the kernel's unreclaimable memory (anon + shmem) is within
-/// the reserve of the cgroup limit.
-pub fn refresh(header: &Header, now_ns: u64) {
-    let inputs = &header.limit_inputs;
-    let version = match CgroupState::from_raw(inputs.cgroup_state.load(Relaxed)) {
+/// the reserve of the cgroup limit. `now_ns` is read only when a cgroup is known.
+///
+/// The gate is inlined into every reservation; the reading itself (a stack buffer for the path,
+/// file reads) is out of line, so a reservation that reads nothing pays for neither.
+#[inline(always)]
+pub fn refresh(header: &Header, now_ns: impl FnOnce() -> u64) {
+    let version = match CgroupState::from_raw(header.limit_inputs.cgroup_state.load(Relaxed)) {
         CgroupState::V1 => cgroup::Version::V1,
         CgroupState::V2 => cgroup::Version::V2,
         _ => return,
     };
     let snapshot = &header.cgroup;
+    let now_ns = now_ns();
     let next = snapshot.next_read_ns.load(Relaxed);
     if now_ns < next
         || snapshot
@@ -150,6 +154,15 @@ pub fn refresh(header: &Header, now_ns: u64) {
     {
         return;
     }
+    read_into(header, version);
+}
+
+/// The reading [`refresh`] found due.
+#[cold]
+#[inline(never)]
+fn read_into(header: &Header, version: cgroup::Version) {
+    let inputs = &header.limit_inputs;
+    let snapshot = &header.cgroup;
     let mut dir = [0u8; CGROUP_DIR_CAPACITY];
     let len = inputs.cgroup_dir(&mut dir);
     let level = Level {

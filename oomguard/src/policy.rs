@@ -218,7 +218,22 @@ pub struct Decision {
 
 /// Classifies the calling process and decides. `in_loader`: the calling thread is inside
 /// `dlopen`; `call`: the allocating function (`malloc`, `calloc`, …).
+///
+/// Inlined into each reservation for the common answer outside PostgreSQL; a PostgreSQL process
+/// is looked at out of line.
+#[inline(always)]
 pub fn classify(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
+    if !IS_POSTGRES.load(Relaxed) {
+        return Decision {
+            kind: ProcessKind::Other,
+            refusable: scope == RefuseScope::All && !in_loader,
+        };
+    }
+    classify_postgres(scope, in_loader, call)
+}
+
+#[inline(never)]
+fn classify_postgres(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
     let Some(symbols) = symbols() else {
         return Decision {
             kind: ProcessKind::Other,
@@ -240,14 +255,67 @@ pub fn classify(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
     Decision { kind, refusable }
 }
 
+/// The last `MyBackendType` [`kind_of`] described and its kind, packed as [`KindCache`] says,
+/// so each reservation of a process costs two loads and a compare rather than a call into
+/// PostgreSQL and a string compare. Keyed on the value itself, a forked child that changes its
+/// backend type misses the cache by construction.
+static KIND_CACHE: AtomicU64 = AtomicU64::new(KindCache::EMPTY);
+
+/// The packing of [`KIND_CACHE`]: bit 63 set when valid, the kind's raw value in bits 32–39,
+/// `MyBackendType` in bits 0–31. Only processes under the postmaster that are not background
+/// workers are cached: their kind is a function of `MyBackendType` alone.
+struct KindCache;
+
+impl KindCache {
+    const EMPTY: u64 = 0;
+    const VALID: u64 = 1 << 63;
+
+    fn key(backend_type: c_int) -> u64 {
+        Self::VALID | u64::from(backend_type as u32)
+    }
+
+    fn lookup(backend_type: c_int) -> Option<ProcessKind> {
+        let cached = KIND_CACHE.load(Relaxed);
+        if cached & (Self::VALID | 0xffff_ffff) != Self::key(backend_type) {
+            return None;
+        }
+        Some(ProcessKind::from_raw(((cached >> 32) & 0xff) as u32))
+    }
+
+    fn store(backend_type: c_int, kind: ProcessKind) {
+        KIND_CACHE.store(Self::key(backend_type) | (kind as u64) << 32, Relaxed);
+    }
+}
+
 fn kind_of(symbols: &Symbols) -> ProcessKind {
     // SAFETY: every pointer is the address of the PostgreSQL global of that name and type, in
     // this process image; they are plain loads of the process's own memory.
+    let (under_postmaster, backend_type, worker) = unsafe {
+        (
+            *symbols.is_under_postmaster,
+            *symbols.my_backend_type,
+            !(*symbols.my_bgworker_entry).is_null(),
+        )
+    };
+    if !under_postmaster {
+        return ProcessKind::Postmaster;
+    }
+    if worker {
+        return describe_kind(symbols, backend_type);
+    }
+    if let Some(kind) = KindCache::lookup(backend_type) {
+        return kind;
+    }
+    let kind = describe_kind(symbols, backend_type);
+    KindCache::store(backend_type, kind);
+    kind
+}
+
+/// The kind of a process under the postmaster whose `MyBackendType` is `backend_type`.
+fn describe_kind(symbols: &Symbols, backend_type: c_int) -> ProcessKind {
+    // SAFETY: as in `kind_of`; GetBackendTypeDesc returns a static string for any value.
     unsafe {
-        if !*symbols.is_under_postmaster {
-            return ProcessKind::Postmaster;
-        }
-        let description = (symbols.get_backend_type_desc)(*symbols.my_backend_type);
+        let description = (symbols.get_backend_type_desc)(backend_type);
         if description.is_null() {
             return ProcessKind::PostgresAuxiliary;
         }
