@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster::{self, Cluster, ClusterOptions, SUPERUSER};
+use oomguard_cluster::{self as pgcluster, Cluster, ClusterOptions, GuardedCluster, SUPERUSER};
 
 use crate::median;
 

@@ -1,4 +1,4 @@
-//! `oomguard demo` and the guarded cluster it (and the end-to-end tests) run.
+//! `oomguard demo`, on the throwaway clusters and memory cgroups of `oomguard-cluster`.
 //!
 //! Where this process can create a memory cgroup (root, or a delegated cgroup), the demo shows
 //! both sides in a real one (768 MiB by default): a throwaway PostgreSQL cluster without the guard
@@ -18,16 +18,17 @@ macro_rules! say {
     }};
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use oomguard_cluster::memcg::{MemoryCgroup, Version};
+use oomguard_cluster::{
+    pid_maps_library, Cluster, ClusterOptions, GuardedCluster, CRASH_LOG_LINES,
+};
 use postgres::error::SqlState;
 
-use crate::memcg::{MemoryCgroup, Version};
-use crate::pgcluster::{self, Cluster, ClusterOptions};
-use crate::segment::{self, Segment, Snapshot};
 use crate::status::{self, human_bytes};
 
 /// The demo's hog without a cgroup: a 400 MB array built in one backend.
@@ -60,115 +61,6 @@ pub struct DemoOptions {
     pub guarded_only: bool,
     /// Wait for Enter between the steps.
     pub step: bool,
-}
-
-/// Log lines the postmaster writes when a backend dies and it restarts everything.
-pub const CRASH_LOG_LINES: [&str; 4] = [
-    "was terminated by signal",
-    "terminating any other active server processes",
-    "all server processes terminated; reinitializing",
-    "database system was interrupted",
-];
-
-/// A throwaway cluster whose server processes run under the guard.
-pub struct GuardedCluster {
-    /// The cluster (dropping it stops the server and removes its directory).
-    pub cluster: Cluster,
-    /// Where the guard's segment lives (`OOM_GUARD_DIR` of the server).
-    pub segment_dir: PathBuf,
-    /// The preload library as the server loads it (a readable copy in the cluster directory).
-    pub library: PathBuf,
-}
-
-impl GuardedCluster {
-    /// Creates a cluster and starts it with `library` preloaded and `guard_env` (`OOM_GUARD_*`)
-    /// in its environment; `settings` override the cluster's defaults.
-    pub fn start(
-        library: &Path,
-        guard_env: &[(&str, &str)],
-        settings: &[(&str, &str)],
-    ) -> Result<GuardedCluster> {
-        Self::start_with(&ClusterOptions::default(), library, guard_env, settings)
-    }
-
-    /// [`GuardedCluster::start`] with the cluster created by `options` (e.g. in a cgroup).
-    pub fn start_with(
-        options: &ClusterOptions,
-        library: &Path,
-        guard_env: &[(&str, &str)],
-        settings: &[(&str, &str)],
-    ) -> Result<GuardedCluster> {
-        let mut cluster = Cluster::create_temp(options)?;
-        let base = cluster.base_dir().to_owned();
-        let staged = pgcluster::stage_library(library, &base.join("lib"))
-            .with_context(|| format!("could not stage {}", library.display()))?;
-        let segment_dir = base.join("guard");
-        std::fs::create_dir_all(&segment_dir)?;
-        let user = cluster.server_user().clone();
-        if user.switch {
-            std::os::unix::fs::chown(&segment_dir, Some(user.uid), Some(user.gid)).with_context(
-                || format!("could not give {} to {}", segment_dir.display(), user.name),
-            )?;
-        }
-        let mut env = vec![
-            ("LD_PRELOAD".to_owned(), staged.display().to_string()),
-            (
-                "OOM_GUARD_DIR".to_owned(),
-                segment_dir.display().to_string(),
-            ),
-        ];
-        env.extend(
-            guard_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
-        let settings: Vec<(String, String)> = settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        cluster.start(&env, &settings)?;
-        let postmaster = cluster.postmaster_pid().context("no postmaster pid")?;
-        if !pgcluster::pid_maps_library(postmaster, "liboomguard.so")? {
-            bail!(
-                "the postmaster (pid {postmaster}) does not have {} mapped: the dynamic loader \
-                 ignored LD_PRELOAD (see {})",
-                staged.display(),
-                cluster.log_path().display()
-            );
-        }
-        Ok(GuardedCluster {
-            cluster,
-            segment_dir,
-            library: staged,
-        })
-    }
-
-    /// The guard's segment of this cluster.
-    pub fn segment(&self) -> Result<Segment> {
-        let paths = segment::find(&self.segment_dir)?;
-        let [path] = paths.as_slice() else {
-            bail!(
-                "expected one segment in {}, found {paths:?}",
-                self.segment_dir.display()
-            );
-        };
-        Ok(Segment::open(path)?)
-    }
-
-    /// The guard's numbers now.
-    pub fn snapshot(&self) -> Result<Snapshot> {
-        Ok(self.segment()?.snapshot()?)
-    }
-
-    /// Crash lines found in the server log, if any.
-    pub fn crash_lines(&self) -> Result<Vec<String>> {
-        let log = self.cluster.log_text()?;
-        Ok(log
-            .lines()
-            .filter(|line| CRASH_LOG_LINES.iter().any(|crash| line.contains(crash)))
-            .map(str::to_owned)
-            .collect())
-    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -325,7 +217,7 @@ fn without_the_guard(cgroup: MemoryCgroup, step: bool) -> Result<()> {
     let mut cluster = Cluster::create_temp(&in_cgroup(&cgroup))?;
     cluster.start(&[], &settings)?;
     let postmaster = cluster.postmaster_pid().context("no postmaster pid")?;
-    if pgcluster::pid_maps_library(postmaster, "liboomguard.so")? {
+    if pid_maps_library(postmaster, "liboomguard.so")? {
         bail!(
             "the unguarded postmaster (pid {postmaster}) has liboomguard.so mapped: unset \
              LD_PRELOAD before running the demo"

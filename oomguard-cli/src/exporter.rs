@@ -73,6 +73,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_tracked_processes",
     "oomguard_denied_allocations_total",
     "oomguard_refusals_total",
+    "oomguard_last_refusal_timestamp_seconds",
     "oomguard_denied_bytes_total",
     "oomguard_reclaimed_orphan_bytes_total",
     "oomguard_dynamic_shared_memory_bytes",
@@ -492,6 +493,14 @@ impl Families {
                 false,
                 refusals_by_cause,
             ),
+            gauge(
+                "oomguard_last_refusal_timestamp_seconds",
+                "Unix time of the domain's latest refusal (absent before any; kept across a \
+                 restart of the server). Which statement, whose, and why: oomguard refusals, or \
+                 the SQL view oomguard_refusals.",
+                false,
+                per_domain_i64(&|s| s.last_refusal_unix_seconds.map(saturating_i64)),
+            ),
             counter(
                 "oomguard_denied",
                 "Bytes requested by the refused allocation calls.",
@@ -889,7 +898,7 @@ mod tests {
         let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
         // SAFETY: a fresh, zeroed, page-aligned mapping of segment_size(4) bytes that no one else
         // has mapped yet.
-        unsafe { initialise(map.as_mut_ptr(), 4, std::process::id()) };
+        unsafe { initialise(map.as_mut_ptr(), 4, 0, std::process::id()) };
         let view = SegmentView::new(&map).unwrap();
         let header = view.header;
         header.limit_bytes.store(256 << 20, Relaxed);
@@ -900,6 +909,10 @@ mod tests {
         header.stats.domain_limit_denials.store(1, Relaxed);
         header.stats.budget_denials.store(2, Relaxed);
         header.stats.denied_bytes.store(1200, Relaxed);
+        header
+            .stats
+            .last_refusal_unix_ns
+            .store(1_700_000_123_456_789_000, Relaxed);
         // Owned by this test process, claimed now: the reaping at each scrape keeps it.
         let mut now = libc::timespec {
             tv_sec: 0,
@@ -1018,6 +1031,7 @@ mod tests {
             "oomguard_refusals_total{domain=\"oomguard-0-a\",cause=\"backend_budget\"} 2",
             "oomguard_refusals_total{domain=\"oomguard-0-b\",cause=\"kernel_tight\"} 0",
             "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
+            "oomguard_last_refusal_timestamp_seconds{domain=\"oomguard-0-a\"} 1700000123",
             "oomguard_reclaimed_orphan_bytes_total{domain=\"oomguard-0-a\"} 0",
             "oomguard_exporter_read_errors_total 0",
             "oomguard_stale_domains 0",
@@ -1057,6 +1071,7 @@ mod tests {
             "# HELP oomguard_denied_bytes_total Bytes requested by the refused allocation calls.",
             "# TYPE oomguard_build_info gauge",
             "oomguard_denied_bytes_total{domain=\"oomguard-0-b\"} 1200",
+            "oomguard_last_refusal_timestamp_seconds{domain=\"oomguard-0-a\"} 1700000123",
         ] {
             assert!(
                 classic.lines().any(|l| l == line),

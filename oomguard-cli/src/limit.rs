@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use oomguard_cluster::PgBinaries;
 use oomguard_core::cgroup::{own_cgroup, CgroupError, LimitSource};
 use oomguard_core::config::{limit_is_auto, parse_size, SIZE_FORMS};
 use oomguard_core::fs::RootedFs;
@@ -29,7 +30,6 @@ use oomguard_core::layout::SharedMemorySource;
 use oomguard_core::limit::{default_reserve, derive, Reserve, RESERVE_FORMS};
 use serde::Serialize;
 
-use crate::pgcluster::PgBinaries;
 use crate::segment::{
     self, Found, LimitInputsSnapshot, SegmentError, Snapshot, ORIGIN_CGROUP, ORIGIN_HIERARCHICAL,
     ORIGIN_MEM_TOTAL, RESERVE_DEFAULT, RESERVE_FROM_ENV,

@@ -59,6 +59,29 @@ enum Cmd {
         #[arg(long)]
         csv: bool,
     },
+    /// Show the refusal records of every guard domain: when each refused statement was refused
+    /// (and how often in a row), its process, database and role OIDs, query id, cause, the
+    /// request, the process's and the domain's bytes, the three largest processes at that
+    /// moment, and the statement's first bytes. Records outlive the sessions and a restart of
+    /// the server; the SQL view `oomguard_refusals` resolves the OIDs and joins
+    /// pg_stat_statements. A file that cannot be read is named on stderr and the command exits 1.
+    Refusals {
+        /// Directory holding the guard's segments [default: OOM_GUARD_DIR of the guard's
+        /// configuration file, else /dev/shm].
+        #[arg(long, env = "OOM_GUARD_DIR")]
+        dir: Option<PathBuf>,
+        /// Only records refused last at or after this: a duration back from now (90s, 15m, 2h,
+        /// 1day) or a UTC time (2026-12-07T21:00:00Z).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV instead of a table: a header row, then one row per record (the columns of
+        /// the SQL view's foreign table), for PostgreSQL's file_fdw.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Remove stale segments (no guarded process has them mapped: left by earlier runs) and
     /// the guard's leftover temporary files (`oomguard-*.tmp` older than a minute whose creator
     /// is gone). Never removes a live segment, follows a symbolic link, or removes another
@@ -163,7 +186,7 @@ fn exit_code(printed: ExitCode, any_bad: bool) -> ExitCode {
     }
 }
 
-/// `oomguard status`'s output forms.
+/// The output forms of `oomguard status` and `oomguard refusals`.
 #[derive(Debug, Clone, Copy)]
 enum StatusFormat {
     Table,
@@ -250,6 +273,40 @@ fn limit(
             .map(|report| oomguard_cli::limit::render(report, dir))
             .collect();
         print_out(&texts.join("\n"), "limit")
+    };
+    exit_code(printed, any_bad)
+}
+
+fn refusals(dir: &std::path::Path, since: Option<&str>, format: StatusFormat) -> ExitCode {
+    let since = match since
+        .map(|text| oomguard_cli::refusals::parse_since(text, std::time::SystemTime::now()))
+    {
+        Some(Err(error)) => {
+            eprintln!("oomguard refusals: {error}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(time)) => Some(time),
+        None => None,
+    };
+    let found = match oomguard_cli::refusals::collect(dir, since) {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!("oomguard refusals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let any_bad = report_bad(&found, "refusals");
+    let rows = &found.domains;
+    let printed = match format {
+        StatusFormat::Json => match serde_json::to_string_pretty(rows) {
+            Ok(text) => print_out(&format!("{text}\n"), "refusals"),
+            Err(error) => {
+                eprintln!("oomguard refusals: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        StatusFormat::Csv => print_out(&oomguard_cli::refusals::csv(rows), "refusals"),
+        StatusFormat::Table => print_out(&oomguard_cli::refusals::render(rows), "refusals"),
     };
     exit_code(printed, any_bad)
 }
@@ -391,6 +448,19 @@ fn main() -> ExitCode {
                 (false, false) => StatusFormat::Table,
             };
             status(&settings().segment_dir(dir), format)
+        }
+        Cmd::Refusals {
+            dir,
+            since,
+            json,
+            csv,
+        } => {
+            let format = match (json, csv) {
+                (true, _) => StatusFormat::Json,
+                (false, true) => StatusFormat::Csv,
+                (false, false) => StatusFormat::Table,
+            };
+            refusals(&settings().segment_dir(dir), since.as_deref(), format)
         }
         Cmd::Limit {
             dir,

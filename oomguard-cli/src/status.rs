@@ -551,7 +551,7 @@ mod tests {
         let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
         // SAFETY: a fresh, zeroed, page-aligned mapping of segment_size(4) bytes that no one else
         // has mapped yet.
-        unsafe { initialise(map.as_mut_ptr(), 4, std::process::id()) };
+        unsafe { initialise(map.as_mut_ptr(), 4, 0, std::process::id()) };
         let view = SegmentView::new(&map).unwrap();
         let stats = &view.header.stats;
         stats.denied_allocations.store(7, Relaxed);

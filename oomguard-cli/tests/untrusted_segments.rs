@@ -75,7 +75,7 @@ fn valid_segment(slots: u32) -> Vec<u8> {
         .collect();
     // SAFETY: `Line<[u8; 128]>` is 128 plain bytes aligned to 128; the buffer is zeroed,
     // `segment_size(slots)` bytes long, and ours alone.
-    unsafe { initialise(lines.as_mut_ptr().cast::<u8>(), slots, 4242) };
+    unsafe { initialise(lines.as_mut_ptr().cast::<u8>(), slots, 0, 4242) };
     // SAFETY: as above: the lines are plain bytes, read as one slice while `lines` lives.
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), lines.len() * 128) }.to_vec()
 }

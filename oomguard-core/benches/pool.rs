@@ -39,7 +39,7 @@ impl Segment {
         };
         // SAFETY: the buffer is zeroed, aligned to 128 (Line's alignment), at least
         // segment_size(slot_count) bytes long and not shared with anyone.
-        unsafe { initialise(segment.lines.as_mut_ptr() as *mut u8, slot_count, 1) };
+        unsafe { initialise(segment.lines.as_mut_ptr() as *mut u8, slot_count, 0, 1) };
         segment
     }
 

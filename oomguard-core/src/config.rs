@@ -200,7 +200,7 @@ impl RefuseScope {
 }
 
 /// Every setting the guard reads, from the environment or the configuration file.
-pub const SETTING_NAMES: [&str; 9] = [
+pub const SETTING_NAMES: [&str; 10] = [
     "OOM_GUARD_LIMIT",
     "OOM_GUARD_BACKEND_LIMIT",
     "OOM_GUARD_MODE",
@@ -210,7 +210,23 @@ pub const SETTING_NAMES: [&str; 9] = [
     "OOM_GUARD_DIR",
     "OOM_GUARD_DOMAIN",
     "OOM_GUARD_CGROUP_ROOT",
+    "OOM_GUARD_REFUSAL_RECORDS",
 ];
+
+/// What `OOM_GUARD_REFUSAL_RECORDS` accepts, quoted by its error.
+pub const REFUSAL_RECORDS_FORMS: &str =
+    "a whole number of records from 0 (no record) to 4096; the default is 256";
+
+/// Parses `OOM_GUARD_REFUSAL_RECORDS`: how many refusal records a new segment holds (decimal,
+/// blanks ignored, at most [`crate::layout::MAX_REFUSAL_RECORDS`]).
+pub fn parse_refusal_records(text: &str) -> Option<u32> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let records: u32 = text.parse().ok()?;
+    (records <= crate::layout::MAX_REFUSAL_RECORDS).then_some(records)
+}
 
 /// What `OOM_GUARD_DOMAIN` accepts, quoted by its error.
 pub const DOMAIN_FORMS: &str = "a plain file name of 1 to 200 bytes, without '/', not '.' or \
@@ -230,6 +246,16 @@ pub fn domain_is_valid(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_records_are_whole_numbers_up_to_the_maximum() {
+        assert_eq!(parse_refusal_records("256"), Some(256));
+        assert_eq!(parse_refusal_records(" 0 "), Some(0));
+        assert_eq!(parse_refusal_records("4096"), Some(4096));
+        for bad in ["4097", "", "-1", "+5", "1e3", "12k", "99999", "0x10", "٣"] {
+            assert_eq!(parse_refusal_records(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn sizes_in_every_accepted_form() {

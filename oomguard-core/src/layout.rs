@@ -1,4 +1,5 @@
-//! The shared accounting segment: a header followed by one slot per live guarded process.
+//! The shared accounting segment: a header, one slot per live guarded process, then the ring of
+//! refusal records (see [`crate::refusals`]).
 //!
 //! The segment is a file (in `/dev/shm` by default) mapped `MAP_SHARED` by every guarded process of
 //! a domain and read by the CLI. Its layout is `repr(C)` and versioned: a reader checks
@@ -15,7 +16,7 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"OOMGUARD";
 /// Bumped whenever a field moves or changes meaning.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Number of process slots; a process that finds none free is accounted in [`Header::overflow`].
 pub const SLOT_COUNT: u32 = 4096;
 
@@ -314,6 +315,53 @@ impl ProcessKind {
         }
     }
 
+    /// What to call a process whose slot says `self` and whose command line (`ps`'s title) is
+    /// `title`: the slot's kind when the guard classified the process as one it may refuse (or
+    /// as the postmaster, or not PostgreSQL), else the PostgreSQL process type its title
+    /// names (`postgres: checkpointer`, `postgres: main: walwriter` with a `cluster_name`), so
+    /// that processes the guard never had to classify (they never reserved again after they
+    /// were forked) are named too. Falls back to the slot's kind.
+    pub fn described_by_title(self, title: &str) -> &'static str {
+        /// The types PostgreSQL 15 to 18 put in its titles (`GetBackendTypeDesc`, and the
+        /// background workers of its own).
+        const TITLE_TYPES: [&str; 16] = [
+            "autovacuum launcher",
+            "autovacuum worker",
+            "logical replication launcher",
+            "archiver",
+            "background writer",
+            "checkpointer",
+            "logger",
+            "startup",
+            "walreceiver",
+            "walsender",
+            "walwriter",
+            "walsummarizer",
+            "slotsync worker",
+            "io worker",
+            "stats collector",
+            "parallel worker",
+        ];
+        if !matches!(
+            self,
+            ProcessKind::Unclassified | ProcessKind::PostgresAuxiliary
+        ) {
+            return self.name();
+        }
+        let Some(rest) = title.strip_prefix("postgres: ") else {
+            return self.name();
+        };
+        TITLE_TYPES
+            .into_iter()
+            .find(|name| {
+                rest.starts_with(name)
+                    || rest
+                        .split_once(": ")
+                        .is_some_and(|(_, after_cluster_name)| after_cluster_name.starts_with(name))
+            })
+            .unwrap_or(self.name())
+    }
+
     /// Decodes the slot value; unknown values read as `Unclassified`.
     pub fn from_raw(raw: u32) -> ProcessKind {
         match raw {
@@ -411,6 +459,11 @@ pub struct Header {
     /// slots mean something only inside it: a reader elsewhere (a sidecar container, the host)
     /// must not judge them dead.
     pub pid_namespace: AtomicU64,
+    /// Number of refusal records after the slots (`OOM_GUARD_REFUSAL_RECORDS` of the process
+    /// that created the segment), at most [`MAX_REFUSAL_RECORDS`].
+    pub refusal_capacity: u32,
+    /// Zero.
+    pub reserved: u32,
 
     /// The limit in bytes; 0 = none (account only).
     pub limit_bytes: AtomicU64,
@@ -468,6 +521,14 @@ pub struct HeaderStats {
     /// Refusals made because a process's own bytes would pass its budget, included in
     /// `denied_allocations`.
     pub budget_denials: AtomicU64,
+    /// Refusal records started so far: the last record's number (see [`crate::refusals`]).
+    pub refusal_records: AtomicU64,
+    /// Unix time in nanoseconds of the latest refusal (0: none yet), recorded even without a
+    /// ring.
+    pub last_refusal_unix_ns: AtomicU64,
+    /// One past the highest slot index ever claimed: the slots a scan over live processes
+    /// needs to look at.
+    pub slot_high_water: AtomicU64,
 }
 
 /// The cgroup's own numbers as last read by a guarded process (0 = not read yet).
@@ -500,10 +561,103 @@ pub struct CgroupSnapshot {
     pub oom_kill_events: AtomicU64,
 }
 
-/// Size in bytes of a segment with `slot_count` slots.
+/// Size in bytes of the header and `slot_count` slots: where the refusal records start.
 pub const fn segment_size(slot_count: u32) -> usize {
     size_of::<Header>() + slot_count as usize * size_of::<Slot>()
 }
+
+/// Most refusal records a segment may hold.
+pub const MAX_REFUSAL_RECORDS: u32 = 4096;
+/// Refusal records of a segment when `OOM_GUARD_REFUSAL_RECORDS` does not say.
+pub const DEFAULT_REFUSAL_RECORDS: u32 = 256;
+
+/// Size in bytes of a whole segment: header, `slot_count` slots and `refusal_records` records.
+pub const fn segment_len(slot_count: u32, refusal_records: u32) -> usize {
+    segment_size(slot_count) + refusal_records as usize * size_of::<RefusalRecord>()
+}
+
+/// The refusal records a segment file of `len` bytes with `slot_count` slots would hold, if
+/// `len` is the size of such a segment (checked before a file is mapped: no other size is
+/// trusted).
+pub const fn refusal_records_of_len(slot_count: u32, len: u64) -> Option<u32> {
+    let base = segment_size(slot_count) as u64;
+    let record = size_of::<RefusalRecord>() as u64;
+    if len < base
+        || !(len - base).is_multiple_of(record)
+        || (len - base) / record > MAX_REFUSAL_RECORDS as u64
+    {
+        return None;
+    }
+    Some(((len - base) / record) as u32)
+}
+
+/// Bytes of a statement's text a refusal record keeps.
+pub const STATEMENT_BYTES: usize = 336;
+
+/// One of the largest processes of the domain when a refusal was recorded.
+#[repr(C)]
+#[derive(Default)]
+pub struct TopConsumer {
+    /// Its pid (0: no entry).
+    pub pid: AtomicI32,
+    /// Its [`ProcessKind`].
+    pub kind: AtomicU32,
+    /// Its bytes.
+    pub bytes: AtomicI64,
+}
+
+/// One refused statement of one process (see [`crate::refusals`] for how records are written
+/// and read). Every field is an atomic: writers and readers in other processes share it.
+#[repr(C, align(128))]
+pub struct RefusalRecord {
+    /// 0 while never written; odd while a process writes it; even once written. A reader keeps
+    /// what it read only if this was even and unchanged before and after.
+    pub seq: AtomicU64,
+    /// The record's number in the domain: 1 for the first record, counting up.
+    pub number: AtomicU64,
+    /// Unix time in nanoseconds of the first refusal.
+    pub first_unix_ns: AtomicU64,
+    /// Unix time in nanoseconds of the latest refusal.
+    pub last_unix_ns: AtomicU64,
+    /// Refusals counted in this record (of one statement in one process, in a row).
+    pub count: AtomicU64,
+    /// PostgreSQL's query id of the statement (`pg_stat_statements.queryid`); 0 if unknown.
+    pub query_id: AtomicU64,
+    /// FNV-1a of the statement's first [`STATEMENT_BYTES`] bytes (0: none).
+    pub statement_hash: AtomicU64,
+    /// Bytes asked for by the latest refused call.
+    pub request_bytes: AtomicU64,
+    /// The process's own bytes at the latest refusal.
+    pub process_bytes: AtomicU64,
+    /// The process's budget at the latest refusal (0: none).
+    pub budget_bytes: AtomicU64,
+    /// The domain's total at the latest refusal.
+    pub total_bytes: AtomicI64,
+    /// The domain's limit at the latest refusal.
+    pub limit_bytes: AtomicU64,
+    /// The refused process.
+    pub pid: AtomicI32,
+    /// Its [`ProcessKind`].
+    pub kind: AtomicU32,
+    /// A [`crate::budget::RefusalCause`].
+    pub cause: AtomicU32,
+    /// A [`crate::refusals::Call`]: the refused function.
+    pub call: AtomicU32,
+    /// PostgreSQL's `MyDatabaseId` (0: none).
+    pub database_oid: AtomicU32,
+    /// The session user's OID (0: none).
+    pub role_oid: AtomicU32,
+    /// Bytes of `statement` in use.
+    pub statement_len: AtomicU32,
+    /// Bit 0: the statement was longer than [`STATEMENT_BYTES`].
+    pub flags: AtomicU32,
+    /// The three largest processes of the domain at the first refusal, largest first.
+    pub top: [TopConsumer; 3],
+    /// The statement's first bytes (`debug_query_string`), not NUL-terminated.
+    pub statement: [AtomicU8; STATEMENT_BYTES],
+}
+
+const _: () = assert!(size_of::<RefusalRecord>() == 512);
 
 /// Why a mapped file is not a usable segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -557,6 +711,8 @@ pub struct SegmentView<'a> {
     pub header: &'a Header,
     /// The process slots.
     pub slots: &'a [Slot],
+    /// The refusal records (none when the segment holds no ring).
+    pub records: &'a [RefusalRecord],
 }
 
 impl<'a> SegmentView<'a> {
@@ -587,10 +743,11 @@ impl<'a> SegmentView<'a> {
         if header.header_size as usize != header_size
             || header.slot_size as usize != size_of::<Slot>()
             || header.slot_count == 0
+            || header.refusal_capacity > MAX_REFUSAL_RECORDS
         {
             return Err(LayoutError::Geometry);
         }
-        let needed = segment_size(header.slot_count);
+        let needed = segment_len(header.slot_count, header.refusal_capacity);
         if bytes.len() < needed {
             return Err(LayoutError::Truncated {
                 found: bytes.len(),
@@ -606,7 +763,19 @@ impl<'a> SegmentView<'a> {
                 header.slot_count as usize,
             )
         };
-        Ok(SegmentView { header, slots })
+        // SAFETY: the records follow the slots within the `needed` bytes present, at a multiple
+        // of 128 (slots are 128 bytes each), and any bit pattern is a valid RefusalRecord.
+        let records = unsafe {
+            core::slice::from_raw_parts(
+                bytes.as_ptr().add(segment_size(header.slot_count)) as *const RefusalRecord,
+                header.refusal_capacity as usize,
+            )
+        };
+        Ok(SegmentView {
+            header,
+            slots,
+            records,
+        })
     }
 
     /// Slots currently owned by a process (pid > 0).
@@ -617,12 +786,13 @@ impl<'a> SegmentView<'a> {
     }
 }
 
-/// Initialises a freshly zeroed segment buffer of [`segment_size`]`(slot_count)` bytes.
+/// Initialises a freshly zeroed segment buffer of [`segment_len`]`(slot_count, refusal_records)`
+/// bytes.
 ///
 /// # Safety
-/// `base` must point to at least `segment_size(slot_count)` writable, zeroed bytes aligned to 128,
-/// not yet visible to any other process.
-pub unsafe fn initialise(base: *mut u8, slot_count: u32, creator_pid: u32) {
+/// `base` must point to at least `segment_len(slot_count, refusal_records)` writable, zeroed
+/// bytes aligned to 128, not yet visible to any other process.
+pub unsafe fn initialise(base: *mut u8, slot_count: u32, refusal_records: u32, creator_pid: u32) {
     let header = base as *mut Header;
     // SAFETY: the caller guarantees the buffer is ours alone, large and aligned enough; the other
     // fields are valid as zero.
@@ -632,6 +802,7 @@ pub unsafe fn initialise(base: *mut u8, slot_count: u32, creator_pid: u32) {
         (*header).header_size = size_of::<Header>() as u32;
         (*header).slot_size = size_of::<Slot>() as u32;
         (*header).slot_count = slot_count;
+        (*header).refusal_capacity = refusal_records.min(MAX_REFUSAL_RECORDS);
         (*header).creator_pid = creator_pid;
     }
 }
@@ -640,9 +811,14 @@ pub unsafe fn initialise(base: *mut u8, slot_count: u32, creator_pid: u32) {
 pub(crate) mod tests {
     use super::*;
 
-    /// A zeroed, 128-aligned buffer large enough for a small segment.
+    /// A zeroed, 128-aligned buffer large enough for a small segment with two refusal records.
     pub(crate) fn segment_buffer(slot_count: u32) -> Vec<Line<[u8; 128]>> {
-        let lines = segment_size(slot_count) / 128;
+        segment_buffer_with(slot_count, 2)
+    }
+
+    /// A zeroed, 128-aligned buffer for a segment of `slot_count` slots and `records` records.
+    pub(crate) fn segment_buffer_with(slot_count: u32, records: u32) -> Vec<Line<[u8; 128]>> {
+        let lines = segment_len(slot_count, records) / 128;
         (0..lines).map(|_| Line([0u8; 128])).collect()
     }
 
@@ -651,6 +827,37 @@ pub(crate) mod tests {
         unsafe {
             core::slice::from_raw_parts_mut(buffer.as_mut_ptr() as *mut u8, buffer.len() * 128)
         }
+    }
+
+    #[test]
+    fn processes_the_guard_never_classified_are_named_by_their_title() {
+        let unclassified = ProcessKind::Unclassified;
+        assert_eq!(
+            unclassified.described_by_title("postgres: checkpointer "),
+            "checkpointer"
+        );
+        assert_eq!(
+            unclassified.described_by_title("postgres: main: background writer "),
+            "background writer"
+        );
+        assert_eq!(
+            ProcessKind::PostgresAuxiliary.described_by_title("postgres: autovacuum launcher"),
+            "autovacuum launcher"
+        );
+        // What the guard knows wins; a title that names nothing known changes nothing.
+        assert_eq!(
+            ProcessKind::ClientBackend.described_by_title("postgres: checkpointer"),
+            "client backend"
+        );
+        assert_eq!(
+            ProcessKind::PostgresAuxiliary.described_by_title("postgres: pg_cron launcher"),
+            "postgres auxiliary"
+        );
+        assert_eq!(
+            unclassified.described_by_title("/usr/bin/psql"),
+            "unclassified"
+        );
+        assert_eq!(unclassified.described_by_title(""), "unclassified");
     }
 
     #[test]
@@ -665,9 +872,10 @@ pub(crate) mod tests {
         let mut buffer = segment_buffer(8);
         let bytes = as_bytes(&mut buffer);
         // SAFETY: the buffer is zeroed, aligned and large enough.
-        unsafe { initialise(bytes.as_mut_ptr(), 8, 42) };
+        unsafe { initialise(bytes.as_mut_ptr(), 8, 2, 42) };
         let view = SegmentView::new(bytes).expect("valid");
         assert_eq!(view.slots.len(), 8);
+        assert_eq!(view.records.len(), 2);
         assert_eq!(view.header.creator_pid, 42);
         assert_eq!(view.live_slots().count(), 0);
     }
@@ -685,7 +893,7 @@ pub(crate) mod tests {
         );
         assert_eq!(SegmentView::new(bytes).err(), Some(LayoutError::BadMagic));
         // SAFETY: as above.
-        unsafe { initialise(bytes.as_mut_ptr(), 8, 1) };
+        unsafe { initialise(bytes.as_mut_ptr(), 8, 2, 1) };
         bytes[8] = 99; // layout_version
         assert_eq!(
             SegmentView::new(bytes).err(),
@@ -702,5 +910,31 @@ pub(crate) mod tests {
         assert_eq!(SegmentView::new(bytes).err(), Some(LayoutError::Geometry));
         bytes[16] = 128;
         assert!(SegmentView::new(&bytes[1..]).is_err());
+        let capacity = core::mem::offset_of!(Header, refusal_capacity);
+        bytes[capacity] = 3; // three records, two present
+        assert!(matches!(
+            SegmentView::new(bytes).err(),
+            Some(LayoutError::Truncated { .. })
+        ));
+        bytes[capacity..capacity + 4].copy_from_slice(&(MAX_REFUSAL_RECORDS + 1).to_le_bytes());
+        assert_eq!(SegmentView::new(bytes).err(), Some(LayoutError::Geometry));
+    }
+
+    #[test]
+    fn only_sizes_of_whole_rings_are_segment_sizes() {
+        let base = segment_size(SLOT_COUNT) as u64;
+        assert_eq!(refusal_records_of_len(SLOT_COUNT, base), Some(0));
+        assert_eq!(
+            refusal_records_of_len(SLOT_COUNT, base + 512 * 256),
+            Some(256)
+        );
+        assert_eq!(refusal_records_of_len(SLOT_COUNT, base + 100), None);
+        assert_eq!(refusal_records_of_len(SLOT_COUNT, base - 128), None);
+        let largest = base + 512 * u64::from(MAX_REFUSAL_RECORDS);
+        assert_eq!(
+            refusal_records_of_len(SLOT_COUNT, largest),
+            Some(MAX_REFUSAL_RECORDS)
+        );
+        assert_eq!(refusal_records_of_len(SLOT_COUNT, largest + 512), None);
     }
 }

@@ -17,6 +17,8 @@
 //!   the accepted forms.
 //! - [`limit`]: the derived limit (cgroup limit − shared memory − reserve) and its inputs.
 //! - [`units`]: byte counts as operators read them.
+//! - [`refusals`]: the ring of refusal records (which statement, whose, why, who held the
+//!   memory), written without allocating or locking and read back consistently.
 //! - [`procstat`]: telling a slot's live owner from a zombie or a reused pid.
 //! - [`cgroup`]: our memory cgroup (v1 or v2), its effective limit and the kernel's usage numbers.
 //! - [`fs`]: the file access those readers go through, so they run on `/` or on fixture trees.
@@ -34,6 +36,7 @@ pub mod layout;
 pub mod limit;
 pub mod pool;
 pub mod procstat;
+pub mod refusals;
 pub mod units;
 
 pub use config::{Mode, RefuseScope};

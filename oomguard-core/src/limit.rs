@@ -230,7 +230,7 @@ mod tests {
         let mut buffer = segment_buffer(2);
         let bytes = as_bytes(&mut buffer);
         // SAFETY: zeroed, aligned, sized.
-        unsafe { initialise(bytes.as_mut_ptr(), 2, 1) };
+        unsafe { initialise(bytes.as_mut_ptr(), 2, 0, 1) };
         let header = SegmentView::new(bytes).unwrap().header;
         header
             .limit_source
@@ -254,7 +254,7 @@ mod tests {
         let mut buffer = segment_buffer(2);
         let bytes = as_bytes(&mut buffer);
         // SAFETY: zeroed, aligned, sized.
-        unsafe { initialise(bytes.as_mut_ptr(), 2, 1) };
+        unsafe { initialise(bytes.as_mut_ptr(), 2, 0, 1) };
         let header = SegmentView::new(bytes).unwrap().header;
         let inputs = &header.limit_inputs;
         inputs.cgroup_limit_bytes.store(1024 * MIB, Relaxed);

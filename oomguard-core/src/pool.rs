@@ -286,10 +286,15 @@ impl<'a> Pool<'a> {
         }
     }
 
+    /// The index of `slot`, one of this pool's slots (not the overflow slot).
+    fn index_of(&self, slot: &Slot) -> usize {
+        (slot as *const Slot as usize - self.view.slots.as_ptr() as usize)
+            / core::mem::size_of::<Slot>()
+    }
+
     /// Marks a taken-over slot free and lets the next claim start at it.
     fn free(&self, slot: &Slot) {
-        let index = (slot as *const Slot as usize - self.view.slots.as_ptr() as usize)
-            / core::mem::size_of::<Slot>();
+        let index = self.index_of(slot);
         slot.pid.store(PID_FREE, Release);
         self.view
             .header
@@ -319,6 +324,11 @@ impl<'a> Pool<'a> {
     }
 
     fn fill(&self, slot: &'a Slot, pid: i32, claimed_at_ns: u64) -> &'a Slot {
+        self.view
+            .header
+            .stats
+            .slot_high_water
+            .fetch_max(self.index_of(slot) as u64 + 1, Relaxed);
         slot.kind.store(ProcessKind::Unclassified as u32, Relaxed);
         slot.claimed_at_ns.store(claimed_at_ns, Relaxed);
         slot.pid_namespace.store(self.pid_namespace, Relaxed);
@@ -378,7 +388,7 @@ mod tests {
         let mut buffer = segment_buffer(slot_count);
         let bytes = as_bytes(&mut buffer);
         // SAFETY: zeroed, aligned, sized for slot_count.
-        unsafe { initialise(bytes.as_mut_ptr(), slot_count, 1) };
+        unsafe { initialise(bytes.as_mut_ptr(), slot_count, 0, 1) };
         let view = SegmentView::new(bytes).unwrap();
         view.header.limit_bytes.store(limit, Relaxed);
         test(Pool::new(view));

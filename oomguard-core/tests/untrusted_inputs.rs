@@ -25,6 +25,7 @@ use oomguard_core::config::{
 use oomguard_core::fs::{FileSystem, ReadError, ReadFile};
 use oomguard_core::layout::{
     initialise, segment_size, Header, LayoutError, Line, SegmentView, Slot, LAYOUT_VERSION, MAGIC,
+    MAX_REFUSAL_RECORDS,
 };
 use oomguard_core::limit::{Reserve, ReserveError, MAX_RESERVE_PERCENT, RESERVE_FORMS};
 use oomguard_core::procstat::{owner_alive, owner_gone, start_ticks};
@@ -1302,7 +1303,7 @@ impl Aligned {
         let bytes = buffer.bytes();
         assert_eq!(bytes.len(), segment_size(slots));
         // SAFETY: the buffer is zeroed, 128-aligned, `segment_size(slots)` bytes long and ours.
-        unsafe { initialise(bytes.as_mut_ptr(), slots, 4242) };
+        unsafe { initialise(bytes.as_mut_ptr(), slots, 0, 4242) };
         buffer
     }
 }
@@ -1325,13 +1326,15 @@ fn expected_layout(bytes: &[u8]) -> Result<u32, LayoutError> {
         return Err(LayoutError::Version { found: version });
     }
     let slots = field(offset_of!(Header, slot_count));
+    let records = field(offset_of!(Header, refusal_capacity));
     if field(offset_of!(Header, header_size)) as usize != header_size
         || field(offset_of!(Header, slot_size)) as usize != size_of::<Slot>()
         || slots == 0
+        || records > MAX_REFUSAL_RECORDS
     {
         return Err(LayoutError::Geometry);
     }
-    let needed = header_size + slots as usize * size_of::<Slot>();
+    let needed = header_size + slots as usize * size_of::<Slot>() + records as usize * 512;
     if bytes.len() < needed {
         return Err(LayoutError::Truncated {
             found: bytes.len(),
@@ -1383,6 +1386,7 @@ fn header_field() -> impl Strategy<Value = (usize, u32)> {
         Just(offset_of!(Header, slot_size)),
         Just(offset_of!(Header, slot_count)),
         Just(offset_of!(Header, creator_pid)),
+        Just(offset_of!(Header, refusal_capacity)),
     ];
     let value = prop_oneof![
         any::<u32>(),
@@ -1393,6 +1397,8 @@ fn header_field() -> impl Strategy<Value = (usize, u32)> {
         Just(size_of::<Header>() as u32),
         Just(size_of::<Slot>() as u32),
         Just(i32::MAX as u32 + 1),
+        Just(MAX_REFUSAL_RECORDS),
+        Just(MAX_REFUSAL_RECORDS + 1),
     ];
     (offset, value)
 }
@@ -1438,7 +1444,7 @@ proptest! {
         let mut buffer = Aligned::new(segment_size(slots) + extra * 128);
         let bytes = buffer.bytes();
         // SAFETY: zeroed, aligned, at least `segment_size(slots)` bytes, ours alone.
-        unsafe { initialise(bytes.as_mut_ptr(), slots, 1) };
+        unsafe { initialise(bytes.as_mut_ptr(), slots, 0, 1) };
         bytes[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
         check_segment(bytes)?;
     }
@@ -1450,8 +1456,11 @@ proptest! {
         let mut buffer = Aligned::segment(slots);
         let bytes = buffer.bytes();
         let checked = offset_of!(Header, creator_pid);
+        let capacity = offset_of!(Header, refusal_capacity);
         for (i, b) in bytes.iter_mut().enumerate().skip(checked) {
-            *b = noise[i % noise.len()] ^ (i as u8);
+            if !(capacity..capacity + 4).contains(&i) {
+                *b = noise[i % noise.len()] ^ (i as u8);
+            }
         }
         check_segment(bytes)?;
         prop_assert!(SegmentView::new(bytes).is_ok());
@@ -1463,7 +1472,7 @@ proptest! {
         let mut buffer = Aligned::new(segment_size(slots) + 128);
         let bytes = buffer.bytes();
         // SAFETY: zeroed, aligned, large enough, ours alone.
-        unsafe { initialise(bytes.as_mut_ptr().add(128), slots, 1) };
+        unsafe { initialise(bytes.as_mut_ptr().add(128), slots, 0, 1) };
         let moved = &bytes[128 - shift..];
         prop_assert_eq!(SegmentView::new(moved).err(), Some(LayoutError::Misaligned));
         let moved = &bytes[shift..];

@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
 use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_core::decide;
-use oomguard_core::layout::{Header, LimitSource, ModeReason, SegmentView, Slot};
+use oomguard_core::layout::{Header, LimitSource, ModeReason, RefusalRecord, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
 
@@ -49,6 +49,8 @@ static STATE: AtomicU8 = AtomicU8::new(UNINITIALISED);
 static HEADER: AtomicPtr<Header> = AtomicPtr::new(core::ptr::null_mut());
 static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 static SLOT_COUNT: AtomicU64 = AtomicU64::new(0);
+static RECORDS: AtomicPtr<RefusalRecord> = AtomicPtr::new(core::ptr::null_mut());
+static RECORD_COUNT: AtomicU64 = AtomicU64::new(0);
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 /// This process's [`RefuseScope`], as its index in [`SCOPES`].
@@ -123,7 +125,8 @@ fn initialise() -> bool {
     if mode == Some(Mode::Off) {
         return false;
     }
-    let Some(view) = segment::attach(settings.dir, settings.domain) else {
+    let Some(view) = segment::attach(settings.dir, settings.domain, settings.refusal_records)
+    else {
         let mut line = Line::new();
         let _ = write!(line, "no memory for an accounting segment; guard off");
         line.emit();
@@ -182,6 +185,8 @@ fn initialise() -> bool {
     HEADER.store(header as *const Header as *mut Header, Relaxed);
     SLOTS.store(view.slots.as_ptr() as *mut Slot, Relaxed);
     SLOT_COUNT.store(view.slots.len() as u64, Relaxed);
+    RECORDS.store(view.records.as_ptr() as *mut RefusalRecord, Relaxed);
+    RECORD_COUNT.store(view.records.len() as u64, Relaxed);
     claim_slot(true);
 
     let mut key: libc::pthread_key_t = 0;
@@ -194,20 +199,31 @@ fn initialise() -> bool {
     true
 }
 
-/// The pool over the attached segment.
-fn pool() -> Pool<'static> {
+/// The attached segment; its refusal records only `with_records` (the refusal path: the pool
+/// never needs them, and every reservation builds a pool several times).
+fn view(with_records: bool) -> SegmentView<'static> {
     let header = HEADER.load(Relaxed);
     let slots = SLOTS.load(Relaxed);
     let count = SLOT_COUNT.load(Relaxed) as usize;
+    let (records, record_count) = if with_records {
+        (RECORDS.load(Relaxed), RECORD_COUNT.load(Relaxed) as usize)
+    } else {
+        (core::ptr::NonNull::dangling().as_ptr(), 0)
+    };
     // SAFETY: set once by `initialise` from a validated, never-unmapped segment before the state
-    // became ACTIVE; only called while active.
-    let view = unsafe {
+    // became ACTIVE; only called while active. No records: a dangling, aligned pointer.
+    unsafe {
         SegmentView {
             header: &*header,
             slots: core::slice::from_raw_parts(slots, count),
+            records: core::slice::from_raw_parts(records, record_count),
         }
-    };
-    Pool::new(view).in_pid_namespace(OWN_PID_NAMESPACE.load(Relaxed))
+    }
+}
+
+/// The pool over the attached segment.
+fn pool() -> Pool<'static> {
+    Pool::new(view(false)).in_pid_namespace(OWN_PID_NAMESPACE.load(Relaxed))
 }
 
 /// This process's slot, claimed on first use in a forked child (a child that execs or exits
@@ -330,6 +346,11 @@ fn grant(need: u64, request: usize, call: &'static str) -> Option<u64> {
     let slot = my_slot();
     kernel::refresh(pool.header(), now_ns);
     let decision = classify(call);
+    // Every process shows its kind in `oomguard status` and the refusal records' top consumers,
+    // refused or not: a store only when it changed (a forked child becomes what it runs).
+    if slot.kind.load(Relaxed) != decision.kind as u32 {
+        slot.kind.store(decision.kind as u32, Relaxed);
+    }
     let injected = crate::inject::fires();
     let facts = decide::Request {
         need,
@@ -454,6 +475,18 @@ fn refuse(
     cause: RefusalCause,
 ) {
     pool.record_denial(slot, bytes, cause);
+    crate::record::refusal(
+        &view(true),
+        crate::record::Facts {
+            slot,
+            kind,
+            own_bytes: own_bytes(pool, slot),
+            request: bytes,
+            call,
+            cause,
+            limit: pool.limit(),
+        },
+    );
     report_refusal(pool, slot, kind, bytes as usize, call, cause);
 }
 
@@ -759,6 +792,7 @@ extern "C" fn forked_child() {
     UNREPORTED_REFUSALS.store(0, Relaxed);
     SLOT.store(core::ptr::null_mut(), Relaxed);
     crate::inject::reseed();
+    crate::record::forked();
     policy::forked();
 }
 

@@ -32,6 +32,7 @@ mod kernel;
 mod loader;
 mod policy;
 mod real;
+mod record;
 mod report;
 mod segment;
 mod settings;

@@ -69,6 +69,13 @@ static IS_POSTGRES: AtomicBool = AtomicBool::new(false);
 /// restrict_privileged)` (the same since 9.2), for `oomguard.backend_memory_limit`.
 static GET_CONFIG_OPTION: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
+/// PostgreSQL's symbols read only for the refusal record (see [`statement_identity`]); each may
+/// be missing (null) without changing anything else.
+static MY_DATABASE_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static DEBUG_QUERY_STRING: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static GET_MY_QUERY_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static GET_SESSION_USER_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
 /// `pthread_self()` of the thread that runs PostgreSQL (the one that loaded the library, or
 /// that forked this process): only it may call into PostgreSQL's settings.
 static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
@@ -81,15 +88,25 @@ pub fn on_main_thread() -> bool {
     this_thread == MAIN_THREAD.load(Relaxed)
 }
 
+/// This process image is a forked child of a guarded process (not the image that exec
+/// started): a PostgreSQL child is not the postmaster even before it sets `IsUnderPostmaster`.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
 /// In a forked child: the forking thread is the child's only one.
 pub fn forked() {
+    FORKED.store(true, Relaxed);
+    note_main_thread();
+}
+
+/// Records the calling thread as PostgreSQL's own (see [`MAIN_THREAD`]).
+fn note_main_thread() {
     // SAFETY: pthread_self has no preconditions (no system call).
     MAIN_THREAD.store(unsafe { libc::pthread_self() } as u64, Relaxed);
 }
 
 /// Looks PostgreSQL's globals up in this process image. Runs from the library's constructor.
 pub fn look_up_symbols() {
-    forked();
+    note_main_thread();
     let mut all_found = true;
     for (name, slot) in NAMES.iter().zip(&ADDRESSES) {
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.
@@ -101,6 +118,18 @@ pub fn look_up_symbols() {
         // SAFETY: as above.
         let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GetConfigOption".as_ptr()) };
         GET_CONFIG_OPTION.store(address, Relaxed);
+        for (name, slot) in [
+            (c"MyDatabaseId", &MY_DATABASE_ID),
+            (c"debug_query_string", &DEBUG_QUERY_STRING),
+            (c"pgstat_get_my_query_id", &GET_MY_QUERY_ID),
+            (c"GetSessionUserId", &GET_SESSION_USER_ID),
+        ] {
+            // SAFETY: as above.
+            slot.store(
+                unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) },
+                Relaxed,
+            );
+        }
         crate::fragile::look_up();
     }
     // Not PostgreSQL (or no GetConfigOption): leave no "undefined symbol" message for the
@@ -167,6 +196,101 @@ pub fn budget_setting(longest: usize) -> Option<&'static [u8]> {
         let len = libc::strnlen(value, longest + 1);
         Some(core::slice::from_raw_parts(value.cast::<u8>(), len))
     }
+}
+
+/// What PostgreSQL says about the statement a refused request belongs to (zero and empty where
+/// it says nothing).
+pub struct Identity<'a> {
+    /// `MyDatabaseId`.
+    pub database_oid: u32,
+    /// `GetSessionUserId()`: the role the session logged in as (`pg_stat_activity.usesysid`).
+    pub role_oid: u32,
+    /// `pgstat_get_my_query_id()`: `pg_stat_statements.queryid` (0 with `compute_query_id`
+    /// off, or before the statement was analysed).
+    pub query_id: u64,
+    /// `debug_query_string`'s first `STATEMENT_BYTES` bytes, plus one byte when it is longer.
+    pub statement: &'a [u8],
+}
+
+/// Hands `use_it` the statement of the request being refused, read from PostgreSQL. The text is
+/// PostgreSQL's, valid only until it moves on: copy it, do not keep it.
+///
+/// Only asked at a refusal, so only where `classify` allowed one: on PostgreSQL's own thread,
+/// under the postmaster, not in a critical section, with an error handler set, not exiting and
+/// not reporting an error. Why each read is safe there, on PostgreSQL 15 to 18:
+/// - `MyDatabaseId` (`Oid`, globals.c) and `debug_query_string` (`const char *`, postgres.c) are
+///   plain exported globals; the guard loads them.
+/// - `debug_query_string`, when not NULL, is the text of the statement being executed, which
+///   PostgreSQL's own error reporting reads for the `STATEMENT:` line of every ERROR (elog.c);
+///   it lives in memory that outlives the statement's execution. At most
+///   `STATEMENT_BYTES` + 1 bytes are read (`strnlen`), never past its NUL.
+/// - `pgstat_get_my_query_id()` (backend_status.c, since 14) returns `MyBEEntry->st_query_id`,
+///   or 0 without a `MyBEEntry`: two loads, no allocation, no error path.
+/// - `GetSessionUserId()` (miscinit.c) returns a static and only asserts (in assertion-enabled
+///   builds) that it is set; `InitPostgres` sets it before `MyDatabaseId`, so it is called only
+///   once `MyDatabaseId` is set.
+pub fn with_statement_identity<R>(use_it: impl FnOnce(&Identity<'_>) -> R) -> R {
+    let nothing = Identity {
+        database_oid: 0,
+        role_oid: 0,
+        query_id: 0,
+        statement: &[],
+    };
+    let Some(symbols) = symbols() else {
+        return use_it(&nothing);
+    };
+    // SAFETY: as in `kind_of`.
+    if !on_main_thread() || !unsafe { *symbols.is_under_postmaster } {
+        return use_it(&nothing);
+    }
+    let database = MY_DATABASE_ID.load(Relaxed) as *const u32;
+    let database_oid = if database.is_null() {
+        0
+    } else {
+        // SAFETY: the address of PostgreSQL's `Oid MyDatabaseId`.
+        unsafe { *database }
+    };
+    let role_oid = match GET_SESSION_USER_ID.load(Relaxed) {
+        function if !function.is_null() && database_oid != 0 => {
+            // SAFETY: PostgreSQL's `Oid GetSessionUserId(void)`, set once a database is.
+            unsafe {
+                core::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u32>(function)()
+            }
+        }
+        _ => 0,
+    };
+    let query_id = match GET_MY_QUERY_ID.load(Relaxed) {
+        function if !function.is_null() => {
+            // SAFETY: PostgreSQL's `uint64 pgstat_get_my_query_id(void)`.
+            unsafe {
+                core::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(function)()
+            }
+        }
+        _ => 0,
+    };
+    let text = DEBUG_QUERY_STRING.load(Relaxed) as *const *const c_char;
+    let text = if text.is_null() {
+        core::ptr::null()
+    } else {
+        // SAFETY: the address of PostgreSQL's `const char *debug_query_string`.
+        unsafe { *text }
+    };
+    let statement = if text.is_null() {
+        &[][..]
+    } else {
+        let longest = oomguard_core::layout::STATEMENT_BYTES + 1;
+        // SAFETY: a NUL-terminated string (see above); `strnlen` reads at most `longest` bytes.
+        unsafe {
+            let len = libc::strnlen(text, longest);
+            core::slice::from_raw_parts(text.cast::<u8>(), len)
+        }
+    };
+    use_it(&Identity {
+        database_oid,
+        role_oid,
+        query_id,
+        statement,
+    })
 }
 
 /// Addresses of PostgreSQL's globals in this process image.
@@ -298,7 +422,13 @@ fn kind_of(symbols: &Symbols) -> ProcessKind {
         )
     };
     if !under_postmaster {
-        return ProcessKind::Postmaster;
+        // A child the postmaster just forked has not set `IsUnderPostmaster` yet: it is not
+        // the postmaster, and what it becomes is known at its next reservation.
+        return if FORKED.load(Relaxed) {
+            ProcessKind::Unclassified
+        } else {
+            ProcessKind::Postmaster
+        };
     }
     if worker {
         return describe_kind(symbols, backend_type);

@@ -19,7 +19,10 @@ use core::ffi::{c_char, CStr};
 use core::fmt::{self, Write};
 
 use oomguard_core::fs::FileSystem;
-use oomguard_core::layout::{initialise, segment_size, LayoutError, SegmentView, SLOT_COUNT};
+use oomguard_core::layout::{
+    initialise, refusal_records_of_len, segment_len, LayoutError, SegmentView, MAX_REFUSAL_RECORDS,
+    SLOT_COUNT,
+};
 
 use crate::report::Line;
 
@@ -83,7 +86,7 @@ enum Untrusted {
     NotRegular,
     Owner { uid: u32, euid: u32 },
     Mode(u32),
-    Size { found: i64, expected: usize },
+    Size { found: i64 },
 }
 
 impl fmt::Display for Untrusted {
@@ -97,9 +100,13 @@ impl fmt::Display for Untrusted {
                 f,
                 "mode {mode:04o} gives other users access (the guard creates it 0600)"
             ),
-            Untrusted::Size { found, expected } => {
-                write!(f, "{found} bytes, a segment of this build has {expected}")
-            }
+            Untrusted::Size { found } => write!(
+                f,
+                "{found} bytes, a segment of this build has {} plus {} per refusal record (at \
+                 most {MAX_REFUSAL_RECORDS})",
+                segment_len(SLOT_COUNT, 0),
+                segment_len(SLOT_COUNT, 1) - segment_len(SLOT_COUNT, 0),
+            ),
         }
     }
 }
@@ -124,11 +131,16 @@ fn last_error(call: &'static str) -> AttachError {
     AttachError::System(call, crate::errno::get())
 }
 
-/// Maps the domain's segment, creating it if needed; falls back to a private segment (and says
-/// so on stderr) when the shared one cannot be used. The mapping is never unmapped, so the view
-/// lives as long as the process. `None` only when not even 512 KiB of private
-/// memory can be mapped.
-pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<SegmentView<'static>> {
+/// Maps the domain's segment, creating it if needed with room for `refusal_records` records (a
+/// segment that exists keeps its own number); falls back to a private segment (and says so on
+/// stderr) when the shared one cannot be used. The mapping is never unmapped, so the view lives
+/// as long as the process. `None` only when not even a private segment (about 641 KiB with 256
+/// refusal records) can be mapped.
+pub fn attach(
+    dir: &CStr,
+    domain: Option<&CStr>,
+    refusal_records: u32,
+) -> Option<SegmentView<'static>> {
     let mut path = PathBuffer::new();
     let built = path.push(dir.to_bytes())
         && path.push(b"/")
@@ -137,7 +149,7 @@ pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<SegmentView<'static>>
             None => write!(path, "oomguard-{}-{:016x}", euid(), domain_hash()).is_ok(),
         };
     let result = if built {
-        open_or_create(&path)
+        open_or_create(&path, refusal_records)
     } else {
         Err(AttachError::PathTooLong)
     };
@@ -152,7 +164,7 @@ pub fn attach(dir: &CStr, domain: Option<&CStr>) -> Option<SegmentView<'static>>
                 path.as_str()
             );
             line.emit();
-            private_segment()
+            private_segment(refusal_records)
         }
     }
 }
@@ -190,7 +202,10 @@ pub fn pid_namespace() -> u64 {
     }
 }
 
-fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
+fn open_or_create(
+    path: &PathBuffer,
+    refusal_records: u32,
+) -> Result<SegmentView<'static>, AttachError> {
     // A retry when the segment was created by someone else meanwhile, or removed (`oomguard
     // clean`) between our open and our lock.
     for _ in 0..4 {
@@ -213,7 +228,7 @@ fn open_or_create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError
         if crate::errno::get() != libc::ENOENT {
             return Err(last_error("open"));
         }
-        match create(path) {
+        match create(path, refusal_records) {
             Ok(view) => return Ok(view),
             // Another process published the segment first: open theirs.
             Err(AttachError::System(_, libc::EEXIST)) => continue,
@@ -302,22 +317,34 @@ fn map_existing(fd: i32, path: &PathBuffer) -> Result<SegmentView<'static>, Atta
 /// Starts a stale segment afresh, as if just created: its slots name dead processes (perhaps
 /// of another PID namespace, whose pids nobody here could judge), its peak and counters belong
 /// to a finished run. Only a segment of this layout is reset; anything else was refused by
-/// [`map`] already.
+/// [`map`] already. The refusal records are kept, with the count and time they are numbered
+/// from: what was refused before a restart is what an operator asks about after it.
 fn reset(view: SegmentView<'static>) {
+    use core::sync::atomic::Ordering::Relaxed;
     let base = view.header as *const oomguard_core::Header as *mut u8;
-    let len = segment_size(view.header.slot_count);
-    // SAFETY: we hold the only lock on the file, so no guarded process uses the mapping; it is
-    // `len` bytes long and writable. Readers (the CLI) only read, and see a fresh segment.
+    let stats = &view.header.stats;
+    let records = view.records.len() as u32;
+    let (numbered, last_refusal) = (
+        stats.refusal_records.load(Relaxed),
+        stats.last_refusal_unix_ns.load(Relaxed),
+    );
+    let len = segment_len(view.header.slot_count, 0);
+    // SAFETY: we hold the only lock on the file, so no guarded process uses the mapping; its
+    // header and slots (`len` bytes) are writable. Readers (the CLI) only read, and see a fresh
+    // segment.
     unsafe {
         core::ptr::write_bytes(base, 0, len);
-        initialise(base, SLOT_COUNT, libc::getpid() as u32);
+        initialise(base, SLOT_COUNT, records, libc::getpid() as u32);
     }
+    stats.refusal_records.store(numbered, Relaxed);
+    stats.last_refusal_unix_ns.store(last_refusal, Relaxed);
     record_pid_namespace(base.cast());
 }
 
 /// Checks, before anything is mapped, that an existing segment file is one this process could
 /// have created itself: a regular file of our effective uid, with no group or other permission,
-/// of exactly this build's size. Returns its size.
+/// of a size this build gives segments (slots and a whole number of refusal records). Returns
+/// its size.
 fn check_trusted(fd: i32) -> Result<usize, AttachError> {
     // SAFETY: an all-zero stat is a valid out-parameter.
     let mut stat: libc::stat = unsafe { core::mem::zeroed() };
@@ -325,7 +352,6 @@ fn check_trusted(fd: i32) -> Result<usize, AttachError> {
     if unsafe { libc::fstat(fd, &mut stat) } != 0 {
         return Err(last_error("fstat"));
     }
-    let expected = segment_size(SLOT_COUNT);
     let untrusted = if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
         Untrusted::NotRegular
     } else if stat.st_uid != euid() {
@@ -335,13 +361,12 @@ fn check_trusted(fd: i32) -> Result<usize, AttachError> {
         }
     } else if stat.st_mode & 0o077 != 0 {
         Untrusted::Mode(stat.st_mode & 0o7777)
-    } else if stat.st_size != expected as i64 {
+    } else if let Some(records) = refusal_records_of_len(SLOT_COUNT, stat.st_size as u64) {
+        return Ok(segment_len(SLOT_COUNT, records));
+    } else {
         Untrusted::Size {
             found: stat.st_size,
-            expected,
         }
-    } else {
-        return Ok(expected);
     };
     Err(AttachError::Untrusted(untrusted))
 }
@@ -422,7 +447,7 @@ fn map(fd: i32, len: usize) -> Result<SegmentView<'static>, AttachError> {
     })
 }
 
-fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
+fn create(path: &PathBuffer, refusal_records: u32) -> Result<SegmentView<'static>, AttachError> {
     sweep_stale(path);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
@@ -451,7 +476,7 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
     if fd < 0 {
         return Err(last_error("create"));
     }
-    let len = segment_size(SLOT_COUNT);
+    let len = segment_len(SLOT_COUNT, refusal_records);
     let result = (|| {
         // SAFETY: fd is open for writing.
         if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
@@ -461,7 +486,7 @@ fn create(path: &PathBuffer) -> Result<SegmentView<'static>, AttachError> {
         allocate_pages(fd, len)?;
         let base = map_shared(fd, len)?;
         // SAFETY: the file is new, zero-filled by ftruncate, sized and not yet published.
-        unsafe { initialise(base as *mut u8, SLOT_COUNT, pid as u32) };
+        unsafe { initialise(base as *mut u8, SLOT_COUNT, refusal_records, pid as u32) };
         record_pid_namespace(base);
         // Live from the moment it is published (see `lock`).
         if !lock(fd, libc::F_RDLCK) {
@@ -596,8 +621,8 @@ fn record_pid_namespace(base: *mut libc::c_void) {
 }
 
 /// An anonymous shared mapping: shared with forked children, invisible to the CLI.
-fn private_segment() -> Option<SegmentView<'static>> {
-    let len = segment_size(SLOT_COUNT);
+fn private_segment(refusal_records: u32) -> Option<SegmentView<'static>> {
+    let len = segment_len(SLOT_COUNT, refusal_records);
     // SAFETY: a fresh anonymous mapping; failure is checked.
     let base = unsafe {
         libc::mmap(
@@ -613,7 +638,14 @@ fn private_segment() -> Option<SegmentView<'static>> {
         return None;
     }
     // SAFETY: zeroed, page-aligned, sized, private to us; getpid has no preconditions.
-    unsafe { initialise(base as *mut u8, SLOT_COUNT, libc::getpid() as u32) };
+    unsafe {
+        initialise(
+            base as *mut u8,
+            SLOT_COUNT,
+            refusal_records,
+            libc::getpid() as u32,
+        )
+    };
     record_pid_namespace(base);
     // SAFETY: the mapping is `len` bytes and never unmapped.
     let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base as *const u8, len) };

@@ -12,9 +12,10 @@ use core::fmt::Write;
 
 use oomguard_core::budget::{Budget, DEFAULT_FORMS};
 use oomguard_core::config::{
-    domain_is_valid, limit_is_auto, parse_size, DOMAIN_FORMS, MODE_FORMS, REFUSE_FORMS,
+    domain_is_valid, limit_is_auto, parse_refusal_records, parse_size, DOMAIN_FORMS, MODE_FORMS,
+    REFUSAL_RECORDS_FORMS, REFUSE_FORMS,
 };
-use oomguard_core::layout::ModeReason;
+use oomguard_core::layout::{ModeReason, DEFAULT_REFUSAL_RECORDS};
 use oomguard_core::limit::Reserve;
 use oomguard_core::{Mode, RefuseScope};
 
@@ -50,6 +51,8 @@ pub struct Settings {
     /// `OOM_GUARD_TEST_INJECT` (environment only; tests): refuse about one in N refusable
     /// reservations at random, with this seed (see `inject`).
     pub inject: Option<(u64, u64)>,
+    /// `OOM_GUARD_REFUSAL_RECORDS`: refusal records of a segment this process creates.
+    pub refusal_records: u32,
 }
 
 const DEFAULT_DIR: &CStr = c"/dev/shm";
@@ -125,6 +128,7 @@ impl Settings {
                 .filter(|root| !root.is_empty())
                 .unwrap_or(DEFAULT_CGROUP_ROOT),
             inject: None,
+            refusal_records: DEFAULT_REFUSAL_RECORDS,
         };
         if let Some(line) = config_problem {
             settings.fallback_reason = ModeReason::ConfigFileRejected;
@@ -194,6 +198,14 @@ impl Settings {
                          are {DEFAULT_FORMS}"
                     );
                     settings.fall_back(line);
+                }
+            }
+        }
+        if let Some(value) = text(c"OOM_GUARD_REFUSAL_RECORDS") {
+            match parse_refusal_records(value) {
+                Some(records) => settings.refusal_records = records,
+                None => {
+                    settings.complain("OOM_GUARD_REFUSAL_RECORDS", value, REFUSAL_RECORDS_FORMS)
                 }
             }
         }

@@ -1,5 +1,5 @@
-//! Test policy for real memory cgroups; the cgroups themselves are the CLI's
-//! ([`oomguard_cli::memcg::MemoryCgroup`], re-exported here).
+//! Test policy for real memory cgroups; the cgroups themselves are the harness's
+//! ([`oomguard_cluster::MemoryCgroup`], re-exported here).
 //!
 //! Where no memory cgroup can be created (not root, no delegation, no memory controller) the
 //! tests must not skip silently: [`create`] panics with a message that says why and names
@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 
-pub use oomguard_cli::memcg::MemoryCgroup;
+pub use oomguard_cluster::MemoryCgroup;
 
 /// Set to `1` to opt out of the tests that need a real memory cgroup.
 pub const SKIP_ENV: &str = "OOMGUARD_SKIP_REAL_CGROUP";

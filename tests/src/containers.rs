@@ -507,8 +507,8 @@ impl Drop for Container {
 }
 
 /// The OOM-kill counter of the memory cgroup host process `pid` is in
-/// ([`oomguard_cli::memcg::oom_kills_of_process`]).
+/// ([`oomguard_cluster::memcg::oom_kills_of_process`]).
 pub fn oom_kills_of(pid: u32) -> u64 {
-    oomguard_cli::memcg::oom_kills_of_process(pid)
+    oomguard_cluster::memcg::oom_kills_of_process(pid)
         .unwrap_or_else(|e| panic!("the OOM-kill counter of process {pid}'s cgroup: {e:#}"))
 }

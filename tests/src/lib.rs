@@ -9,7 +9,8 @@
 //! cgroups: the policy of the tests that meet the kernel's OOM killer ([`cgroup`]), injection
 //! campaigns against a real server ([`campaign`], also run by hand through `oomguard-inject`),
 //! and what the tests against a real guarded server share: starting one and requiring a
-//! statement to end in `ERROR: out of memory` ([`sessions`]).
+//! statement to end in `ERROR: out of memory` ([`sessions`]), and a background-worker job of
+//! our own, built against the server's headers ([`extension`]).
 //! It contains no tests itself (beyond unit tests of its parsers); they live in `tests/*.rs`.
 
 use std::env;
@@ -26,6 +27,7 @@ use oomguard_cli::exporter::LISTEN_ENV;
 pub mod campaign;
 pub mod cgroup;
 pub mod containers;
+pub mod extension;
 pub mod sessions;
 
 /// Overrides [`library_path`] when set (absolute path of a `liboomguard.so`).
@@ -144,7 +146,15 @@ pub fn oomguard_binary() -> PathBuf {
     );
     static FRESH: OnceLock<()> = OnceLock::new();
     FRESH.get_or_init(|| {
-        assert_built_from_current_sources(&path, &["oomguard-cli", "oomguard-core"])
+        assert_built_from_current_sources(
+            &path,
+            &[
+                "oomguard-cli",
+                "oomguard-cluster",
+                "oomguard-segment",
+                "oomguard-core",
+            ],
+        )
     });
     path
 }
@@ -632,7 +642,7 @@ pub fn pg_cron_opted_out(what: &str) -> bool {
 }
 
 /// Fails with the fix when pg_cron is not installed next to the server binaries `binaries`.
-pub fn require_pg_cron(binaries: &oomguard_cli::pgcluster::PgBinaries) {
+pub fn require_pg_cron(binaries: &oomguard_cluster::PgBinaries) {
     let library = binaries.bindir.join("../lib/pg_cron.so");
     assert!(
         library.is_file(),

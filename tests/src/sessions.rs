@@ -4,7 +4,7 @@
 //! …) share about a guarded server and its sessions:
 //!
 //! - starting a throwaway guarded server with the release-built library ([`start_guarded`]; the
-//!   cluster itself is `oomguard_cli::demo::GuardedCluster`, which the demo uses too);
+//!   cluster itself is `oomguard_cluster::GuardedCluster`, which the demo uses too);
 //! - the check that a statement was refused the way the guard promises, with PostgreSQL's own
 //!   `ERROR: out of memory` (SQLSTATE 53200, [`SqlState::OUT_OF_MEMORY`]) and not with a lost
 //!   connection, another error or success: [`expect_out_of_memory`] runs the statements itself,
@@ -15,9 +15,11 @@
 //!
 //! Checks of other outcomes (a reset, another SQLSTATE, any ERROR) stay in their test files.
 
-use oomguard_cli::demo::GuardedCluster;
+use std::time::Duration;
+
+use oomguard_cluster::{Cluster, GuardedCluster};
 use postgres::error::{DbError, SqlState};
-use postgres::Client;
+use postgres::{Client, NoTls};
 
 use crate::library_path;
 
@@ -30,6 +32,22 @@ use crate::library_path;
 /// error chain).
 pub fn start_guarded(guard_env: &[(&str, &str)], settings: &[(&str, &str)]) -> GuardedCluster {
     GuardedCluster::start(&library_path(), guard_env, settings).expect("start a guarded PostgreSQL")
+}
+
+/// A session as `user` to `database` of `cluster`, with `options` (what `PGOPTIONS` carries;
+/// empty for none).
+///
+/// # Panics
+/// When the connection fails, naming the user and database.
+pub fn connect_as(cluster: &Cluster, user: &str, database: &str, options: &str) -> Client {
+    let mut config = cluster.connection_config(Duration::from_secs(10));
+    config.user(user).dbname(database);
+    if !options.is_empty() {
+        config.options(options);
+    }
+    config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect as {user} to {database}: {e}"))
 }
 
 /// Runs `statements` on `client`, each with `batch_execute`: every one but the last must

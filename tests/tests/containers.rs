@@ -20,7 +20,8 @@
 //! Each runs on PostgreSQL 15 (Debian 12) and 17 (Debian 13) and proves the guard is mapped in the
 //! postmaster (or, for the baseline, that it is not).
 
-use oomguard_cli::demo::{CRASH_LOG_LINES, HASH_AGGREGATE_HOG};
+use oomguard_cli::demo::HASH_AGGREGATE_HOG;
+use oomguard_cluster::CRASH_LOG_LINES;
 use oomguard_tests::containers::{images, Container, RunOptions, MAJORS};
 use postgres::error::SqlState;
 

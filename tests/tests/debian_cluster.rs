@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oomguard_cli::pgcluster::{pid_maps_library, stage_library, PgBinaries};
+use oomguard_cluster::{pid_maps_library, stage_library, PgBinaries};
 use oomguard_tests::sessions::expect_out_of_memory;
 use oomguard_tests::{is_root, library_path, plain, run_output};
 

@@ -366,7 +366,7 @@ impl Drop for SmallTmpfs {
 
 #[test]
 fn a_full_segment_directory_is_said_by_status_and_the_exporter() {
-    // Room for one segment (513 KiB) and not for two.
+    // Room for one segment (641 KiB) and not for two.
     let tmpfs = SmallTmpfs::mount("700k");
     let dir = tmpfs.dir.path();
     let exporter = Exporter::start(dir);

@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use oomguard_cli::segment::{self, Segment};
+use oomguard_segment::{self as segment, Segment};
 use oomguard_tests::Probe;
 
 const MIB: i64 = 1 << 20;
@@ -176,7 +176,7 @@ fn a_process_without_a_slot_returns_its_share_of_the_overflow_when_it_exits() {
         .write(true)
         .open(dir.path().join("full"))
         .unwrap();
-    assert!(oomguard_cli::segment::take_lock(&file, libc::F_RDLCK).unwrap());
+    assert!(oomguard_segment::take_lock(&file, libc::F_RDLCK).unwrap());
     // SAFETY: a shared mapping of the whole (fixed-size) file, unmapped below.
     let base = unsafe {
         libc::mmap(

@@ -7,8 +7,7 @@
 //! alone needs more than that, so each runs out at another point of the compilation): each
 //! query ends in `ERROR: out of memory` or succeeds, and every session answers afterwards.
 
-use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster::{backend_pid, pid_maps_library, Cluster};
+use oomguard_cluster::{backend_pid, pid_maps_library, Cluster, GuardedCluster};
 use oomguard_tests::library_path;
 use postgres::error::SqlState;
 

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use oomguard_cli::pgcluster::{default_settings, Cluster, ClusterOptions};
+use oomguard_cluster::{default_settings, Cluster, ClusterOptions};
 use oomguard_tests::{cgroup_v2_fixture, oomguard_command, run_output, while_holding};
 use serde_json::Value;
 

@@ -543,7 +543,7 @@ fn each_recipe_limits_memory_loads_the_guard_and_shares_the_segment_with_the_exp
                 let pattern = "calling init: /usr/lib64/oomguard/liboomguard.so";
                 assert!(dockerfile.contains(pattern), "{dockerfile}");
                 let library = oomguard_tests::library_path();
-                let postgres = oomguard_cli::pgcluster::PgBinaries::discover()
+                let postgres = oomguard_cluster::PgBinaries::discover()
                     .expect("PostgreSQL server binaries")
                     .postgres;
                 let (_, _, stderr) = oomguard_tests::run_output(

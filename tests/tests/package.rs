@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use oomguard_cli::demo::HOG_QUERY;
-use oomguard_cli::pgcluster::{pid_maps_library, Cluster, ClusterOptions};
+use oomguard_cluster::{pid_maps_library, Cluster, ClusterOptions};
 use oomguard_tests::{is_root, mode, run_output, workspace_root};
 
 const PACKAGE: &str = "oomguard";
@@ -29,7 +29,7 @@ const README: &str = "/usr/share/doc/oomguard/README.md";
 const RULES_DIR: &str = "/usr/share/oomguard/prometheus";
 const GRAFANA_DIR: &str = "/usr/share/oomguard/grafana";
 const PRELOAD_FILE: &str = "/etc/ld.so.preload";
-const GUARD_KEYS: [&str; 9] = oomguard_core::config::SETTING_NAMES;
+const GUARD_KEYS: [&str; 10] = oomguard_core::config::SETTING_NAMES;
 
 /// Runs a command that must succeed; returns its stdout.
 fn ok(cmd: &mut Command) -> String {

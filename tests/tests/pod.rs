@@ -296,6 +296,7 @@ fn dashboard_queries() -> Vec<(String, String, Option<String>)> {
             .replace("$pod", POD)
             .replace("$domain", ".+")
             .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
     };
     let mut queries = Vec::new();
     for variable in dashboard["templating"]["list"].as_array().unwrap() {

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use oomguard_cli::demo::GuardedCluster;
-use oomguard_cli::pgcluster;
+use oomguard_cluster::GuardedCluster;
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
 use oomguard_tests::sessions::{assert_out_of_memory, expect_out_of_memory, start_guarded};
 use oomguard_tests::{cgroup_v2_fixture, set_cgroup_usage};
@@ -64,7 +63,7 @@ fn sql_error(client: &mut Client, statement: &str) -> (SqlState, String) {
 }
 
 fn checkpointer(client: &mut Client) -> u32 {
-    pgcluster::checkpointer_pid(client).unwrap()
+    oomguard_cluster::checkpointer_pid(client).unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use oomguard_cli::pgcluster::PgBinaries;
+use oomguard_cluster::PgBinaries;
 use oomguard_tests::{library_path, probe, workspace_root};
 
 #[test]

@@ -33,8 +33,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oomguard_cli::demo::{GuardedCluster, CRASH_LOG_LINES, HASH_AGGREGATE_HOG};
-use oomguard_cli::pgcluster::{self, backend_pid, Cluster, ClusterOptions, PgBinaries};
+use oomguard_cli::demo::HASH_AGGREGATE_HOG;
+use oomguard_cluster::{
+    backend_pid, Cluster, ClusterOptions, GuardedCluster, PgBinaries, CRASH_LOG_LINES,
+};
 use oomguard_core::layout::{LimitSource, SharedMemorySource};
 use oomguard_tests::cgroup::{self, opted_out, MemoryCgroup};
 use oomguard_tests::library_path;
@@ -148,7 +150,7 @@ fn pid_of(client: &mut Client) -> i32 {
 }
 
 fn checkpointer_pid(client: &mut Client) -> u32 {
-    pgcluster::checkpointer_pid(client).unwrap()
+    oomguard_cluster::checkpointer_pid(client).unwrap()
 }
 
 /// `pg_stat_database.xact_commit` of this database, with this session's own counts flushed.

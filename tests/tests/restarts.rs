@@ -1,6 +1,6 @@
 //! Container restarts do not pile segments up. Each restart of a container starts a new PID
 //! namespace, and the default domain name includes it: without clean-up, every restart would
-//! leave a 513 KiB segment behind, until a small segment directory (a 16 MiB emptyDir) was full
+//! leave a segment (641 KiB) behind, until a small segment directory (a 16 MiB emptyDir) was full
 //! and the guard had to account privately, unseen by the exporter. A process that creates a
 //! segment first removes this user's segments that no live process holds. Fifty "restarts" here
 //! are fifty real PID namespaces (`unshare --pid`), every tenth ended by SIGKILL.

@@ -18,13 +18,13 @@ fn the_server_under_test_is_the_expected_major_and_is_guarded() {
     let jit: String = client.query_one("SHOW jit", &[]).unwrap().get(0);
     eprintln!("server under test: {version}, jit {jit}");
     // OOM_GUARD_PG_JIT=on must really reach the server.
-    if std::env::var(oomguard_cli::pgcluster::JIT_ENV).is_ok_and(|value| value == "on") {
+    if std::env::var(oomguard_cluster::JIT_ENV).is_ok_and(|value| value == "on") {
         assert_eq!(jit, "on");
     }
     // start_guarded (GuardedCluster::start) checked that the postmaster maps the library; a
     // backend must too.
-    let pid = oomguard_cli::pgcluster::backend_pid(&mut client).unwrap();
-    assert!(oomguard_cli::pgcluster::pid_maps_library(pid as u32, "liboomguard.so").unwrap());
+    let pid = oomguard_cluster::backend_pid(&mut client).unwrap();
+    assert!(oomguard_cluster::pid_maps_library(pid as u32, "liboomguard.so").unwrap());
     match std::env::var("OOMGUARD_EXPECT_PG_MAJOR") {
         Ok(expected) if !expected.is_empty() => {
             let expected: i32 = expected

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
-use oomguard_cli::segment::{self, Segment};
 use oomguard_core::layout::SharedMemorySource;
+use oomguard_segment::{self as segment, Segment};
 use oomguard_tests::Probe;
 
 const MIB: u64 = 1 << 20;

@@ -18,8 +18,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use oomguard_cli::demo::{GuardedCluster, CRASH_LOG_LINES};
-use oomguard_cli::pgcluster::Cluster;
+use oomguard_cluster::{Cluster, GuardedCluster, CRASH_LOG_LINES};
 
 /// What refuses: random injection or a tight limit.
 #[derive(Debug, Clone)]

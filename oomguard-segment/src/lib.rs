@@ -1,5 +1,8 @@
 //! Finding and reading the guard's shared segments from outside the guarded processes: what
-//! `oomguard status`, the demo and the tests look at.
+//! `oomguard status`, `limit`, `clean` and the exporter (the `oomguard-cli` crate), the guarded
+//! clusters of the demo and the tests (`oomguard-cluster`) and the tests themselves look at. It is
+//! a crate of its own so that those clusters can read a segment without the CLI's dependencies;
+//! it reads the layout with `oomguard-core`'s types, so it and the guard agree on it.
 //!
 //! A segment is mapped read-write when the file allows it, so dead processes' slots can be reaped
 //! (the same compare-and-swap protocol the guard uses), and read-only otherwise. Every file is
@@ -7,7 +10,7 @@
 //! naming the file, never a crash, and [`open_each`] reports it on its own so that one bad file
 //! never hides the good ones.
 //!
-//! This module also owns the test of a domain's lifecycle ([`Segment::liveness`],
+//! This crate also owns the test of a domain's lifecycle ([`Segment::liveness`],
 //! [`lock_state`]): every guarded process holds an open-file-description read lock on its
 //! segment for as long as it maps it (the kernel drops it when the last such process exits or
 //! execs, SIGKILL included), so a segment nobody holds a lock on is *stale*, left by an earlier
@@ -19,7 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
-use oomguard_core::layout::{segment_size, SLOT_COUNT};
+use oomguard_core::layout::{segment_len, DEFAULT_REFUSAL_RECORDS, SLOT_COUNT};
 use oomguard_core::layout::{
     CgroupState, LayoutError, LimitInputs, LimitSource, ModeReason, SegmentView,
     SharedMemorySource, CGROUP_DIR_CAPACITY,
@@ -78,7 +81,8 @@ pub fn directory_room(dir: &Path) -> std::io::Result<DirectoryRoom> {
         }
         stat.assume_init()
     };
-    let segment_bytes = segment_size(SLOT_COUNT) as u64;
+    // A new segment with the default number of refusal records.
+    let segment_bytes = segment_len(SLOT_COUNT, DEFAULT_REFUSAL_RECORDS) as u64;
     Ok(DirectoryRoom {
         free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
         segment_bytes,
@@ -368,10 +372,15 @@ impl Segment {
         let stats = &header.stats;
         let mut processes: Vec<ProcessSnapshot> = view
             .live_slots()
-            .map(|slot| ProcessSnapshot {
+            .map(|slot| {
+                let title = process_title(slot.pid.load(Relaxed));
+                let kind = ProcessKind::from_raw(slot.kind.load(Relaxed));
+                (slot, kind.described_by_title(&title), title)
+            })
+            .map(|(slot, kind, title)| ProcessSnapshot {
                 pid: slot.pid.load(Relaxed),
-                kind: ProcessKind::from_raw(slot.kind.load(Relaxed)).name(),
-                title: process_title(slot.pid.load(Relaxed)),
+                kind,
+                title,
                 bytes: slot.bytes.load(Relaxed),
                 peak_bytes: slot.peak.load(Relaxed),
                 allocations: slot.allocations.load(Relaxed),
@@ -413,6 +422,11 @@ impl Segment {
             kernel_denials: stats.kernel_denials.load(Relaxed),
             budget_denials: stats.budget_denials.load(Relaxed),
             dynamic_shared_denials: stats.dynamic_shared_denials.load(Relaxed),
+            last_refusal_unix_seconds: match stats.last_refusal_unix_ns.load(Relaxed) {
+                0 => None,
+                ns => Some(ns / 1_000_000_000),
+            },
+            refusal_record_capacity: header.refusal_capacity,
             cgroup_read_errors: cgroup.read_errors.load(Relaxed),
             cgroup: (cgroup_read_at != 0).then(|| CgroupReading {
                 read_at_unix_seconds: cgroup_read_at,
@@ -483,6 +497,12 @@ pub struct Snapshot {
     pub budget_denials: u64,
     /// Refused dynamic shared memory requests (ENOSPC; included in `denied_allocations`).
     pub dynamic_shared_denials: u64,
+    /// Unix time in seconds of the latest refusal; `None` before any. Kept across a restart of
+    /// the server, like the refusal records.
+    pub last_refusal_unix_seconds: Option<u64>,
+    /// Refusal records the segment holds (`OOM_GUARD_REFUSAL_RECORDS` of its creator); read them
+    /// with `oomguard refusals`.
+    pub refusal_record_capacity: u32,
     /// Readings of the cgroup's files that failed.
     pub cgroup_read_errors: u32,
     /// The cgroup's own numbers as a guarded process last read them; `None` until one has.
@@ -634,7 +654,9 @@ pub const RESERVE_FROM_ENV: &str = "OOM_GUARD_RESERVE";
 pub struct ProcessSnapshot {
     /// Its pid.
     pub pid: i32,
-    /// What the guard classified it as.
+    /// What it is: what the guard classified it as, or the PostgreSQL process type its title
+    /// names where the guard had no reason to classify it (see
+    /// `ProcessKind::described_by_title`).
     pub kind: &'static str,
     /// Its command line as `ps` shows it (PostgreSQL sets titles like `postgres: checkpointer`).
     pub title: String,

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use oomguard_cli::pgcluster::{
+use oomguard_cluster::{
     backend_pids_by_type, pid_maps_library, stage_library, Cluster, ClusterOptions, PgBinaries,
 };
 

@@ -6,7 +6,7 @@
 //! `/proc/self/cgroup` and `/proc/self/mountinfo`): on cgroup v1 it sets `memory.limit_in_bytes`
 //! (and `memory.memsw.limit_in_bytes` to the same value, so nothing can swap, when swap accounting
 //! exists), on cgroup v2 `memory.max` and `memory.swap.max = 0`. A process joins it by writing to
-//! its `cgroup.procs` (see [`crate::pgcluster::ClusterOptions::cgroup`], which does that for a
+//! its `cgroup.procs` (see [`crate::ClusterOptions::cgroup`], which does that for a
 //! postmaster before it execs). The OOM-kill counter (v1 `memory.oom_control`, v2
 //! `memory.events`) and the usage can be read at any time. Dropping it — also on an error or
 //! interrupt path, and while a failed test unwinds — SIGKILLs whatever is still inside and
