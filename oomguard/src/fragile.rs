@@ -15,11 +15,22 @@
 //!
 //! Which functions: their names in [`FRAGILE`], looked up by name with their size from the
 //! symbol table (`dladdr1`) once per process image by the library's constructor. Whether one is
-//! running: a return address inside one of them in the [`SCAN_BYTES`] of stack above the current
-//! frame. The scan runs only on the refusal path (a request about to be refused, on PostgreSQL's
-//! main thread) and only reads the main thread's own stack below its top (`__libc_stack_end`). A
-//! stale word that happens to look like such an address can only make the guard serve a request
-//! it could have refused, never the other way round.
+//! running: a return address inside one of them among the [`FRAMES`] innermost frames of the
+//! live call chain, as glibc's `backtrace` unwinds it (libgcc's DWARF unwinder; PostgreSQL is
+//! built without frame pointers). Only on the refusal path (a request about to be refused, on
+//! PostgreSQL's main thread).
+//!
+//! The chain must be the live one. An earlier version scanned 16 KiB of stack above the current
+//! frame for any word that looked like such a return address, and stale words left in callers'
+//! frames by earlier calls matched: inside a PL/pgSQL loop on 16 to 18 (every statement takes a
+//! snapshot) it served every request it should have refused, over budget and over the limit.
+//!
+//! `backtrace` loads libgcc's unwinder on its first call (`dlopen`, which allocates and takes
+//! the loader's lock): the constructor makes that first call, so that the refusal path never
+//! does. Unwinding then allocates nothing; with glibc 2.35 or later, libgcc finds each frame's
+//! unwind table without a lock (`_dl_find_object`). Where the unwinder cannot be loaded (no
+//! `libgcc_s`), `backtrace` returns no frame and the guard falls back to scanning the stack as
+//! before, which errs towards serving.
 
 use core::ffi::{c_void, CStr};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -27,9 +38,13 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 /// The functions, by their exported names (present in 15 to 18).
 const FRAGILE: [&CStr; 2] = [c"lookup_type_cache", c"GetSnapshotData"];
 
-/// How far up the stack a caller is looked for: the guard's own frames and the allocator's
-/// (`palloc` → `AllocSetAlloc` → `malloc`) take about 1 KiB; a fragile function calls few
-/// levels of PostgreSQL before it allocates.
+/// How many of the innermost frames are looked at: the guard's own (about eight) and the
+/// allocator's (`palloc` → `AllocSetAlloc` → `malloc`); a fragile function calls few levels of
+/// PostgreSQL before it allocates.
+const FRAMES: usize = 32;
+
+/// How far up the stack the fallback scan looks (no unwinder): the guard's and the allocator's
+/// frames take about 1 KiB.
 const SCAN_BYTES: usize = 16 << 10;
 
 /// `[start, end)` of each function's code (0, 0: not found).
@@ -83,6 +98,10 @@ pub fn look_up() {
     }
     // SAFETY: dlerror has no preconditions; a name not found leaves no message behind.
     unsafe { libc::dlerror() };
+    // Loads the unwinder now, outside any allocation (see the module documentation).
+    let mut frames = [core::ptr::null_mut::<c_void>(); 2];
+    // SAFETY: a writable buffer of that many pointers.
+    unsafe { libc::backtrace(frames.as_mut_ptr(), frames.len() as i32) };
 }
 
 /// Whether a fragile function is on the calling thread's stack. Only for PostgreSQL's main
@@ -95,6 +114,29 @@ pub fn on_stack() -> bool {
     if ranges.iter().all(|&(start, _)| start == 0) {
         return false;
     }
+    // A return address points after a call instruction: inside (start, end].
+    let inside = |address: usize| {
+        ranges
+            .iter()
+            .any(|&(start, end)| start != 0 && address > start && address <= end)
+    };
+    let mut frames = [core::ptr::null_mut::<c_void>(); FRAMES];
+    // SAFETY: a writable buffer of FRAMES pointers; the unwinder was loaded by `look_up`.
+    let found = unsafe { libc::backtrace(frames.as_mut_ptr(), FRAMES as i32) };
+    if found > 0 {
+        return frames[..found as usize]
+            .iter()
+            .any(|&frame| inside(frame as usize));
+    }
+    scan_stack(inside)
+}
+
+/// The fallback without an unwinder: any word in the [`SCAN_BYTES`] of the main thread's stack
+/// above the current frame that `inside` takes for a return address. Reads only that stack,
+/// below its top (`__libc_stack_end`); a stale word can only make the guard serve a request it
+/// could have refused, never the other way round.
+#[inline(never)]
+fn scan_stack(inside: impl Fn(usize) -> bool) -> bool {
     let here = 0usize;
     let bottom = core::ptr::addr_of!(here) as usize;
     // SAFETY: a plain read of the loader's variable, set before any code of ours ran.
@@ -109,11 +151,7 @@ pub fn on_stack() -> bool {
         // SAFETY: between the current frame and the top of the same thread's stack: mapped and
         // readable; a volatile read because the words are other frames' memory.
         let word = unsafe { core::ptr::read_volatile(word_at as *const usize) };
-        // A return address points after a call instruction: inside (start, end].
-        if ranges
-            .iter()
-            .any(|&(start, end)| start != 0 && word > start && word <= end)
-        {
+        if inside(word) {
             return true;
         }
         word_at += 8;
