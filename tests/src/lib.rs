@@ -159,6 +159,18 @@ pub fn oomguard_binary() -> PathBuf {
     path
 }
 
+/// A copy of the release-built `oomguard` binary in `dir` (created, mode 0755), mode 0755, where
+/// a server's unprivileged user can execute it, as `file_fdw`'s `program` does for the SQL views.
+pub fn stage_oomguard_binary(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let staged = dir.join("oomguard");
+    fs::copy(oomguard_binary(), &staged).expect("copy the oomguard binary");
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o755)).unwrap();
+    staged
+}
+
 /// A command running [`oomguard_binary`] in a [`plain`] environment.
 pub fn oomguard_command() -> Command {
     let mut command = Command::new(oomguard_binary());

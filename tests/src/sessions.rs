@@ -15,7 +15,7 @@
 //!
 //! Checks of other outcomes (a reset, another SQLSTATE, any ERROR) stay in their test files.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oomguard_cluster::{Cluster, GuardedCluster};
 use postgres::error::{DbError, SqlState};
@@ -48,6 +48,55 @@ pub fn connect_as(cluster: &Cluster, user: &str, database: &str, options: &str) 
     config
         .connect(NoTls)
         .unwrap_or_else(|e| panic!("connect as {user} to {database}: {e}"))
+}
+
+/// Schedules `command` as pg_cron job `name` through `scheduler` (the job runs as that
+/// session's role, in `cron.database_name`), waits through `watcher` (a superuser's session) for
+/// its first run to end, unschedules it, and returns that run's status and message. Every second
+/// where pg_cron supports it (1.5 and later), else at the next full minute (Debian 12 ships
+/// 1.4).
+///
+/// # Panics
+/// When scheduling fails, or no run ends within 150 s.
+pub fn run_pg_cron_job_once(
+    scheduler: &mut Client,
+    watcher: &mut Client,
+    name: &str,
+    command: &str,
+) -> (String, String) {
+    let schedule = |schedule: &str, client: &mut Client| {
+        client
+            .query_one(
+                "SELECT cron.schedule($1, $2, $3)",
+                &[&name, &schedule, &command],
+            )
+            .map(|row| row.get::<_, i64>(0))
+    };
+    let job = schedule("1 seconds", scheduler)
+        .or_else(|_| schedule("* * * * *", scheduler))
+        .unwrap_or_else(|e| panic!("cron.schedule {name}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let ended = loop {
+        let row = watcher
+            .query_opt(
+                "SELECT status, coalesce(return_message, '') FROM cron.job_run_details \
+                 WHERE jobid = $1 AND status IN ('failed', 'succeeded') ORDER BY runid LIMIT 1",
+                &[&job],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            break (row.get::<_, String>(0), row.get::<_, String>(1));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run of the pg_cron job {name} ended within 150 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    watcher
+        .query_one("SELECT cron.unschedule($1::bigint)", &[&job])
+        .unwrap();
+    ended
 }
 
 /// Runs `statements` on `client`, each with `batch_execute`: every one but the last must

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use oomguard_cluster::{backend_pid, pid_maps_library, GuardedCluster, PgBinaries};
 use oomguard_core::budget::{BudgetSource, RefusalCause};
-use oomguard_tests::sessions::{connect_as, expect_out_of_memory, start_guarded};
+use oomguard_tests::sessions::{
+    connect_as, expect_out_of_memory, run_pg_cron_job_once, start_guarded,
+};
 use postgres::Client;
 
 const MIB: u64 = 1 << 20;
@@ -340,40 +342,7 @@ fn a_pg_cron_job_runs_under_its_roles_budget() {
         .unwrap();
     // The job is nightly's: pg_cron runs it in a background worker connected as nightly.
     let mut nightly = connect_as(cluster, "nightly", "postgres", "");
-    let schedule = |schedule: &str, client: &mut Client| {
-        client
-            .query_one(
-                "SELECT cron.schedule('budget-hog', $1, $2)",
-                &[&schedule, &ARRAY_HOG],
-            )
-            .map(|row| row.get::<_, i64>(0))
-    };
-    // Every second where pg_cron supports it (≥ 1.5), else at the next full minute (Debian 12
-    // ships 1.4).
-    let job = schedule("1 seconds", &mut nightly)
-        .or_else(|_| schedule("* * * * *", &mut nightly))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let (status, message) = loop {
-        let row = admin
-            .query_opt(
-                "SELECT status, coalesce(return_message, '') FROM cron.job_run_details \
-                 WHERE jobid = $1 AND status IN ('failed', 'succeeded') ORDER BY runid LIMIT 1",
-                &[&job],
-            )
-            .unwrap();
-        if let Some(row) = row {
-            break (row.get::<_, String>(0), row.get::<_, String>(1));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no run of the job ended within 150 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    admin
-        .query_one("SELECT cron.unschedule($1::bigint)", &[&job])
-        .unwrap();
+    let (status, message) = run_pg_cron_job_once(&mut nightly, &mut admin, "budget-hog", ARRAY_HOG);
     assert_eq!(status, "failed", "the job ended with {message:?}");
     assert!(message.contains("out of memory"), "{message}");
     assert_budget_refusal_logged(&server, "in background worker \"pg_cron\":");

@@ -11,14 +11,17 @@
 //! job of our own built against the server's headers (`tests/extension`, for PyPI's 16).
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use oomguard_cluster::{GuardedCluster, PgBinaries};
 use oomguard_tests::extension::build_test_job;
-use oomguard_tests::sessions::{connect_as, expect_out_of_memory, start_guarded};
+use oomguard_tests::sessions::{
+    connect_as, expect_out_of_memory, run_pg_cron_job_once, start_guarded,
+};
 use oomguard_tests::Exporter;
-use oomguard_tests::{http_get, oomguard_binary, oomguard_command, run_output, workspace_root};
+use oomguard_tests::{
+    http_get, oomguard_command, run_output, stage_oomguard_binary, workspace_root,
+};
 use postgres::Client;
 use serde_json::Value;
 
@@ -61,39 +64,10 @@ fn refused_background_job(
         return Some(pid);
     }
     admin.batch_execute("CREATE EXTENSION pg_cron").unwrap();
-    let schedule = |schedule: &str, admin: &mut Client| {
-        admin
-            .query_one(
-                "SELECT cron.schedule('refused-job', $1, $2)",
-                &[&schedule, &JOB_HOG],
-            )
-            .map(|row| row.get::<_, i64>(0))
-    };
-    // Every second where pg_cron supports it (>= 1.5), else at the next full minute.
-    let job = schedule("1 seconds", admin)
-        .or_else(|_| schedule("* * * * *", admin))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let message = loop {
-        let row = admin
-            .query_opt(
-                "SELECT coalesce(return_message, '') FROM cron.job_run_details \
-                 WHERE jobid = $1 AND status = 'failed' ORDER BY runid LIMIT 1",
-                &[&job],
-            )
-            .unwrap();
-        if let Some(row) = row {
-            break row.get::<_, String>(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failed run of the job within 150 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    admin
-        .query_one("SELECT cron.unschedule($1::bigint)", &[&job])
-        .unwrap();
+    // The superuser's job, scheduled from a second session of the superuser.
+    let mut scheduler = guarded.cluster.connect().unwrap();
+    let (status, message) = run_pg_cron_job_once(&mut scheduler, admin, "refused-job", JOB_HOG);
+    assert_eq!(status, "failed", "the job ended with {message:?}");
     assert!(message.contains("out of memory"), "{message}");
     None
 }
@@ -113,16 +87,6 @@ fn storm(n: u32) -> String {
 
 fn oid_of(client: &mut Client, query: &str, name: &str) -> u32 {
     client.query_one(query, &[&name]).unwrap().get(0)
-}
-
-/// A copy of the `oomguard` binary in `dir` that the server's user can execute.
-fn stage_binary(dir: &std::path::Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let staged = dir.join("oomguard");
-    std::fs::copy(oomguard_binary(), &staged).expect("copy the oomguard binary");
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    staged
 }
 
 /// `oomguard refusals --json` of the server's segment directory, with `extra` arguments.
@@ -366,7 +330,7 @@ fn refusals_are_recorded_and_read_back_through_the_cli_the_sql_view_and_the_expo
     assert!(refusals_json(&guarded, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
 
     // The SQL view, as packaged.
-    let binary = stage_binary(&cluster.base_dir().join("bin"));
+    let binary = stage_oomguard_binary(&cluster.base_dir().join("bin"));
     let packaged =
         std::fs::read_to_string(workspace_root().join("packaging/sql/oomguard_refusals.sql"))
             .unwrap();

@@ -9,12 +9,9 @@
 //! refusal on it show in its row. The CSV itself is checked directly too: its header is
 //! [`CSV_COLUMNS`] and a guarded probe's row carries plain integers and its budget.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-
 use oomguard_cli::status::CSV_COLUMNS;
 use oomguard_tests::sessions::{expect_out_of_memory, start_guarded};
-use oomguard_tests::{oomguard_binary, run_output, while_holding, workspace_root};
+use oomguard_tests::{run_output, stage_oomguard_binary, while_holding, workspace_root};
 
 /// The `program` option as the packaged file writes it.
 const PACKAGED_PROGRAM: &str = "program '/usr/bin/oomguard status --csv'";
@@ -24,20 +21,10 @@ fn packaged_sql() -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// A copy of the `oomguard` binary in `dir`, mode 0755, that the server's user can execute.
-fn stage_binary(dir: &std::path::Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let staged = dir.join("oomguard");
-    std::fs::copy(oomguard_binary(), &staged).expect("copy the oomguard binary");
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    staged
-}
-
 #[test]
 fn the_foreign_table_joins_pg_stat_activity_and_shows_who_holds_the_memory() {
     let guarded = start_guarded(&[("OOM_GUARD_LIMIT", "1GiB")], &[]);
-    let binary = stage_binary(&guarded.cluster.base_dir().join("bin"));
+    let binary = stage_oomguard_binary(&guarded.cluster.base_dir().join("bin"));
 
     let sql = packaged_sql();
     assert_eq!(
