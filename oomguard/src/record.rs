@@ -4,7 +4,8 @@
 //! `oomguard refusals`, the SQL view and the exporter read it.
 //!
 //! Runs on the refusal path, inside the refused `malloc`: nothing here allocates, locks or
-//! unwinds, and what it reads from PostgreSQL is read as `policy::statement_identity` explains.
+//! unwinds, and what it reads from PostgreSQL is read as `policy::with_statement_identity`
+//! explains.
 
 use core::sync::atomic::Ordering::Relaxed;
 
