@@ -161,7 +161,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The record a process wrote last, so that it can count repeats into it. One per process (a
-/// forked child starts with [`LastRecord::forget`]).
+/// forked child starts with [`LastRecord::forget`]), written by one thread at a time: PostgreSQL
+/// is refused only on its main thread. (In another program refused on several threads at once,
+/// with `OOM_GUARD_REFUSE=all`, a repeat may be counted into another thread's record.)
 pub struct LastRecord {
     index: AtomicU64,
     /// The record's `seq` after our write; 0: none.
