@@ -592,7 +592,7 @@ pub const fn refusal_records_of_len(slot_count: u32, len: u64) -> Option<u32> {
 }
 
 /// Bytes of a statement's text a refusal record keeps.
-pub const STATEMENT_BYTES: usize = 336;
+pub const STATEMENT_BYTES: usize = 344;
 
 /// One of the largest processes of the domain when a refusal was recorded.
 #[repr(C)]
@@ -623,8 +623,6 @@ pub struct RefusalRecord {
     pub count: AtomicU64,
     /// PostgreSQL's query id of the statement (`pg_stat_statements.queryid`); 0 if unknown.
     pub query_id: AtomicU64,
-    /// FNV-1a of the statement's first [`STATEMENT_BYTES`] bytes (0: none).
-    pub statement_hash: AtomicU64,
     /// Bytes asked for by the latest refused call.
     pub request_bytes: AtomicU64,
     /// The process's own bytes at the latest refusal.

@@ -52,12 +52,10 @@ pub enum Call {
     Ftruncate = 9,
     /// `posix_fallocate` of PostgreSQL dynamic shared memory.
     PosixFallocate = 10,
-    /// `fallocate` of PostgreSQL dynamic shared memory.
-    Fallocate = 11,
 }
 
 impl Call {
-    const ALL: [Call; 12] = [
+    const ALL: [Call; 11] = [
         Call::Other,
         Call::Malloc,
         Call::Calloc,
@@ -69,7 +67,6 @@ impl Call {
         Call::Pvalloc,
         Call::Ftruncate,
         Call::PosixFallocate,
-        Call::Fallocate,
     ];
 
     /// The call of that C name (`Other` for any other name).
@@ -99,7 +96,6 @@ impl Call {
             Call::Pvalloc => "pvalloc",
             Call::Ftruncate => "ftruncate",
             Call::PosixFallocate => "posix_fallocate",
-            Call::Fallocate => "fallocate",
         }
     }
 }
@@ -273,7 +269,6 @@ fn write_new(record: &RefusalRecord, number: u64, refusal: &Refusal<'_>, top: &[
     record.role_oid.store(refusal.role_oid, Relaxed);
     record.query_id.store(refusal.query_id, Relaxed);
     let kept = refusal.kept_statement();
-    record.statement_hash.store(fnv1a(kept), Relaxed);
     for (cell, &byte) in record.statement.iter().zip(kept) {
         cell.store(byte, Relaxed);
     }

@@ -277,7 +277,7 @@ fn is_alive(pid: i32, claimed_at_ns: u64) -> bool {
 }
 
 /// A clock read through the vDSO (no system call), in nanoseconds.
-fn clock_ns(clock: libc::clockid_t) -> u64 {
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: an all-zero timespec is valid.
     let mut now: libc::timespec = unsafe { core::mem::zeroed() };
     // SAFETY: `now` is writable.

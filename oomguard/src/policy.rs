@@ -348,21 +348,24 @@ pub struct Decision {
 #[inline(always)]
 pub fn classify(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
     if !IS_POSTGRES.load(Relaxed) {
-        return Decision {
-            kind: ProcessKind::Other,
-            refusable: scope == RefuseScope::All && !in_loader,
-        };
+        return not_postgres(scope, in_loader);
     }
     classify_postgres(scope, in_loader, call)
+}
+
+/// The decision for a process that is not a PostgreSQL server.
+#[inline(always)]
+fn not_postgres(scope: RefuseScope, in_loader: bool) -> Decision {
+    Decision {
+        kind: ProcessKind::Other,
+        refusable: scope == RefuseScope::All && !in_loader,
+    }
 }
 
 #[inline(never)]
 fn classify_postgres(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
     let Some(symbols) = symbols() else {
-        return Decision {
-            kind: ProcessKind::Other,
-            refusable: scope == RefuseScope::All && !in_loader,
-        };
+        return not_postgres(scope, in_loader);
     };
     let kind = kind_of(&symbols);
     // A thread an extension started (a JVM's, an embedded engine's) is not inside PostgreSQL's

@@ -39,7 +39,7 @@ pub struct Facts<'a> {
 pub fn refusal(view: &SegmentView<'_>, facts: Facts<'_>) {
     // SAFETY: getpid has no preconditions (the caller keeps errno).
     let pid = unsafe { libc::getpid() };
-    let unix_ns = unix_ns();
+    let unix_ns = crate::guard::clock_ns(libc::CLOCK_REALTIME);
     crate::policy::with_statement_identity(|identity| {
         let refusal = Refusal {
             unix_ns,
@@ -64,15 +64,4 @@ pub fn refusal(view: &SegmentView<'_>, facts: Facts<'_>) {
 /// In a forked child: the parent's last record is not the child's to count into.
 pub fn forked() {
     LAST.forget();
-}
-
-/// Wall-clock time through the vDSO (no system call), in nanoseconds since the Unix epoch.
-fn unix_ns() -> u64 {
-    // SAFETY: an all-zero timespec is valid.
-    let mut now: libc::timespec = unsafe { core::mem::zeroed() };
-    // SAFETY: `now` is writable.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-    (now.tv_sec.max(0) as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec.max(0) as u64)
 }

@@ -159,7 +159,7 @@ pub fn oomguard_binary() -> PathBuf {
     path
 }
 
-/// A copy of the release-built `oomguard` binary in `dir` (created, mode 0755), mode 0755, where
+/// A copy of the release-built `oomguard` binary, mode 0755, in `dir` (created, mode 0755): where
 /// a server's unprivileged user can execute it, as `file_fdw`'s `program` does for the SQL views.
 pub fn stage_oomguard_binary(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
