@@ -9,6 +9,8 @@
 //! - [`clean`]: `oomguard clean`: removing stale segments and leftover temporary files.
 //! - [`exporter`]: `oomguard exporter`: the guard's numbers as Prometheus metrics over HTTP.
 //! - [`limit`]: `oomguard limit`: the limit's derivation, input by input, recorded or predicted.
+//! - [`fit`]: whether PostgreSQL's configuration fits the limit: the warnings of `status` and
+//!   `limit`.
 //! - [`refusals`]: `oomguard refusals`: the refusal records (which statement, whose, why, who
 //!   held the memory) as a table, JSON or CSV.
 //! - [`install`]: `oomguard install --to DIR`: copying the binary and the library into a
@@ -24,6 +26,7 @@
 pub mod clean;
 pub mod demo;
 pub mod exporter;
+pub mod fit;
 pub mod install;
 pub mod limit;
 pub mod refusals;

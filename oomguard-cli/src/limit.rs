@@ -13,6 +13,10 @@
 //! unset, `postgres -D DATA -C shared_memory_size` of a stopped cluster (PostgreSQL 15 or later).
 //! Unlike the guard, which falls back to report mode on a bad value, this fails with a message
 //! naming the variable and the fix.
+//!
+//! Both end with the warnings of [`crate::fit`] where the configuration cannot fit: for a live
+//! domain with the postmaster's `work_mem` and `max_connections` and what the server holds, for
+//! `--data-dir` with what `postgres -C` says of them.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -30,9 +34,10 @@ use oomguard_core::layout::SharedMemorySource;
 use oomguard_core::limit::{default_reserve, derive, Reserve, RESERVE_FORMS};
 use serde::Serialize;
 
+use crate::fit;
 use crate::segment::{
-    self, Found, LimitInputsSnapshot, SegmentError, Snapshot, ORIGIN_CGROUP, ORIGIN_HIERARCHICAL,
-    ORIGIN_MEM_TOTAL, RESERVE_DEFAULT, RESERVE_FROM_ENV,
+    self, Found, LimitInputsSnapshot, SegmentError, ServerSettingsSnapshot, Snapshot,
+    ORIGIN_CGROUP, ORIGIN_HIERARCHICAL, ORIGIN_MEM_TOTAL, RESERVE_DEFAULT, RESERVE_FROM_ENV,
 };
 use crate::status::human_bytes;
 
@@ -64,6 +69,8 @@ pub struct LimitReport {
     pub drift: Option<Drift>,
     /// Anything else worth knowing, one sentence each.
     pub notes: Vec<String>,
+    /// Where PostgreSQL's configuration cannot fit (see [`crate::fit`]).
+    pub warnings: Vec<fit::Warning>,
 }
 
 /// The guard's own count against the kernel's (the kernel is the truth: the README's "The limit").
@@ -96,8 +103,8 @@ fn signed(value: u64) -> i64 {
 }
 
 impl LimitReport {
-    /// The report of a domain from its snapshot.
-    pub fn from_snapshot(snapshot: &Snapshot) -> LimitReport {
+    /// The report of a domain from its snapshot; `stale`: no guarded process has it mapped.
+    pub fn from_snapshot(snapshot: &Snapshot, stale: bool) -> LimitReport {
         let inputs = snapshot.limit_inputs.clone();
         let drift = snapshot.cgroup.as_ref().map(|c| {
             let kernel = c.anon_bytes.saturating_add(c.shmem_bytes);
@@ -136,15 +143,22 @@ impl LimitReport {
                 snapshot.cgroup_read_errors
             ));
         }
+        // A stale domain's numbers are an earlier run's: nothing to warn about now.
+        let warnings = if stale {
+            Vec::new()
+        } else {
+            fit::warnings(&crate::status::configuration(snapshot))
+        };
         LimitReport {
             domain: Some(snapshot.path.clone()),
-            stale: false,
+            stale,
             limit_bytes: snapshot.limit_bytes,
             limit_source: snapshot.limit_source,
             derived_bytes: inputs.derived_bytes(),
             inputs,
             drift,
             notes,
+            warnings,
         }
     }
 }
@@ -171,9 +185,9 @@ pub fn from_segments(dir: &Path) -> Result<Option<Found<LimitReport>>, SegmentEr
     for segment in &opened.domains {
         match segment.snapshot() {
             Ok(snapshot) => {
-                let mut report = LimitReport::from_snapshot(&snapshot);
-                report.stale = segment.is_stale();
-                found.domains.push(report);
+                found
+                    .domains
+                    .push(LimitReport::from_snapshot(&snapshot, segment.is_stale()));
             }
             Err(error) => found.bad.push(error),
         }
@@ -193,13 +207,15 @@ fn text_var(get: &dyn Fn(&str) -> Option<OsString>, name: &str) -> Result<Option
     }
 }
 
-/// What `postgres -C` says about a stopped cluster's shared memory.
+/// What `postgres -C` says about a stopped cluster's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostgresSharedMemory {
+pub struct PostgresMemory {
     /// `shared_memory_size` in bytes.
     pub bytes: u64,
     /// The `huge_pages` setting: `on`, `off` or `try`.
     pub huge_pages: String,
+    /// `work_mem` and `max_connections`.
+    pub server: ServerSettingsSnapshot,
 }
 
 /// Runs `postgres -D data_dir -C parameter` and returns its output line. As root, runs it as the
@@ -261,9 +277,32 @@ fn postgres_setting(postgres: &Path, data_dir: &Path, parameter: &str) -> Result
     Ok(stdout)
 }
 
-/// Asks PostgreSQL for a stopped cluster's shared memory: `postgres -D DATA -C
-/// shared_memory_size` (megabytes; PostgreSQL 15 or later) and its `huge_pages` setting.
-pub fn postgres_shared_memory(data_dir: &Path) -> Result<PostgresSharedMemory> {
+/// A number `postgres -C` printed for `parameter`, with PostgreSQL's unit suffix if it has one
+/// (`-C` prints the number in the setting's own unit, `unit_bytes`; a suffix is accepted too).
+fn postgres_number(parameter: &str, text: &str, unit_bytes: u64) -> Result<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let multiplier = match suffix.trim() {
+        "" => unit_bytes,
+        "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(number) if multiplier != 0 => Ok(number.saturating_mul(multiplier)),
+        _ => bail!("`postgres -C {parameter}` printed {text:?}, not a number PostgreSQL writes"),
+    }
+}
+
+/// Asks PostgreSQL for a stopped cluster's memory: `postgres -D DATA -C shared_memory_size`
+/// (megabytes; PostgreSQL 15 or later), its `huge_pages` setting, `work_mem` and
+/// `max_connections`.
+pub fn postgres_memory(data_dir: &Path) -> Result<PostgresMemory> {
     if !data_dir.join("PG_VERSION").is_file() {
         bail!(
             "--data-dir {} is not a PostgreSQL data directory (no PG_VERSION file in it)",
@@ -277,19 +316,18 @@ pub fn postgres_shared_memory(data_dir: &Path) -> Result<PostgresSharedMemory> {
         "--data-dir needs PostgreSQL's `postgres` to ask for shared_memory_size; or set \
          OOM_GUARD_SHARED_MEMORY instead",
     )?;
-    let size = postgres_setting(&binaries.postgres, &data_dir, "shared_memory_size")?;
-    let megabytes: u64 = size
-        .strip_suffix("MB")
-        .unwrap_or(&size)
-        .trim()
-        .parse()
-        .with_context(|| {
-            format!("`postgres -C shared_memory_size` printed {size:?}, not a number of megabytes")
-        })?;
-    let huge_pages = postgres_setting(&binaries.postgres, &data_dir, "huge_pages")?;
-    Ok(PostgresSharedMemory {
-        bytes: megabytes << 20,
-        huge_pages,
+    let ask = |parameter| postgres_setting(&binaries.postgres, &data_dir, parameter);
+    let number = |parameter, unit_bytes| postgres_number(parameter, &ask(parameter)?, unit_bytes);
+    let max_connections = number("max_connections", 1)?;
+    Ok(PostgresMemory {
+        bytes: number("shared_memory_size", 1 << 20)?,
+        huge_pages: ask("huge_pages")?,
+        server: ServerSettingsSnapshot {
+            work_mem_bytes: number("work_mem", 1 << 10)?,
+            max_connections: u32::try_from(max_connections).with_context(|| {
+                format!("`postgres -C max_connections` printed {max_connections}, too large")
+            })?,
+        },
     })
 }
 
@@ -393,7 +431,7 @@ pub fn predict(
     };
     let mut notes = Vec::new();
     let postgres = match data_dir {
-        Some(dir) => Some(postgres_shared_memory(dir)?),
+        Some(dir) => Some(postgres_memory(dir)?),
         None => None,
     };
     let (shared_memory_bytes, shared_memory_source, huge_pages) = match (shared_env, &postgres) {
@@ -461,6 +499,13 @@ pub fn predict(
         Some(bytes) => (Some(bytes), crate::run::LIMIT_ENV),
         None => (derived, "derived"),
     };
+    let warnings = fit::warnings(&fit::Configuration {
+        limit_bytes,
+        limit_source,
+        inputs: &inputs,
+        held_bytes: None,
+        server: postgres.as_ref().map(|pg| pg.server),
+    });
     Ok(LimitReport {
         domain: None,
         stale: false,
@@ -470,6 +515,7 @@ pub fn predict(
         derived_bytes: derived,
         drift: None,
         notes,
+        warnings,
     })
 }
 
@@ -633,6 +679,9 @@ pub fn render(report: &LimitReport, segment_dir: &Path) -> String {
             }
         );
     }
+    for warning in &report.warnings {
+        let _ = writeln!(out, "WARNING        {}", warning.message);
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note           {note}");
     }
@@ -657,4 +706,27 @@ pub fn collect(
         bad: Vec::new(),
         skipped: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_numbers_are_read_in_their_unit_or_with_a_suffix() {
+        assert_eq!(postgres_number("work_mem", "4096", 1024).unwrap(), 4 << 20);
+        assert_eq!(postgres_number("work_mem", "64MB", 1024).unwrap(), 64 << 20);
+        assert_eq!(
+            postgres_number("shared_memory_size", "143", 1 << 20).unwrap(),
+            143 << 20
+        );
+        assert_eq!(postgres_number("max_connections", "100", 1).unwrap(), 100);
+        for bad in ["", "lots", "-1", "4 MiB", "1.5GB"] {
+            let error = postgres_number("work_mem", bad, 1024).unwrap_err();
+            assert!(
+                error.to_string().contains("`postgres -C work_mem` printed"),
+                "{bad:?}: {error}"
+            );
+        }
+    }
 }

@@ -110,7 +110,8 @@ enum Cmd {
         json: bool,
         /// Data directory of a stopped PostgreSQL 15+ cluster: take shared memory from `postgres
         /// -D DIR -C shared_memory_size` (unless OOM_GUARD_SHARED_MEMORY is set) and show what
-        /// the guard would derive, even if domains exist.
+        /// the guard would derive, even if domains exist; warn if work_mem × max_connections
+        /// (also from `postgres -C`) cannot fit that limit.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },

@@ -18,6 +18,7 @@ use serde::Serialize;
 use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_core::layout::ModeReason;
 
+use crate::fit;
 use crate::segment::{
     self, Found, LimitInputsSnapshot, Liveness, ProcessSnapshot, Segment, SegmentError, Snapshot,
 };
@@ -41,6 +42,8 @@ pub struct DomainStatus {
     pub snapshot: Snapshot,
     /// Slots a stale domain's dead processes left behind (0 for a live domain).
     pub stale_slots: usize,
+    /// Where PostgreSQL's configuration cannot fit (see [`crate::fit`]); none for a stale domain.
+    pub warnings: Vec<fit::Warning>,
 }
 
 /// Reads every segment in `dir`, reaping dead slots of live domains where we may write. Live
@@ -80,10 +83,13 @@ pub fn domain_status(segment: &Segment) -> Result<DomainStatus, SegmentError> {
             not_reaped_because: Some("the domain is stale"),
             snapshot,
             stale_slots,
+            warnings: Vec::new(),
         });
     }
     let reaped_now = segment.reap_dead()?;
+    let snapshot = segment.snapshot()?;
     Ok(DomainStatus {
+        warnings: fit::warnings(&configuration(&snapshot)),
         stale: false,
         liveness_unknown_because: match liveness {
             Liveness::Unknown(error) => Some(error.to_string()),
@@ -91,9 +97,20 @@ pub fn domain_status(segment: &Segment) -> Result<DomainStatus, SegmentError> {
         },
         reaped_now,
         not_reaped_because: segment.reap_blocker()?,
-        snapshot: segment.snapshot()?,
+        snapshot,
         stale_slots: 0,
     })
+}
+
+/// What [`fit::check`] looks at in a live domain's snapshot.
+pub fn configuration(s: &Snapshot) -> fit::Configuration<'_> {
+    fit::Configuration {
+        limit_bytes: s.limit_bytes,
+        limit_source: s.limit_source,
+        inputs: &s.limit_inputs,
+        held_bytes: Some(s.total_bytes.max(0) as u64),
+        server: s.server_settings,
+    }
 }
 
 /// Bytes as operators read them: `256.0 MiB`.
@@ -326,6 +343,9 @@ pub fn render(status: &DomainStatus) -> String {
     let _ = writeln!(out, "domain   {}", s.path);
     if let Some(line) = not_enforcing_warning(s) {
         let _ = writeln!(out, "{line}");
+    }
+    for warning in &status.warnings {
+        let _ = writeln!(out, "WARNING  {}", warning.message);
     }
     if status.stale {
         let _ = writeln!(out, "state    {}", segment::STALE_TEXT);

@@ -172,6 +172,45 @@ pub struct LimitInputs {
     pub cgroup_dir: [AtomicU8; CGROUP_DIR_CAPACITY],
 }
 
+/// The postmaster's `work_mem` and `max_connections`, recorded by each child it forks (a child
+/// starts with the postmaster's values, which follow `postgresql.conf` and reloads), so that the
+/// CLI can tell whether the configuration fits the limit. Zero means "not known" (no PostgreSQL
+/// postmaster is guarded, or it has not forked yet).
+#[repr(C)]
+#[derive(Default)]
+pub struct ServerSettings {
+    /// `work_mem` in kB, as PostgreSQL keeps it.
+    pub work_mem_kb: AtomicU32,
+    /// `max_connections`.
+    pub max_connections: AtomicU32,
+}
+
+impl ServerSettings {
+    /// Records the values, storing only what changed: every fork of the postmaster calls this,
+    /// and an unchanged value must not make the header's line bounce between processes.
+    /// Non-positive values (not a setting PostgreSQL accepts) are not recorded.
+    pub fn record(&self, work_mem_kb: i32, max_connections: i32) {
+        for (cell, value) in [
+            (&self.work_mem_kb, work_mem_kb),
+            (&self.max_connections, max_connections),
+        ] {
+            if let Ok(value @ 1..) = u32::try_from(value) {
+                if cell.load(Relaxed) != value {
+                    cell.store(value, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// `(work_mem in bytes, max_connections)`, when both are known.
+    pub fn read(&self) -> Option<(u64, u32)> {
+        let work_mem_kb = self.work_mem_kb.load(Relaxed);
+        let max_connections = self.max_connections.load(Relaxed);
+        (work_mem_kb != 0 && max_connections != 0)
+            .then(|| (u64::from(work_mem_kb) * 1024, max_connections))
+    }
+}
+
 /// Capacity of [`LimitInputs::cgroup_dir`]: a Kubernetes container scope is about 220 bytes.
 pub const CGROUP_DIR_CAPACITY: usize = 320;
 
@@ -475,6 +514,9 @@ pub struct Header {
     pub mode: AtomicU32,
     /// What a derived limit was computed from.
     pub limit_inputs: LimitInputs,
+    /// PostgreSQL's server-wide settings that say how much memory its queries may want (in what
+    /// was padding up to `total` in the first releases of this layout: zero, "not known").
+    pub server_settings: ServerSettings,
 
     /// Bytes reserved by all slots together (the number compared with the limit).
     pub total: Line<AtomicI64>,
@@ -863,6 +905,33 @@ pub(crate) mod tests {
         assert_eq!(size_of::<Slot>(), 128);
         assert_eq!(size_of::<Header>() % 128, 0);
         assert!(size_of::<Header>() <= 2048, "{}", size_of::<Header>());
+        // The server settings live in what was padding: readers and writers of this layout
+        // version that predate them still agree on every other offset.
+        assert_eq!(core::mem::offset_of!(Header, total), 512);
+        assert!(
+            core::mem::offset_of!(Header, server_settings) + size_of::<ServerSettings>() <= 512
+        );
+    }
+
+    #[test]
+    fn server_settings_are_known_only_when_both_are_positive() {
+        let settings = ServerSettings::default();
+        assert_eq!(settings.read(), None);
+        settings.record(4096, 0);
+        assert_eq!(settings.read(), None, "max_connections not known yet");
+        settings.record(4096, 100);
+        assert_eq!(settings.read(), Some((4 << 20, 100)));
+        settings.record(-1, 250);
+        assert_eq!(
+            settings.read(),
+            Some((4 << 20, 250)),
+            "a negative work_mem is not PostgreSQL's: the last good value stays"
+        );
+        settings.record(i32::MAX, 1);
+        assert_eq!(
+            settings.read(),
+            Some((u64::from(i32::MAX as u32) * 1024, 1))
+        );
     }
 
     #[test]

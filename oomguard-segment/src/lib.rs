@@ -439,6 +439,12 @@ impl Segment {
                 max_events: cgroup.max_events.load(Relaxed),
                 oom_kill_events: cgroup.oom_kill_events.load(Relaxed),
             }),
+            server_settings: header.server_settings.read().map(
+                |(work_mem_bytes, max_connections)| ServerSettingsSnapshot {
+                    work_mem_bytes,
+                    max_connections,
+                },
+            ),
             processes,
         })
     }
@@ -507,8 +513,20 @@ pub struct Snapshot {
     pub cgroup_read_errors: u32,
     /// The cgroup's own numbers as a guarded process last read them; `None` until one has.
     pub cgroup: Option<CgroupReading>,
+    /// The guarded postmaster's `work_mem` and `max_connections`; `None` until it has forked a
+    /// child under the guard.
+    pub server_settings: Option<ServerSettingsSnapshot>,
     /// Live processes, largest first.
     pub processes: Vec<ProcessSnapshot>,
+}
+
+/// PostgreSQL's server-wide settings as the guarded postmaster last had them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ServerSettingsSnapshot {
+    /// `work_mem` in bytes.
+    pub work_mem_bytes: u64,
+    /// `max_connections`.
+    pub max_connections: u32,
 }
 
 /// The kernel's view of the guarded processes' cgroup, as published in the segment header by the

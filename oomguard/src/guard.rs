@@ -791,6 +791,12 @@ extern "C" fn forked_child() {
     LAST_REPORT_NS.store(0, Relaxed);
     UNREPORTED_REFUSALS.store(0, Relaxed);
     SLOT.store(core::ptr::null_mut(), Relaxed);
+    if let Some((work_mem_kb, max_connections)) = policy::postmaster_settings() {
+        pool()
+            .header()
+            .server_settings
+            .record(work_mem_kb, max_connections);
+    }
     crate::inject::reseed();
     crate::record::forked();
     policy::forked();

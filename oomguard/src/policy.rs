@@ -76,6 +76,11 @@ static DEBUG_QUERY_STRING: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mu
 static GET_MY_QUERY_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 static GET_SESSION_USER_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
+/// PostgreSQL's `int work_mem` and `int MaxConnections` (globals.c), read only in a child the
+/// postmaster just forked (see [`postmaster_settings`]); each may be missing (null).
+static WORK_MEM: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static MAX_CONNECTIONS: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
 /// `pthread_self()` of the thread that runs PostgreSQL (the one that loaded the library, or
 /// that forked this process): only it may call into PostgreSQL's settings.
 static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
@@ -123,6 +128,8 @@ pub fn look_up_symbols() {
             (c"debug_query_string", &DEBUG_QUERY_STRING),
             (c"pgstat_get_my_query_id", &GET_MY_QUERY_ID),
             (c"GetSessionUserId", &GET_SESSION_USER_ID),
+            (c"work_mem", &WORK_MEM),
+            (c"MaxConnections", &MAX_CONNECTIONS),
         ] {
             // SAFETY: as above.
             slot.store(
@@ -196,6 +203,28 @@ pub fn budget_setting(longest: usize) -> Option<&'static [u8]> {
         let len = libc::strnlen(value, longest + 1);
         Some(core::slice::from_raw_parts(value.cast::<u8>(), len))
     }
+}
+
+/// The postmaster's `work_mem` (kB) and `max_connections`, when called in a child the postmaster
+/// has just forked (from the fork handler, before [`forked`]); `None` anywhere else.
+///
+/// The child is a copy of the postmaster: its globals hold the server-wide values, which the
+/// postmaster keeps in step with `postgresql.conf` (and `ALTER SYSTEM`) at every reload, before
+/// the child applies its own options. Both are plain exported `int`s on PostgreSQL 15 to 18;
+/// reading them is two loads of the process's own memory. The postmaster is the image that exec
+/// started (not [`FORKED`]) and has `IsUnderPostmaster` false; a standalone backend (`postgres
+/// --single`) looks the same and its values are as good.
+pub fn postmaster_settings() -> Option<(i32, i32)> {
+    let symbols = symbols()?;
+    let work_mem = WORK_MEM.load(Relaxed) as *const c_int;
+    let max_connections = MAX_CONNECTIONS.load(Relaxed) as *const c_int;
+    // SAFETY: as in `kind_of`.
+    let under_postmaster = unsafe { *symbols.is_under_postmaster };
+    if FORKED.load(Relaxed) || under_postmaster || work_mem.is_null() || max_connections.is_null() {
+        return None;
+    }
+    // SAFETY: the addresses of PostgreSQL's `int work_mem` and `int MaxConnections`.
+    Some(unsafe { (*work_mem, *max_connections) })
 }
 
 /// What PostgreSQL says about the statement a refused request belongs to (zero and empty where

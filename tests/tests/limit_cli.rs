@@ -389,6 +389,7 @@ fn data_dir_asks_postgres_for_shared_memory() {
     for (name, value) in default_settings() {
         writeln!(conf, "{name} = '{}'", value.replace('\'', "''")).unwrap();
     }
+    writeln!(conf, "work_mem = '64MB'").unwrap();
     drop(conf);
 
     let fixture = tempfile::tempdir().unwrap();
@@ -408,9 +409,18 @@ fn data_dir_asks_postgres_for_shared_memory() {
         (1u64 << 30) - predicted - (1u64 << 30) / 100 * 10,
         "{json:#}"
     );
+    // 64 MiB for each of the 30 connections cannot fit the 880-odd MiB left.
+    let warning = &json[0]["warnings"][0];
+    assert_eq!(warning["kind"], "connections_do_not_fit", "{json:#}");
+    assert_eq!(warning["work_mem_bytes"], 64 * MIB);
+    assert_eq!(warning["max_connections"], 30);
+    assert_eq!(warning["held_bytes"], serde_json::Value::Null);
+    assert_eq!(warning["needed_bytes"], 30 * 64 * MIB);
     let text = limit(segments.path(), &root, &[], &["--data-dir", &data_dir]);
     assert!(
-        text.contains("from postgres -C shared_memory_size"),
+        text.contains("from postgres -C shared_memory_size")
+            && text.contains("WARNING        the limit")
+            && text.contains("before what the server itself holds"),
         "{text}"
     );
 
