@@ -13,8 +13,9 @@
 //! them mapped: an earlier run's) are not errors and not exported, whose limit and peak would
 //! pass for current ones; they are only counted, in `oomguard_stale_domains`. With no live
 //! segment at all the scrape is `oomguard_up 0`, as with none. Domain series carry `domain`
-//! (the segment's file name), and only `oomguard_limit_input_bytes` (`input`) and
-//! `oomguard_refusals_total` (`cause`) one more label; there are no per-process series (so no
+//! (the segment's file name), and only `oomguard_limit_input_bytes` (`input`),
+//! `oomguard_configuration_misfit` (`kind`) and `oomguard_refusals_total` (`cause`) one more
+//! label; there are no per-process series (so no
 //! per-process budgets either: `oomguard status` shows those).
 //!
 //! Formats: clients that accept `application/openmetrics-text` (Prometheus does) get the
@@ -37,6 +38,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::fit::Misfit;
 use crate::segment::{self, Liveness, SegmentError, Snapshot};
 
 /// Where the exporter listens unless `--listen` or [`LISTEN_ENV`] says otherwise. Port 10187:
@@ -67,6 +69,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "oomguard_enforcing",
     "oomguard_limit_bytes",
     "oomguard_limit_input_bytes",
+    "oomguard_postgres_work_mem_bytes",
+    "oomguard_postgres_max_connections",
+    "oomguard_configuration_misfit",
     "oomguard_allocated_bytes",
     "oomguard_allocated_peak_bytes",
     "oomguard_process_allocated_max_bytes",
@@ -340,6 +345,18 @@ impl Families {
                 })
             })
             .collect();
+        // Every kind for every domain, zeros included, as for the causes below.
+        let misfits: Vec<(Labels, i64)> = domains
+            .iter()
+            .flat_map(|(name, s)| {
+                let found = crate::fit::check(&crate::status::configuration(s));
+                Misfit::KINDS.into_iter().map(move |kind| {
+                    let mut labels = domain_label(name);
+                    labels.push(("kind", kind.to_owned()));
+                    (labels, i64::from(found.iter().any(|m| m.kind() == kind)))
+                })
+            })
+            .collect();
         // Every cause for every domain, zeros included: an alert on one cause must see the
         // series exist (and `increase` needs a sample before the first refusal).
         let refusals_by_cause: Vec<(Labels, u64)> = domains
@@ -447,6 +464,36 @@ impl Families {
                  shmem comes within the reserve of cgroup_limit.",
                 true,
                 limit_inputs,
+            ),
+            gauge(
+                "oomguard_postgres_work_mem",
+                "work_mem of the guarded PostgreSQL postmaster (postgresql.conf, ALTER SYSTEM, \
+                 after reloads), recorded by each child it forks. Absent until one has forked.",
+                true,
+                per_domain_i64(&|s| {
+                    s.server_settings
+                        .map(|server| saturating_i64(server.work_mem_bytes))
+                }),
+            ),
+            gauge(
+                "oomguard_postgres_max_connections",
+                "max_connections of the guarded PostgreSQL postmaster, recorded with \
+                 oomguard_postgres_work_mem_bytes.",
+                false,
+                per_domain_i64(&|s| {
+                    s.server_settings
+                        .map(|server| i64::from(server.max_connections))
+                }),
+            ),
+            gauge(
+                "oomguard_configuration_misfit",
+                "1 if the configuration cannot fit, as `oomguard status` warns, else 0; one \
+                 series per kind: no_room_left (shared memory + reserve >= the cgroup limit: \
+                 nothing left for a derived limit), connections_do_not_fit (the limit < \
+                 oomguard_allocated_bytes + work_mem * max_connections: a full server's sorts \
+                 and hashes get ERROR: out of memory).",
+                false,
+                misfits,
             ),
             gauge(
                 "oomguard_allocated",
@@ -948,6 +995,8 @@ mod tests {
             assert!(inputs.set_cgroup_dir(b"/sys/fs/cgroup"));
             inputs.cgroup_state.store(CgroupState::V2 as u32, Relaxed);
             header.stats.dynamic_shared_bytes.store(2 << 20, Relaxed);
+            // 100 connections of 4 MiB do not fit 256 MiB.
+            header.server_settings.record(4096, 100);
         }
         map.flush().unwrap();
     }
@@ -1050,10 +1099,17 @@ mod tests {
             "# TYPE oomguard_cgroup_memory_max_events counter",
             "oomguard_cgroup_memory_max_events_total{domain=\"oomguard-0-b\"} 17",
             "oomguard_cgroup_memory_oom_kill_events_total{domain=\"oomguard-0-b\"} 1",
+            "oomguard_postgres_work_mem_bytes{domain=\"oomguard-0-b\"} 4194304",
+            "oomguard_postgres_max_connections{domain=\"oomguard-0-b\"} 100",
+            // 5 MiB held + 100 × 4 MiB > 256 MiB; 100 MiB + 64 MiB < 512 MiB.
+            "oomguard_configuration_misfit{domain=\"oomguard-0-b\",kind=\"connections_do_not_fit\"} 1",
+            "oomguard_configuration_misfit{domain=\"oomguard-0-b\",kind=\"no_room_left\"} 0",
+            "oomguard_configuration_misfit{domain=\"oomguard-0-a\",kind=\"connections_do_not_fit\"} 0",
         ] {
             assert!(om.lines().any(|l| l == line), "{line} missing in\n{om}");
         }
         for absent in [
+            "oomguard_postgres_work_mem_bytes{domain=\"oomguard-0-a\"",
             "oomguard_limit_input_bytes{domain=\"oomguard-0-a\"",
             "oomguard_cgroup_memory_max_events_total{domain=\"oomguard-0-a\"",
         ] {

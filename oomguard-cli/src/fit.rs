@@ -108,6 +108,17 @@ fn bytes(value: u64) -> String {
 }
 
 impl Misfit {
+    /// Every kind's name, as `--json` (`kind`) and the exporter (`kind` label) give it.
+    pub const KINDS: [&'static str; 2] = ["no_room_left", "connections_do_not_fit"];
+
+    /// This misfit's name in [`Misfit::KINDS`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Misfit::NoRoomLeft { .. } => Misfit::KINDS[0],
+            Misfit::ConnectionsDoNotFit { .. } => Misfit::KINDS[1],
+        }
+    }
+
     /// What is wrong, with the numbers, and what to change.
     pub fn message(&self) -> String {
         match *self {
@@ -384,6 +395,11 @@ mod tests {
         });
         let json = serde_json::to_value(&warnings).unwrap();
         assert_eq!(json[0]["kind"], "no_room_left");
+        assert_eq!(
+            json[0]["kind"],
+            warnings[0].misfit.kind(),
+            "one name for both"
+        );
         assert_eq!(json[0]["reserve_bytes"], 64 * MIB);
         assert_eq!(json[0]["limit_from_environment"], true);
         assert!(json[0]["message"]

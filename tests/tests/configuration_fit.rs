@@ -3,13 +3,13 @@
 //! connection (`work_mem` and `max_connections` as the postmaster has them, followed through a
 //! reload), and shared memory plus the reserve taking the whole cgroup limit (the postmaster's
 //! observed shared memory, a cgroup v2 fixture tree for the limit: this machine's own cgroup
-//! has none).
+//! has none). The exporter serves the same over a real scrape.
 
 use std::time::{Duration, Instant};
 
 use oomguard_cluster::GuardedCluster;
 use oomguard_tests::sessions::start_guarded;
-use oomguard_tests::{cgroup_v2_fixture, oomguard_command, run_output};
+use oomguard_tests::{cgroup_v2_fixture, http_get, oomguard_command, run_output, Exporter};
 use postgres::Client;
 use serde_json::Value;
 
@@ -110,6 +110,28 @@ fn connections_that_cannot_fit_the_limit_are_warned_about_and_a_reload_is_follow
         text.contains("WARNING        the limit 256.0 MiB"),
         "{text}"
     );
+    // And to Prometheus, over a real scrape.
+    let exporter = Exporter::start(&guarded.segment_dir);
+    let metrics = http_get(&exporter.addr, "/metrics", None).body;
+    let segment = guarded.segment().unwrap();
+    let domain = segment.path().file_name().unwrap().to_string_lossy();
+    for line in [
+        format!(
+            "oomguard_postgres_work_mem_bytes{{domain=\"{domain}\"}} {}",
+            64 * MIB
+        ),
+        format!("oomguard_postgres_max_connections{{domain=\"{domain}\"}} 20"),
+        format!(
+            "oomguard_configuration_misfit{{domain=\"{domain}\",kind=\"connections_do_not_fit\"}} 1"
+        ),
+        format!("oomguard_configuration_misfit{{domain=\"{domain}\",kind=\"no_room_left\"}} 0"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in\n{metrics}"
+        );
+    }
+    drop(exporter);
 
     // The operator follows the advice.
     set_work_mem(&guarded, &mut client, "1MB");
