@@ -27,9 +27,10 @@ fn covered(credit: i64, request: usize) -> bool {
 ///
 /// The fast path reads no global state, only the thread's credit: a thread has credit only from
 /// reservations made while the guard is active, or from frees, and moving the credit of a thread
-/// that is not accounting (off mode, before start, after exit) touches nothing shared. It keeps
-/// nothing live across the call into glibc (it looks the thread's state up again afterwards, two
-/// instructions) so that it needs no saved registers; everything else is in [`allocate_slowly`].
+/// that is not accounting (off mode, before start, after exit) touches nothing shared. The
+/// thread's state stays in a callee-saved register across the call into glibc: its save and
+/// restore are two instructions, and the stack must be realigned for the call anyway, where
+/// looking the state up again would cost two more. Everything else is in [`allocate_slowly`].
 #[inline(always)]
 fn allocate(
     request: usize,
@@ -43,8 +44,11 @@ fn allocate(
     }
     let block = allocate();
     if !block.is_null() {
-        // SAFETY: a live block from glibc.
-        unsafe { charge(block) };
+        // SAFETY: a live block from glibc; `thread` is this thread's state.
+        unsafe {
+            (*thread).credit -= real::block_size(block) as i64;
+            (*thread).pending_allocations += 1;
+        }
     }
     block
 }
@@ -98,16 +102,19 @@ fn allocate_slowly(
     }
 }
 
-/// Frees a block after its credit pushed the thread past [`RELEASE_ABOVE`].
+/// Frees a block after its credit pushed the thread past [`RELEASE_ABOVE`]. Takes the block
+/// alone, in the register `free` received it in, and looks the thread's state up again: passing
+/// both made `free` shuffle its argument into another register and back on every call (two of
+/// its instructions).
 ///
 /// # Safety
-/// `block` must be a live glibc block, `thread` the calling thread's state.
+/// `block` must be a live glibc block.
 #[cold]
 #[inline(never)]
-unsafe fn free_and_release(thread: *mut tls::ThreadState, block: *mut c_void) {
-    // SAFETY: forwarded contract.
+unsafe fn free_and_release(block: *mut c_void) {
+    // SAFETY: forwarded contract; `tls::current()` is the calling thread's state.
     unsafe {
-        guard::release_excess(thread);
+        guard::release_excess(tls::current());
         real::free(block);
     }
 }
@@ -135,7 +142,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
         let credit = (*thread).credit + real::block_size(ptr) as i64;
         (*thread).credit = credit;
         if credit > RELEASE_ABOVE {
-            return free_and_release(thread, ptr);
+            return free_and_release(ptr);
         }
         real::free(ptr);
     }
