@@ -179,20 +179,25 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             return realloc_slowly(ptr, size, old, growth);
         }
         let block = real::realloc(ptr, size);
-        settle_realloc(block, size, old);
+        settle_realloc(thread, block, size, old);
         block
     }
 }
 
 /// Moves the thread's credit by what a realloc of a block of `old` bytes to `size` changed,
-/// once glibc returned `block`.
+/// once glibc returned `block`. `thread` is kept from before the call, in a register `realloc`
+/// saves anyway (as in `allocate`).
 ///
 /// # Safety
-/// `block` must be glibc's result of that realloc.
+/// `block` must be glibc's result of that realloc; `thread` the calling thread's state.
 #[inline(always)]
-unsafe fn settle_realloc(block: *mut c_void, size: usize, old: usize) {
-    let thread = tls::current();
-    // SAFETY: forwarded contract; `thread` is this thread's state.
+unsafe fn settle_realloc(
+    thread: *mut tls::ThreadState,
+    block: *mut c_void,
+    size: usize,
+    old: usize,
+) {
+    // SAFETY: forwarded contract.
     unsafe {
         if !block.is_null() {
             (*thread).credit += old as i64 - real::block_size(block) as i64;
@@ -226,7 +231,7 @@ unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize, growth: usiz
             return null_mut();
         }
         let block = real::realloc(ptr, size);
-        settle_realloc(block, size, old);
+        settle_realloc(thread, block, size, old);
         if !block.is_null() {
             guard::record_peaks();
         }
