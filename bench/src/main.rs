@@ -936,13 +936,9 @@ fn pgbench_markdown(md: &mut String, r: &pgbench::Report) {
     for m in &r.modes {
         let _ = writeln!(
             md,
-            "| {} | `{}` | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} | {} | {} | {} |",
             m.label,
-            if m.args.is_empty() {
-                "(default script)"
-            } else {
-                &m.args
-            },
+            m.args,
             m.plain_tps,
             m.guarded_tps,
             m.ratio_median,

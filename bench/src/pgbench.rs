@@ -46,30 +46,102 @@ pub const SETTINGS: [(&str, &str); 3] = [
 pub struct Mode {
     /// Row label in the report.
     pub label: &'static str,
-    /// Arguments that select it.
+    /// Arguments that select it (a built-in script); empty with a [`Mode::script`].
     pub args: &'static [&'static str],
+    /// A script of our own, run with `-f`: a `\set` line, then one query using its variable.
+    pub script: Option<Script>,
 }
 
-/// The modes the overhead budget names: select-only with the extended protocol and prepared statements,
-/// select-only with the simple protocol, TPC-B-like read-write (`synchronous_commit=off`), and a
-/// new connection per (select-only) transaction, the worst case for an interposer: every
-/// transaction forks a backend that attaches the guard.
-pub const MODES: [Mode; 4] = [
+/// A custom pgbench script and what proves it runs as its mode says.
+pub struct Script {
+    /// Session settings of its connections (`PGOPTIONS`).
+    pub options: &'static str,
+    /// The `\set` line that draws the query's variable.
+    pub set: &'static str,
+    /// The query, with `:name` where the variable goes.
+    pub query: &'static str,
+    /// Its variable's name.
+    pub variable: &'static str,
+    /// What `EXPLAIN (ANALYZE)` of the query must print, on both servers, before the mode is
+    /// timed (a server without LLVM runs no JIT, one without free worker slots no workers: the
+    /// mode would then measure something else).
+    pub proof: &'static str,
+}
+
+impl Mode {
+    /// Its pgbench arguments as the report's Markdown shows them.
+    pub fn describe(&self) -> String {
+        match (&self.script, self.args) {
+            (Some(script), _) => format!(
+                "`-f` script `{}` `{};`, with `PGOPTIONS='{}'`",
+                script.set, script.query, script.options
+            ),
+            (None, []) => "(default script)".to_owned(),
+            (None, args) => format!("`{}`", args.join(" ")),
+        }
+    }
+}
+
+impl Script {
+    /// The script file's text.
+    fn text(&self) -> String {
+        format!("{}\n{};\n", self.set, self.query)
+    }
+}
+
+/// The modes the overhead budget names: select-only with the extended protocol and prepared
+/// statements, select-only with the simple protocol, TPC-B-like read-write
+/// (`synchronous_commit=off`), and a new connection per (select-only) transaction, the worst case
+/// for an interposer: every transaction forks a backend that attaches the guard. Then two modes
+/// whose memory comes from elsewhere than the executor's own contexts: a parallel query (each
+/// query forks two workers that attach the guard, and sizes dynamic shared memory, which the
+/// guard charges), and a JIT-compiled query (LLVM allocates through `malloc` while it compiles
+/// every query; a tiny table keeps the compilation the main cost).
+pub const MODES: [Mode; 6] = [
     Mode {
         label: "pgbench -S -M prepared",
         args: &["-S", "-M", "prepared"],
+        script: None,
     },
     Mode {
         label: "pgbench -S",
         args: &["-S"],
+        script: None,
     },
     Mode {
         label: "pgbench TPC-B, synchronous_commit=off",
         args: &[],
+        script: None,
     },
     Mode {
         label: "pgbench -S -C (connection per transaction)",
         args: &["-S", "-C"],
+        script: None,
+    },
+    Mode {
+        label: "parallel query, 2 workers per query",
+        args: &[],
+        script: Some(Script {
+            options: "-c max_parallel_workers_per_gather=2 -c parallel_setup_cost=0 \
+                      -c parallel_tuple_cost=0 -c min_parallel_table_scan_size=0",
+            set: "\\set bid random(1, :scale)",
+            query: "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE bid = :bid",
+            variable: "bid",
+            proof: "Workers Launched: 2",
+        }),
+    },
+    Mode {
+        label: "JIT-compiled query",
+        args: &[],
+        script: Some(Script {
+            options: "-c jit=on -c jit_above_cost=0 -c jit_inline_above_cost=0 \
+                      -c jit_optimize_above_cost=0",
+            set: "\\set tid random(1, 10 * :scale)",
+            query:
+                "SELECT sum(tbalance * 2 + tid), max(bid) FROM pgbench_tellers WHERE tid <> :tid",
+            variable: "tid",
+            proof: "JIT:",
+        }),
     },
 ];
 
@@ -210,8 +282,29 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             );
             prewarmed = false;
         }
-        run_mode(&pgbench, cluster, client_cpus, &["-S"], &warmup)
+        run_mode(&pgbench, cluster, client_cpus, &MODES[1], None, &warmup)
             .map_err(|e| format!("{name} warm-up: {e}"))?;
+    }
+    // The custom scripts, written beside the plain cluster's data (removed with it), each
+    // proven on both servers to run as its mode says.
+    let scripts_dir = plain
+        .data_dir()
+        .parent()
+        .unwrap_or(plain.data_dir())
+        .to_owned();
+    let mut script_files: Vec<Option<PathBuf>> = Vec::new();
+    for (m, mode) in MODES.iter().enumerate() {
+        let Some(script) = &mode.script else {
+            script_files.push(None);
+            continue;
+        };
+        let file = scripts_dir.join(format!("mode-{m}.sql"));
+        fs::write(&file, script.text())
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        for (name, cluster) in SIDE_NAMES.iter().zip(clusters) {
+            prove(cluster, script).map_err(|e| format!("{name} {}: {e}", mode.label))?;
+        }
+        script_files.push(Some(file));
     }
 
     let seconds = opts.seconds.to_string();
@@ -221,7 +314,8 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             // Alternate which side goes first, per round and per mode.
             let order = if (round + m) % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
-                let value = run_mode(&pgbench, clusters[i], client_cpus, mode.args, &seconds)
+                let file = script_files[m].as_deref();
+                let value = run_mode(&pgbench, clusters[i], client_cpus, mode, file, &seconds)
                     .map_err(|e| format!("{} {}: {e}", SIDE_NAMES[i], mode.label))?;
                 tps[m][i].push(value);
             }
@@ -249,7 +343,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             let ratios: Vec<f64> = plain.iter().zip(guarded).map(|(a, b)| b / a).collect();
             ModeResult {
                 label: mode.label,
-                args: mode.args.join(" "),
+                args: mode.describe(),
                 plain_tps: median(&mut plain.clone()),
                 guarded_tps: median(&mut guarded.clone()),
                 ratio_median: median(&mut ratios.clone()),
@@ -400,6 +494,17 @@ fn pgbench_run(
     client_cpus: Option<&str>,
     args: &[&str],
 ) -> Result<String, String> {
+    pgbench_run_with(pgbench, cluster, client_cpus, args, None)
+}
+
+/// As [`pgbench_run`], with `options` (`PGOPTIONS`: session settings) for its connections.
+fn pgbench_run_with(
+    pgbench: &Path,
+    cluster: &Cluster,
+    client_cpus: Option<&str>,
+    args: &[&str],
+    options: Option<&str>,
+) -> Result<String, String> {
     let mut cmd = match client_cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -417,7 +522,11 @@ fn pgbench_run(
         .arg("postgres")
         .stdin(Stdio::null())
         .env_remove("LD_PRELOAD")
+        .env_remove("PGOPTIONS")
         .env("LC_ALL", "C");
+    if let Some(options) = options {
+        cmd.env("PGOPTIONS", options);
+    }
     for (key, _) in env::vars_os() {
         if key.to_string_lossy().starts_with("OOM_GUARD_") {
             cmd.env_remove(&key);
@@ -452,19 +561,62 @@ fn prewarm(cluster: &Cluster) -> Result<(), String> {
         .map_err(err)
 }
 
-/// One timed run of `mode_args` for `seconds`; returns the TPS pgbench reports.
+/// One timed run of `mode` for `seconds` (its script from `script_file`); returns the TPS
+/// pgbench reports.
 fn run_mode(
     pgbench: &Path,
     cluster: &Cluster,
     client_cpus: Option<&str>,
-    mode_args: &[&str],
+    mode: &Mode,
+    script_file: Option<&Path>,
     seconds: &str,
 ) -> Result<f64, String> {
     let clients = CLIENTS.to_string();
     let mut args = vec!["-c", &clients, "-j", &clients, "-T", seconds];
-    args.extend_from_slice(mode_args);
-    let stdout = pgbench_run(pgbench, cluster, client_cpus, &args)?;
+    args.extend_from_slice(mode.args);
+    let file = script_file.map(|file| file.display().to_string());
+    if let Some(file) = &file {
+        args.extend(["-f", file]);
+    }
+    let options = mode.script.as_ref().map(|script| script.options);
+    let stdout = pgbench_run_with(pgbench, cluster, client_cpus, &args, options)?;
     parse_tps(&stdout).ok_or_else(|| format!("no `tps = ` line in pgbench output:\n{stdout}"))
+}
+
+/// Checks that `script`'s query runs on `cluster` as its mode says: `EXPLAIN (ANALYZE)` of it,
+/// with the script's settings and its variable at 1, prints [`Script::proof`].
+fn prove(cluster: &Cluster, script: &Script) -> Result<(), String> {
+    let mut client = cluster.connect().map_err(err)?;
+    // `-c name=value` as pgbench's connections get them through PGOPTIONS.
+    for setting in script
+        .options
+        .split_whitespace()
+        .filter(|word| *word != "-c")
+    {
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("not `-c name=value`: {setting}"))?;
+        client
+            .batch_execute(&format!("SET {name} = '{value}'"))
+            .map_err(err)?;
+    }
+    let query = script.query.replace(&format!(":{}", script.variable), "1");
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN (ANALYZE) {query}"), &[])
+        .map_err(err)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if plan.iter().any(|line| line.contains(script.proof)) {
+        return Ok(());
+    }
+    Err(format!(
+        "EXPLAIN (ANALYZE) does not show `{}` (settings `{}`): the mode would measure something \
+         else (no LLVM JIT in this server's build, no free parallel worker slots?)\n{}",
+        script.proof,
+        script.options,
+        plan.join("\n")
+    ))
 }
 
 /// The TPS figure of pgbench's summary: `tps = 1234.567890 (without initial connection time)`
