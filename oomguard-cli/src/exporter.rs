@@ -345,16 +345,27 @@ impl Families {
                 })
             })
             .collect();
-        // Every kind for every domain, zeros included, as for the causes below.
+        // Every kind the domain can be judged on, zeros included, as for the causes below; a
+        // kind whose inputs are not known yet (no cgroup found, no postmaster's settings, no
+        // limit) has no series rather than a 0 that would read as "fits".
         let misfits: Vec<(Labels, i64)> = domains
             .iter()
             .flat_map(|(name, s)| {
                 let found = crate::fit::check(&crate::status::configuration(s));
-                Misfit::KINDS.into_iter().map(move |kind| {
-                    let mut labels = domain_label(name);
-                    labels.push(("kind", kind.to_owned()));
-                    (labels, i64::from(found.iter().any(|m| m.kind() == kind)))
-                })
+                let judged = [
+                    s.limit_inputs.cgroup_limit_bytes.is_some(),
+                    s.server_settings.is_some() && s.limit_bytes.is_some(),
+                ];
+                Misfit::KINDS
+                    .into_iter()
+                    .zip(judged)
+                    .filter(|&(_, judged)| judged)
+                    .map(move |(kind, _)| {
+                        let mut labels = domain_label(name);
+                        labels.push(("kind", kind.to_owned()));
+                        (labels, i64::from(found.iter().any(|m| m.kind() == kind)))
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         // Every cause for every domain, zeros included: an alert on one cause must see the
@@ -488,10 +499,11 @@ impl Families {
             gauge(
                 "oomguard_configuration_misfit",
                 "1 if the configuration cannot fit, as `oomguard status` warns, else 0; one \
-                 series per kind: no_room_left (shared memory + reserve >= the cgroup limit: \
-                 nothing left for a derived limit), connections_do_not_fit (the limit < \
-                 oomguard_allocated_bytes + work_mem * max_connections: a full server's sorts \
-                 and hashes get ERROR: out of memory).",
+                 series per kind, once its inputs are known: no_room_left (shared memory + \
+                 reserve >= the cgroup limit: nothing left for queries), connections_do_not_fit \
+                 (the limit, or what the container leaves if smaller, < what the server holds \
+                 idle + work_mem * max_connections: a full server's sorts and hashes do not \
+                 fit).",
                 false,
                 misfits,
             ),
@@ -1104,11 +1116,12 @@ mod tests {
             // 5 MiB held + 100 × 4 MiB > 256 MiB; 100 MiB + 64 MiB < 512 MiB.
             "oomguard_configuration_misfit{domain=\"oomguard-0-b\",kind=\"connections_do_not_fit\"} 1",
             "oomguard_configuration_misfit{domain=\"oomguard-0-b\",kind=\"no_room_left\"} 0",
-            "oomguard_configuration_misfit{domain=\"oomguard-0-a\",kind=\"connections_do_not_fit\"} 0",
         ] {
             assert!(om.lines().any(|l| l == line), "{line} missing in\n{om}");
         }
         for absent in [
+            // No postmaster's settings, no cgroup: not judged, rather than judged to fit.
+            "oomguard_configuration_misfit{domain=\"oomguard-0-a\"",
             "oomguard_postgres_work_mem_bytes{domain=\"oomguard-0-a\"",
             "oomguard_limit_input_bytes{domain=\"oomguard-0-a\"",
             "oomguard_cgroup_memory_max_events_total{domain=\"oomguard-0-a\"",

@@ -1,5 +1,6 @@
 //! Whether PostgreSQL's configuration fits the container, said before a refusal (or the kernel)
-//! says it: the warnings `oomguard status` and `oomguard limit` print.
+//! says it: the warnings `oomguard status` and `oomguard limit` print, and the exporter's
+//! `oomguard_configuration_misfit`.
 //!
 //! Two misfits are checked, each with its numbers and the setting to change:
 //!
@@ -7,20 +8,33 @@
 //!   cgroup limit. A derived limit is then nothing and the guard refuses nothing; with
 //!   `OOM_GUARD_LIMIT` the kernel's numbers show no headroom as soon as shared memory is in use,
 //!   and queries are refused for that.
-//! - **Connections do not fit**: the limit is below what the server holds now plus one
+//! - **Connections do not fit**: the limit is below what the server holds idle plus one
 //!   `work_mem` per connection (`max_connections`). PostgreSQL lets every sort and hash of every
-//!   connection use `work_mem` (a hash `hash_mem_multiplier` times it), so this is the least a
-//!   busy server can ask for; below it, ordinary queries of a full server are refused. What the
-//!   server holds is the guard's total at the moment of the check: on an idle server, what idle
-//!   sessions and the postmaster hold.
+//!   connection use `work_mem` (a hash `hash_mem_multiplier` times it, autovacuum workers
+//!   `maintenance_work_mem` besides), so this is the least a busy server can ask for; below it,
+//!   ordinary queries of a full server are refused. The limit compared is the smaller of the
+//!   limit in force and what the container leaves (cgroup limit − shared memory − reserve: past
+//!   it the kernel's numbers tighten the guard, or its OOM killer acts).
+//!
+//! "What the server holds idle" does not depend on the load of the moment ([`idle_bytes`]): the
+//! processes that run no query (the postmaster, its helpers, replication connections) as they
+//! are, and every session at the size of the smallest one, which is as good as idle. So a
+//! server that is busy right now gets the same answer as when it is quiet.
 //!
 //! The settings come from the segment (the guarded postmaster records `work_mem` and
-//! `max_connections` at each fork), or from `postgres -C` for `oomguard limit --data-dir`.
+//! `max_connections` at each fork), or from `postgres -C` for `oomguard limit --data-dir`, where
+//! no server runs and what it holds idle is left out.
 
 use serde::Serialize;
 
-use crate::segment::{LimitInputsSnapshot, ServerSettingsSnapshot};
+use crate::segment::{LimitInputsSnapshot, ProcessSnapshot, ServerSettingsSnapshot};
 use crate::status::human_bytes;
+
+/// PostgreSQL's smallest `work_mem`, in kB.
+const MIN_WORK_MEM_KB: u64 = 64;
+/// The smallest `max_connections` worth suggesting: PostgreSQL does not start unless it exceeds
+/// `superuser_reserved_connections` (3 by default) plus `reserved_connections` (0, 16+).
+const MIN_MAX_CONNECTIONS: u64 = 4;
 
 /// A configuration that cannot fit, with the numbers that show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,21 +50,27 @@ pub enum Misfit {
         reserve_bytes: u64,
         /// The limit comes from `OOM_GUARD_LIMIT` rather than the derivation.
         limit_from_environment: bool,
+        /// The domain refuses (enforce mode) rather than only reporting.
+        enforcing: bool,
     },
-    /// The limit is below what the server holds plus `work_mem` × `max_connections`.
+    /// The limit is below what the server holds idle plus `work_mem` × `max_connections`.
     ConnectionsDoNotFit {
-        /// The limit in force.
+        /// The limit compared: the smaller of the one in force and what the container leaves.
         limit_bytes: u64,
-        /// What the guarded processes hold now (`None`: no server is running).
-        held_bytes: Option<u64>,
+        /// `limit_bytes` is what the container leaves, below `OOM_GUARD_LIMIT`.
+        limited_by_container: bool,
+        /// What the server holds idle (`None`: no server is running).
+        idle_bytes: Option<u64>,
         /// `work_mem`.
         work_mem_bytes: u64,
         /// `max_connections`.
         max_connections: u32,
-        /// `held + work_mem × max_connections`.
+        /// `idle + work_mem × max_connections`.
         needed_bytes: u64,
-        /// The limit comes from `OOM_GUARD_LIMIT` rather than the derivation.
+        /// The limit in force comes from `OOM_GUARD_LIMIT` rather than the derivation.
         limit_from_environment: bool,
+        /// The domain refuses (enforce mode) rather than only reporting.
+        enforcing: bool,
     },
 }
 
@@ -62,10 +82,37 @@ pub struct Configuration<'a> {
     pub limit_source: &'a str,
     /// The derivation's inputs.
     pub inputs: &'a LimitInputsSnapshot,
-    /// What the guarded processes hold now (`None`: no server is running).
-    pub held_bytes: Option<u64>,
+    /// What the server holds idle ([`idle_bytes`]; `None`: no server is running).
+    pub idle_bytes: Option<u64>,
+    /// The domain refuses (enforce mode) rather than only reporting.
+    pub enforcing: bool,
     /// PostgreSQL's `work_mem` and `max_connections`, if known.
     pub server: Option<ServerSettingsSnapshot>,
+}
+
+/// What the live `processes` of a domain hold with the server idle: every process that runs no
+/// query as it is, every session (`client backend`) at the smallest session's size, and the
+/// processes that run one query or job and go (parallel workers, autovacuum workers,
+/// background-worker jobs) not at all.
+pub fn idle_bytes(processes: &[ProcessSnapshot]) -> u64 {
+    let size = |p: &ProcessSnapshot| p.bytes.max(0) as u64;
+    let sessions: Vec<u64> = processes
+        .iter()
+        .filter(|p| p.kind == "client backend")
+        .map(size)
+        .collect();
+    let smallest_session = sessions.iter().copied().min().unwrap_or(0);
+    let others: u64 = processes
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p.kind,
+                "client backend" | "parallel worker" | "autovacuum worker" | "background worker"
+            )
+        })
+        .map(size)
+        .sum();
+    others.saturating_add(smallest_session.saturating_mul(sessions.len() as u64))
 }
 
 /// Every misfit of `config`, most basic first.
@@ -81,22 +128,30 @@ pub fn check(config: &Configuration<'_>) -> Vec<Misfit> {
                 shared_memory_bytes: shared,
                 reserve_bytes: reserve,
                 limit_from_environment: from_environment,
+                enforcing: config.enforcing,
             });
         }
     }
     if let (Some(limit), Some(server)) = (config.limit_bytes, config.server) {
+        // Past what the container leaves, the kernel decides whatever OOM_GUARD_LIMIT says.
+        let (limit, limited_by_container) = match inputs.derived_bytes() {
+            Some(room) if room < limit => (room, true),
+            _ => (limit, false),
+        };
         let connections = server
             .work_mem_bytes
             .saturating_mul(u64::from(server.max_connections));
-        let needed = connections.saturating_add(config.held_bytes.unwrap_or(0));
+        let needed = connections.saturating_add(config.idle_bytes.unwrap_or(0));
         if limit < needed {
             misfits.push(Misfit::ConnectionsDoNotFit {
                 limit_bytes: limit,
-                held_bytes: config.held_bytes,
+                limited_by_container,
+                idle_bytes: config.idle_bytes,
                 work_mem_bytes: server.work_mem_bytes,
                 max_connections: server.max_connections,
                 needed_bytes: needed,
                 limit_from_environment: from_environment,
+                enforcing: config.enforcing,
             });
         }
     }
@@ -127,10 +182,14 @@ impl Misfit {
                 shared_memory_bytes,
                 reserve_bytes,
                 limit_from_environment,
+                enforcing,
             } => {
-                let consequence = if limit_from_environment {
+                let consequence = if limit_from_environment && enforcing {
                     "the kernel's numbers leave no headroom once shared memory is in use, and \
                      the guard refuses queries' growth for that (kernel_tight)"
+                } else if limit_from_environment {
+                    "the kernel's numbers leave no headroom once shared memory is in use, and \
+                     the guard only reports (report mode): the kernel's OOM killer decides"
                 } else {
                     "the derived limit is nothing, so the guard refuses nothing and the kernel's \
                      OOM killer decides"
@@ -146,18 +205,19 @@ impl Misfit {
             }
             Misfit::ConnectionsDoNotFit {
                 limit_bytes,
-                held_bytes,
+                limited_by_container,
+                idle_bytes,
                 work_mem_bytes,
                 max_connections,
                 needed_bytes,
                 limit_from_environment,
+                enforcing,
             } => {
-                let held = held_bytes.unwrap_or(0);
-                let what = match held_bytes {
-                    Some(held) => format!(
-                        "what the server holds now ({}) plus one work_mem ({}) for each of \
+                let what = match idle_bytes {
+                    Some(idle) => format!(
+                        "what the server holds idle ({}) plus one work_mem ({}) for each of \
                          max_connections ({max_connections}) = {}",
-                        bytes(held),
+                        bytes(idle),
                         bytes(work_mem_bytes),
                         bytes(needed_bytes)
                     ),
@@ -168,28 +228,47 @@ impl Misfit {
                         bytes(needed_bytes)
                     ),
                 };
-                let room = limit_bytes.saturating_sub(held);
-                let largest_work_mem_kb = room / u64::from(max_connections.max(1)) / 1024;
-                let lower = if largest_work_mem_kb == 0 {
-                    "the server already holds the whole limit before any query runs: close \
-                     idle connections (each holds memory) and lower max_connections"
-                        .to_owned()
-                } else {
+                let limit = if limited_by_container {
                     format!(
-                        "lower work_mem to {largest_work_mem_kb}kB or less, or max_connections \
-                         to {} or less",
-                        room / work_mem_bytes.max(1)
+                        "what the container leaves, {} (cgroup limit − shared memory − reserve, \
+                         below OOM_GUARD_LIMIT),",
+                        bytes(limit_bytes)
                     )
+                } else {
+                    format!("the limit {}", bytes(limit_bytes))
                 };
-                let raise = if limit_from_environment {
+                let consequence = if enforcing && !limited_by_container {
+                    "queries get ERROR: out of memory"
+                } else if enforcing {
+                    "the kernel's numbers tighten the guard and queries get ERROR: out of memory, \
+                     or the kernel's OOM killer acts first"
+                } else {
+                    "the guard only reports (report mode) and the kernel's OOM killer decides"
+                };
+                let room = limit_bytes.saturating_sub(idle_bytes.unwrap_or(0));
+                let largest_work_mem_kb = room / u64::from(max_connections.max(1)) / 1024;
+                let most_connections = room / work_mem_bytes.max(1);
+                let lower = match (
+                    largest_work_mem_kb >= MIN_WORK_MEM_KB,
+                    most_connections >= MIN_MAX_CONNECTIONS,
+                ) {
+                    (true, true) => format!(
+                        "lower work_mem to {largest_work_mem_kb}kB or less, or max_connections \
+                         to {most_connections} or less"
+                    ),
+                    (true, false) => format!("lower work_mem to {largest_work_mem_kb}kB or less"),
+                    (false, _) => "what the server holds idle leaves no room for work_mem: close \
+                                   idle connections (each holds memory) and lower max_connections"
+                        .to_owned(),
+                };
+                let raise = if limit_from_environment && !limited_by_container {
                     "raise OOM_GUARD_LIMIT if the container has the memory"
                 } else {
                     "raise the container's memory limit"
                 };
                 format!(
-                    "the limit {} is below {what}: when every connection sorts or hashes at \
-                     once, queries get ERROR: out of memory. Fix: {lower}; or {raise}",
-                    bytes(limit_bytes)
+                    "{limit} is below {what}: when every connection sorts or hashes at once, \
+                     {consequence}. Fix: {lower}; or {raise}"
                 )
             }
         }
@@ -247,91 +326,203 @@ mod tests {
         })
     }
 
+    /// A 768 MiB container: 551 MiB derived.
+    fn container() -> LimitInputsSnapshot {
+        inputs(768 * MIB, 140 * MIB, 77 * MIB)
+    }
+
+    fn config<'a>(
+        inputs: &'a LimitInputsSnapshot,
+        limit: u64,
+        idle: Option<u64>,
+        server: Option<ServerSettingsSnapshot>,
+    ) -> Configuration<'a> {
+        Configuration {
+            limit_bytes: Some(limit),
+            limit_source: "derived",
+            inputs,
+            idle_bytes: idle,
+            enforcing: true,
+            server,
+        }
+    }
+
+    fn process(kind: &'static str, bytes: i64) -> ProcessSnapshot {
+        ProcessSnapshot {
+            pid: 1,
+            kind,
+            title: String::new(),
+            bytes,
+            peak_bytes: bytes,
+            allocations: 0,
+            denials: 0,
+            denied_bytes: 0,
+            last_denied_size: 0,
+            overlimit_reports: 0,
+            budget_bytes: None,
+            budget_source: oomguard_core::budget::BudgetSource::None,
+            last_refusal_cause: oomguard_core::budget::RefusalCause::None,
+        }
+    }
+
+    #[test]
+    fn the_idle_server_is_its_helpers_and_every_session_at_the_smallest_ones_size() {
+        let processes = [
+            process("postmaster", 3 * MIB as i64),
+            process("checkpointer", MIB as i64),
+            process("client backend", 200 * MIB as i64), // busy sorting
+            process("client backend", 2 * MIB as i64),
+            process("client backend", 5 * MIB as i64),
+            process("parallel worker", 90 * MIB as i64),
+            process("autovacuum worker", 60 * MIB as i64),
+            process("walsender", 4 * MIB as i64),
+        ];
+        assert_eq!(idle_bytes(&processes), (3 + 1 + 3 * 2 + 4) * MIB);
+        assert_eq!(idle_bytes(&[]), 0);
+    }
+
     #[test]
     fn a_configuration_that_fits_gets_no_warning() {
-        let inputs = inputs(768 * MIB, 140 * MIB, 77 * MIB);
-        let config = Configuration {
-            limit_bytes: Some(551 * MIB),
-            limit_source: "derived",
-            inputs: &inputs,
-            held_bytes: Some(20 * MIB),
-            server: server(4 * MIB, 100),
-        };
-        assert_eq!(check(&config), []);
+        let inputs = container();
+        let fits = config(&inputs, 551 * MIB, Some(20 * MIB), server(4 * MIB, 100));
+        assert_eq!(check(&fits), []);
+        assert_eq!(
+            check(&Configuration {
+                server: None,
+                ..fits
+            }),
+            [],
+            "unknown settings are no misfit"
+        );
     }
 
     #[test]
     fn connections_that_do_not_fit_are_named_with_the_numbers_and_the_fix() {
-        let inputs = inputs(768 * MIB, 140 * MIB, 77 * MIB);
-        let config = Configuration {
-            limit_bytes: Some(551 * MIB),
-            limit_source: "derived",
-            inputs: &inputs,
-            held_bytes: Some(31 * MIB),
-            server: server(64 * MIB, 100),
-        };
-        let misfits = check(&config);
+        let small = container();
+        let busy = config(&small, 551 * MIB, Some(31 * MIB), server(64 * MIB, 100));
+        let misfits = check(&busy);
         assert_eq!(
             misfits,
             [Misfit::ConnectionsDoNotFit {
                 limit_bytes: 551 * MIB,
-                held_bytes: Some(31 * MIB),
+                limited_by_container: false,
+                idle_bytes: Some(31 * MIB),
                 work_mem_bytes: 64 * MIB,
                 max_connections: 100,
                 needed_bytes: 6431 * MIB,
                 limit_from_environment: false,
+                enforcing: true,
             }]
         );
         let message = misfits[0].message();
         // 520 MiB left for 100 connections: 5324 kB each, or 8 connections of 64 MiB.
         for expected in [
-            "551.0 MiB",
-            "31.0 MiB",
+            "the limit 551.0 MiB is below what the server holds idle (31.0 MiB)",
             "64.0 MiB",
             "max_connections (100)",
+            "queries get ERROR: out of memory",
             "work_mem to 5324kB",
             "max_connections to 8 ",
             "raise the container's memory limit",
         ] {
             assert!(message.contains(expected), "{expected:?} in {message}");
         }
-        // Just fitting is not a misfit.
+        // Just fitting is not a misfit (in a container that leaves that much).
+        let large = inputs(16 << 30, 140 * MIB, 77 * MIB);
         let fits = Configuration {
             limit_bytes: Some(31 * MIB + 6400 * MIB),
-            ..config
+            inputs: &large,
+            ..busy
         };
         assert_eq!(check(&fits), []);
     }
 
     #[test]
-    fn a_limit_the_server_already_fills_says_so() {
-        let inputs = inputs(768 * MIB, 140 * MIB, 77 * MIB);
+    fn the_advice_never_names_a_value_postgresql_rejects() {
+        let inputs = container();
+        // 551 − 531 = 20 MiB for 100 connections: 204 kB each, but not 0 connections of 64 MiB.
+        let message = check(&config(
+            &inputs,
+            551 * MIB,
+            Some(531 * MIB),
+            server(64 * MIB, 100),
+        ))[0]
+            .message();
+        assert!(message.contains("work_mem to 204kB or less;"), "{message}");
+        assert!(!message.contains("max_connections to"), "{message}");
+        // 551 − 550 = 1 MiB for 100 connections: 10 kB, below PostgreSQL's 64 kB.
+        let message = check(&config(
+            &inputs,
+            551 * MIB,
+            Some(550 * MIB),
+            server(4 * MIB, 100),
+        ))[0]
+            .message();
+        assert!(message.contains("leaves no room for work_mem"), "{message}");
+        assert!(!message.contains("kB or less"), "{message}");
+        let message = check(&config(
+            &inputs,
+            551 * MIB,
+            Some(600 * MIB),
+            server(4 * MIB, 10),
+        ))[0]
+            .message();
+        assert!(message.contains("leaves no room for work_mem"), "{message}");
+    }
+
+    #[test]
+    fn an_environment_limit_above_what_the_container_leaves_is_compared_as_the_container() {
+        let inputs = container();
         let config = Configuration {
-            limit_bytes: Some(100 * MIB),
             limit_source: crate::run::LIMIT_ENV,
-            inputs: &inputs,
-            held_bytes: Some(120 * MIB),
-            server: server(4 * MIB, 10),
+            ..config(&inputs, 8 << 30, Some(20 * MIB), server(16 * MIB, 100))
         };
-        let message = check(&config)[0].message();
+        let misfits = check(&config);
+        let Misfit::ConnectionsDoNotFit {
+            limit_bytes,
+            limited_by_container,
+            ..
+        } = misfits[0]
+        else {
+            panic!("{misfits:?}");
+        };
+        assert_eq!((limit_bytes, limited_by_container), (551 * MIB, true));
+        let message = misfits[0].message();
         assert!(
-            message.contains("already holds the whole limit"),
+            message.contains("what the container leaves, 551.0 MiB")
+                && message.contains("raise the container's memory limit"),
             "{message}"
         );
-        assert!(message.contains("raise OOM_GUARD_LIMIT"), "{message}");
+        // An environment limit below it is compared as it is.
+        let small = Configuration {
+            limit_bytes: Some(256 * MIB),
+            ..config
+        };
+        let message = check(&small)[0].message();
+        assert!(
+            message.starts_with("the limit 256.0 MiB") && message.contains("raise OOM_GUARD_LIMIT"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn in_report_mode_the_consequence_is_the_kernels() {
+        let inputs = container();
+        let report = Configuration {
+            enforcing: false,
+            ..config(&inputs, 551 * MIB, Some(20 * MIB), server(64 * MIB, 100))
+        };
+        let message = check(&report)[0].message();
+        assert!(
+            message.contains("only reports (report mode)") && !message.contains("ERROR"),
+            "{message}"
+        );
     }
 
     #[test]
     fn without_a_server_work_mem_times_connections_is_checked_alone() {
-        let inputs = inputs(768 * MIB, 140 * MIB, 77 * MIB);
-        let config = Configuration {
-            limit_bytes: Some(551 * MIB),
-            limit_source: "derived",
-            inputs: &inputs,
-            held_bytes: None,
-            server: server(16 * MIB, 100),
-        };
-        let message = check(&config)[0].message();
+        let inputs = container();
+        let message = check(&config(&inputs, 551 * MIB, None, server(16 * MIB, 100)))[0].message();
         assert!(
             message.contains("= 1.6 GiB, before what the server itself holds"),
             "{message}"
@@ -343,10 +534,7 @@ mod tests {
         let inputs = inputs(512 * MIB, 460 * MIB, 64 * MIB);
         let config = Configuration {
             limit_bytes: None,
-            limit_source: "derived",
-            inputs: &inputs,
-            held_bytes: Some(10 * MIB),
-            server: server(4 * MIB, 100),
+            ..config(&inputs, 0, Some(10 * MIB), server(4 * MIB, 100))
         };
         let misfits = check(&config);
         assert_eq!(
@@ -356,6 +544,7 @@ mod tests {
                 shared_memory_bytes: 460 * MIB,
                 reserve_bytes: 64 * MIB,
                 limit_from_environment: false,
+                enforcing: true,
             }],
             "no limit: nothing to compare the connections with"
         );
@@ -390,7 +579,8 @@ mod tests {
             limit_bytes: Some(300 * MIB),
             limit_source: crate::run::LIMIT_ENV,
             inputs: &inputs,
-            held_bytes: None,
+            idle_bytes: None,
+            enforcing: true,
             server: None,
         });
         let json = serde_json::to_value(&warnings).unwrap();

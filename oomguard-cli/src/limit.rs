@@ -499,11 +499,18 @@ pub fn predict(
         Some(bytes) => (Some(bytes), crate::run::LIMIT_ENV),
         None => (derived, "derived"),
     };
+    // The guard enforces unless told to report (or to stay off); a bad value is `run`'s to
+    // name, and the guard would fall back to reporting.
+    let enforcing = match text_var(get, "OOM_GUARD_MODE")? {
+        Some(mode) => mode.trim().eq_ignore_ascii_case("enforce"),
+        None => true,
+    };
     let warnings = fit::warnings(&fit::Configuration {
         limit_bytes,
         limit_source,
         inputs: &inputs,
-        held_bytes: None,
+        idle_bytes: None,
+        enforcing,
         server: postgres.as_ref().map(|pg| pg.server),
     });
     Ok(LimitReport {

@@ -108,7 +108,8 @@ pub fn configuration(s: &Snapshot) -> fit::Configuration<'_> {
         limit_bytes: s.limit_bytes,
         limit_source: s.limit_source,
         inputs: &s.limit_inputs,
-        held_bytes: Some(s.total_bytes.max(0) as u64),
+        idle_bytes: Some(fit::idle_bytes(&s.processes)),
+        enforcing: s.mode == "enforce",
         server: s.server_settings,
     }
 }

@@ -44,23 +44,25 @@ fn warnings(domain: &Value) -> &Vec<Value> {
         .unwrap_or_else(|| panic!("no warnings array: {domain:#}"))
 }
 
-/// Sets `work_mem` server-wide (`ALTER SYSTEM`, reload) and waits until a new session starts with
-/// it: a new backend is a fork of the postmaster, which then has reloaded.
-fn set_work_mem(guarded: &GuardedCluster, client: &mut Client, value: &str) {
+/// Sets `work_mem` server-wide (`ALTER SYSTEM`, reload) and waits until the guard has recorded
+/// `bytes` for it: each new session is a fork of the postmaster, which records what it has, so
+/// sessions are opened until one was forked after the postmaster reloaded.
+fn set_work_mem(guarded: &GuardedCluster, client: &mut Client, value: &str, bytes: u64) {
     client
         .batch_execute(&format!("ALTER SYSTEM SET work_mem = '{value}'"))
         .unwrap();
     client.batch_execute("SELECT pg_reload_conf()").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut session = guarded.cluster.connect().unwrap();
-        let shown: String = session.query_one("SHOW work_mem", &[]).unwrap().get(0);
-        if shown == value {
+        drop(guarded.cluster.connect().unwrap());
+        let (status, _) = json_and_text(guarded, "status");
+        let recorded = &status[0]["server_settings"]["work_mem_bytes"];
+        if *recorded == bytes {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "new sessions still have work_mem {shown}, not {value}, 30 s after the reload"
+            "the guard still records work_mem {recorded}, not {bytes}, 30 s after the reload"
         );
     }
 }
@@ -85,7 +87,7 @@ fn connections_that_cannot_fit_the_limit_are_warned_about_and_a_reload_is_follow
     assert_eq!(warnings(domain).len(), 0, "{text}");
     assert!(!text.contains("WARNING"), "{text}");
 
-    set_work_mem(&guarded, &mut client, "64MB");
+    set_work_mem(&guarded, &mut client, "64MB", 64 * MIB);
     let (status, text) = json_and_text(&guarded, "status");
     let domain = &status[0];
     assert_eq!(domain["server_settings"]["work_mem_bytes"], 64 * MIB);
@@ -95,11 +97,16 @@ fn connections_that_cannot_fit_the_limit_are_warned_about_and_a_reload_is_follow
     assert_eq!(warning["kind"], "connections_do_not_fit");
     assert_eq!(warning["limit_bytes"], 256 * MIB);
     assert_eq!(warning["limit_from_environment"], true);
-    let held = warning["held_bytes"].as_u64().unwrap();
-    assert!(held > 0, "the postmaster and this session hold something");
-    assert_eq!(warning["needed_bytes"], held + 20 * 64 * MIB);
+    let idle = warning["idle_bytes"].as_u64().unwrap();
+    let total = domain["total_bytes"].as_u64().unwrap();
     assert!(
-        text.contains("WARNING  the limit 256.0 MiB is below what the server holds now")
+        idle > 0 && idle <= total,
+        "the postmaster, its helpers and this session hold something, at most the total: \
+         {idle} of {total}"
+    );
+    assert_eq!(warning["needed_bytes"], idle + 20 * 64 * MIB);
+    assert!(
+        text.contains("WARNING  the limit 256.0 MiB is below what the server holds idle")
             && text.contains("max_connections (20)")
             && text.contains("raise OOM_GUARD_LIMIT"),
         "{text}"
@@ -134,7 +141,7 @@ fn connections_that_cannot_fit_the_limit_are_warned_about_and_a_reload_is_follow
     drop(exporter);
 
     // The operator follows the advice.
-    set_work_mem(&guarded, &mut client, "1MB");
+    set_work_mem(&guarded, &mut client, "1MB", MIB);
     let (status, text) = json_and_text(&guarded, "status");
     assert_eq!(status[0]["server_settings"]["work_mem_bytes"], MIB);
     assert_eq!(warnings(&status[0]).len(), 0, "{text}");

@@ -414,7 +414,7 @@ fn data_dir_asks_postgres_for_shared_memory() {
     assert_eq!(warning["kind"], "connections_do_not_fit", "{json:#}");
     assert_eq!(warning["work_mem_bytes"], 64 * MIB);
     assert_eq!(warning["max_connections"], 30);
-    assert_eq!(warning["held_bytes"], serde_json::Value::Null);
+    assert_eq!(warning["idle_bytes"], serde_json::Value::Null);
     assert_eq!(warning["needed_bytes"], 30 * 64 * MIB);
     let text = limit(segments.path(), &root, &[], &["--data-dir", &data_dir]);
     assert!(
