@@ -403,15 +403,23 @@ pub fn render(status: &DomainStatus) -> String {
             human_bytes(s.unslotted_bytes)
         );
     }
+    // As wide as the longest kind shown ("logical replication launcher" is 28 characters).
+    let kind_width = s
+        .processes
+        .iter()
+        .map(|p| p.kind.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(18);
     let _ = writeln!(
         out,
-        "\n{:>8}  {:<18} {:>11} {:>11} {:>8}  {:<20} {:<14}  COMMAND",
+        "\n{:>8}  {:<kind_width$} {:>11} {:>11} {:>8}  {:<20} {:<14}  COMMAND",
         "PID", "KIND", "CURRENT", "PEAK", "REFUSED", "BUDGET", "LAST REFUSAL"
     );
     for p in &s.processes {
         let _ = writeln!(
             out,
-            "{:>8}  {:<18} {:>11} {:>11} {:>8}  {:<20} {:<14}  {}",
+            "{:>8}  {:<kind_width$} {:>11} {:>11} {:>8}  {:<20} {:<14}  {}",
             p.pid,
             p.kind,
             human_bytes(p.bytes),
@@ -608,6 +616,27 @@ mod tests {
         let read = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
         assert_eq!(read, 0);
         now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
+    #[test]
+    fn the_table_stays_aligned_with_the_longest_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut status, _lock) = domain_after_refusals(dir.path());
+        let mut launcher = process(None, BudgetSource::None);
+        launcher.kind = "logical replication launcher";
+        launcher.title = "postgres: logical replication launcher".to_owned();
+        status.snapshot.processes = vec![process(None, BudgetSource::None), launcher];
+        let text = render(&status);
+        let column = |line: &str, text: &str| line.find(text).map(|at| line[..at].chars().count());
+        let header = text.lines().find(|l| l.contains("COMMAND")).unwrap();
+        let command = column(header, "COMMAND");
+        for p in &status.snapshot.processes {
+            let row = text
+                .lines()
+                .find(|line| line.ends_with(&p.title))
+                .unwrap_or_else(|| panic!("no row for {}:\n{text}", p.title));
+            assert_eq!(column(row, &p.title), command, "\n{text}");
+        }
     }
 
     #[test]
