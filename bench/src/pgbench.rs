@@ -62,8 +62,6 @@ pub struct Script {
     pub set: &'static str,
     /// The query, with `:name` where the variable goes.
     pub query: &'static str,
-    /// Its variable's name.
-    pub variable: &'static str,
     /// What `EXPLAIN (ANALYZE)` of the query must print, on both servers, before the mode is
     /// timed (a server without LLVM runs no JIT, one without free worker slots no workers: the
     /// mode would then measure something else).
@@ -92,6 +90,11 @@ impl Mode {
 }
 
 impl Script {
+    /// The name its `\set` line gives the variable.
+    fn variable(&self) -> &str {
+        self.set.split_whitespace().nth(1).unwrap_or_default()
+    }
+
     /// The script file's text.
     fn text(&self) -> String {
         format!("{}\n{};\n", self.set, self.query)
@@ -138,7 +141,6 @@ pub const MODES: [Mode; 6] = [
                       -c parallel_tuple_cost=0 -c min_parallel_table_scan_size=0",
             set: "\\set bid random(1, :scale)",
             query: "SELECT count(*), sum(bbalance) FROM pgbench_branches WHERE bid <> :bid",
-            variable: "bid",
             proof: "Workers Launched: 2",
         }),
     },
@@ -152,7 +154,6 @@ pub const MODES: [Mode; 6] = [
             set: "\\set tid random(1, 10 * :scale)",
             query:
                 "SELECT sum(tbalance * 2 + tid), max(bid) FROM pgbench_tellers WHERE tid <> :tid",
-            variable: "tid",
             proof: "JIT:",
         }),
     },
@@ -618,7 +619,9 @@ fn prove(cluster: &Cluster, script: &Script) -> Result<(), String> {
             .batch_execute(&format!("SET {name} = '{value}'"))
             .map_err(err)?;
     }
-    let query = script.query.replace(&format!(":{}", script.variable), "1");
+    let query = script
+        .query
+        .replace(&format!(":{}", script.variable()), "1");
     let plan: Vec<String> = client
         .query(&format!("EXPLAIN (ANALYZE) {query}"), &[])
         .map_err(err)?

@@ -38,7 +38,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::fit::Misfit;
 use crate::segment::{self, Liveness, SegmentError, Snapshot};
 
 /// Where the exporter listens unless `--listen` or [`LISTEN_ENV`] says otherwise. Port 10187:
@@ -351,21 +350,13 @@ impl Families {
         let misfits: Vec<(Labels, i64)> = domains
             .iter()
             .flat_map(|(name, s)| {
-                let found = crate::fit::check(&crate::status::configuration(s));
-                let judged = [
-                    s.limit_inputs.cgroup_limit_bytes.is_some(),
-                    s.server_settings.is_some() && s.limit_bytes.is_some(),
-                ];
-                Misfit::KINDS
+                crate::fit::verdicts(&crate::status::configuration(s))
                     .into_iter()
-                    .zip(judged)
-                    .filter(|&(_, judged)| judged)
-                    .map(move |(kind, _)| {
+                    .map(move |(kind, misfit)| {
                         let mut labels = domain_label(name);
                         labels.push(("kind", kind.to_owned()));
-                        (labels, i64::from(found.iter().any(|m| m.kind() == kind)))
+                        (labels, i64::from(misfit))
                     })
-                    .collect::<Vec<_>>()
             })
             .collect();
         // Every cause for every domain, zeros included: an alert on one cause must see the

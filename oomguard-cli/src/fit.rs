@@ -25,6 +25,7 @@
 //! `max_connections` at each fork), or from `postgres -C` for `oomguard limit --data-dir`, where
 //! no server runs and what it holds idle is left out.
 
+use oomguard_core::ProcessKind;
 use serde::Serialize;
 
 use crate::segment::{LimitInputsSnapshot, ProcessSnapshot, ServerSettingsSnapshot};
@@ -96,20 +97,21 @@ pub struct Configuration<'a> {
 /// background-worker jobs) not at all.
 pub fn idle_bytes(processes: &[ProcessSnapshot]) -> u64 {
     let size = |p: &ProcessSnapshot| p.bytes.max(0) as u64;
-    let sessions: Vec<u64> = processes
+    let is_session = |p: &&ProcessSnapshot| p.kind == ProcessKind::ClientBackend.name();
+    let runs_and_goes = |p: &ProcessSnapshot| {
+        [
+            ProcessKind::ParallelWorker,
+            ProcessKind::AutovacuumWorker,
+            ProcessKind::BackgroundWorker,
+        ]
         .iter()
-        .filter(|p| p.kind == "client backend")
-        .map(size)
-        .collect();
+        .any(|kind| p.kind == kind.name())
+    };
+    let sessions: Vec<u64> = processes.iter().filter(is_session).map(size).collect();
     let smallest_session = sessions.iter().copied().min().unwrap_or(0);
     let others: u64 = processes
         .iter()
-        .filter(|p| {
-            !matches!(
-                p.kind,
-                "client backend" | "parallel worker" | "autovacuum worker" | "background worker"
-            )
-        })
+        .filter(|p| !is_session(p) && !runs_and_goes(p))
         .map(size)
         .sum();
     others.saturating_add(smallest_session.saturating_mul(sessions.len() as u64))
@@ -117,45 +119,61 @@ pub fn idle_bytes(processes: &[ProcessSnapshot]) -> u64 {
 
 /// Every misfit of `config`, most basic first.
 pub fn check(config: &Configuration<'_>) -> Vec<Misfit> {
-    let from_environment = config.limit_source == crate::run::LIMIT_ENV;
-    let mut misfits = Vec::new();
+    judge(config).into_iter().flatten().flatten().collect()
+}
+
+/// Every kind ([`Misfit::KINDS`]) whose inputs `config` knows, with whether it misfits: what
+/// the exporter serves, so that a kind not judged yet is absent rather than read as "fits".
+pub fn verdicts(config: &Configuration<'_>) -> Vec<(&'static str, bool)> {
+    Misfit::KINDS
+        .into_iter()
+        .zip(judge(config))
+        .filter_map(|(kind, verdict)| verdict.map(|misfit| (kind, misfit.is_some())))
+        .collect()
+}
+
+/// Each kind's verdict, in [`Misfit::KINDS`] order: `None` while its inputs are not known,
+/// `Some(None)` when it fits.
+fn judge(config: &Configuration<'_>) -> [Option<Option<Misfit>>; 2] {
+    [no_room_left(config), connections_do_not_fit(config)]
+}
+
+fn no_room_left(config: &Configuration<'_>) -> Option<Option<Misfit>> {
     let inputs = config.inputs;
-    if let (Some(cgroup), Some(reserve)) = (inputs.cgroup_limit_bytes, inputs.reserve_bytes) {
-        let shared = inputs.shared_memory_subtracted();
-        if shared.saturating_add(reserve) >= cgroup {
-            misfits.push(Misfit::NoRoomLeft {
-                cgroup_limit_bytes: cgroup,
-                shared_memory_bytes: shared,
-                reserve_bytes: reserve,
-                limit_from_environment: from_environment,
-                enforcing: config.enforcing,
-            });
-        }
-    }
-    if let (Some(limit), Some(server)) = (config.limit_bytes, config.server) {
-        // Past what the container leaves, the kernel decides whatever OOM_GUARD_LIMIT says.
-        let (limit, limited_by_container) = match inputs.derived_bytes() {
-            Some(room) if room < limit => (room, true),
-            _ => (limit, false),
-        };
-        let connections = server
-            .work_mem_bytes
-            .saturating_mul(u64::from(server.max_connections));
-        let needed = connections.saturating_add(config.idle_bytes.unwrap_or(0));
-        if limit < needed {
-            misfits.push(Misfit::ConnectionsDoNotFit {
-                limit_bytes: limit,
-                limited_by_container,
-                idle_bytes: config.idle_bytes,
-                work_mem_bytes: server.work_mem_bytes,
-                max_connections: server.max_connections,
-                needed_bytes: needed,
-                limit_from_environment: from_environment,
-                enforcing: config.enforcing,
-            });
-        }
-    }
-    misfits
+    let (cgroup, reserve) = (inputs.cgroup_limit_bytes?, inputs.reserve_bytes?);
+    let shared = inputs.shared_memory_subtracted();
+    Some(
+        (shared.saturating_add(reserve) >= cgroup).then(|| Misfit::NoRoomLeft {
+            cgroup_limit_bytes: cgroup,
+            shared_memory_bytes: shared,
+            reserve_bytes: reserve,
+            limit_from_environment: config.limit_source == crate::run::LIMIT_ENV,
+            enforcing: config.enforcing,
+        }),
+    )
+}
+
+fn connections_do_not_fit(config: &Configuration<'_>) -> Option<Option<Misfit>> {
+    let (limit, server) = (config.limit_bytes?, config.server?);
+    // Past what the container leaves, the kernel decides whatever OOM_GUARD_LIMIT says.
+    let (limit, limited_by_container) = match config.inputs.derived_bytes() {
+        Some(room) if room < limit => (room, true),
+        _ => (limit, false),
+    };
+    let connections = server
+        .work_mem_bytes
+        .saturating_mul(u64::from(server.max_connections));
+    let needed = connections.saturating_add(config.idle_bytes.unwrap_or(0));
+    Some((limit < needed).then(|| Misfit::ConnectionsDoNotFit {
+        limit_bytes: limit,
+        limited_by_container,
+        idle_bytes: config.idle_bytes,
+        work_mem_bytes: server.work_mem_bytes,
+        max_connections: server.max_connections,
+        needed_bytes: needed,
+        limit_from_environment: config.limit_source == crate::run::LIMIT_ENV,
+        enforcing: config.enforcing,
+    }))
 }
 
 fn bytes(value: u64) -> String {

@@ -45,22 +45,18 @@ fn allocate(
     let block = allocate();
     if !block.is_null() {
         // SAFETY: a live block from glibc; `thread` is this thread's state.
-        unsafe {
-            (*thread).credit -= real::block_size(block) as i64;
-            (*thread).pending_allocations += 1;
-        }
+        unsafe { charge(thread, block) };
     }
     block
 }
 
-/// Charges a block glibc just handed out to the calling thread's credit.
+/// Charges a block glibc just handed out to `thread`'s credit.
 ///
 /// # Safety
-/// `block` must be a live, non-null glibc block.
+/// `block` must be a live, non-null glibc block; `thread` the calling thread's state.
 #[inline(always)]
-unsafe fn charge(block: *mut c_void) {
-    let thread = tls::current();
-    // SAFETY: forwarded contract; `thread` is this thread's state.
+unsafe fn charge(thread: *mut tls::ThreadState, block: *mut c_void) {
+    // SAFETY: forwarded contract.
     unsafe {
         (*thread).credit -= real::block_size(block) as i64;
         (*thread).pending_allocations += 1;
@@ -95,7 +91,7 @@ fn allocate_slowly(
                 guard::release_excess(thread);
             }
         } else {
-            charge(block);
+            charge(thread, block);
             guard::record_peaks();
         }
         block
