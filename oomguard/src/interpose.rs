@@ -13,6 +13,7 @@ use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
 
 use crate::guard::{self, RELEASE_ABOVE};
+use crate::tls::Local;
 use crate::{errno, real, tls};
 
 /// Whether `credit` covers `request` bytes. One signed compare: a request of 2^63 bytes or more
@@ -28,39 +29,24 @@ fn covered(credit: i64, request: usize) -> bool {
 /// The fast path reads no global state, only the thread's credit: a thread has credit only from
 /// reservations made while the guard is active, or from frees, and moving the credit of a thread
 /// that is not accounting (off mode, before start, after exit) touches nothing shared. The
-/// thread's state stays in a callee-saved register across the call into glibc: its save and
-/// restore are two instructions, and the stack must be realigned for the call anyway, where
-/// looking the state up again would cost two more. Everything else is in [`allocate_slowly`].
+/// thread's state is looked up again after the call into glibc (one load, see `tls::Local`)
+/// rather than kept in a register that would have to be saved and restored. Everything else is
+/// in [`allocate_slowly`].
 #[inline(always)]
 fn allocate(
     request: usize,
     call: &'static str,
     allocate: impl FnOnce() -> *mut c_void,
 ) -> *mut c_void {
-    let thread = tls::current();
-    // SAFETY: `thread` is this thread's state.
-    if !covered(unsafe { (*thread).credit }, request) {
+    if !Local::get().covers(request) {
         return allocate_slowly(request, call, allocate);
     }
     let block = allocate();
     if !block.is_null() {
-        // SAFETY: a live block from glibc; `thread` is this thread's state.
-        unsafe { charge(thread, block) };
+        // SAFETY: a live block from glibc; the state is this thread's.
+        unsafe { Local::get().charge(real::block_size(block)) };
     }
     block
-}
-
-/// Charges a block glibc just handed out to `thread`'s credit.
-///
-/// # Safety
-/// `block` must be a live, non-null glibc block; `thread` the calling thread's state.
-#[inline(always)]
-unsafe fn charge(thread: *mut tls::ThreadState, block: *mut c_void) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        (*thread).credit -= real::block_size(block) as i64;
-        (*thread).pending_allocations += 1;
-    }
 }
 
 /// An allocation the credit does not cover, or one made before the guard started or in off mode.
@@ -91,7 +77,7 @@ fn allocate_slowly(
                 guard::release_excess(thread);
             }
         } else {
-            charge(thread, block);
+            Local::get().charge(real::block_size(block));
             guard::record_peaks();
         }
         block
@@ -132,12 +118,9 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     }
     // No check of the guard's state: crediting a thread that is not accounting is harmless
     // (`release_excess` resets it), and the check would cost every free two instructions.
-    let thread = tls::current();
-    // SAFETY: the caller passes a live block, freed right after; `thread` is this thread's state.
+    // SAFETY: the caller passes a live block, freed right after; the state is this thread's.
     unsafe {
-        let credit = (*thread).credit + real::block_size(ptr) as i64;
-        (*thread).credit = credit;
-        if credit > RELEASE_ABOVE {
+        if Local::get().credit_past_release(real::block_size(ptr)) {
             return free_and_release(ptr);
         }
         real::free(ptr);
@@ -165,60 +148,55 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return unsafe { malloc(size) };
     }
     // As in `allocate`: a shrink, or growth the thread's credit covers, reads no global state.
-    let thread = tls::current();
-    // SAFETY: `ptr` is live until glibc's realloc frees or moves it; `thread` is this thread's
-    // state.
+    // realloc(p, 0), which frees p in glibc, goes the slow way: here a NULL result then always
+    // means that glibc failed and the block stays as it was, so `size` need not outlive the call.
+    // SAFETY: `ptr` is live until glibc's realloc frees or moves it.
+    // The growth is not saturated: a shrink's reads as negative, which any credit not lower
+    // still covers (and the slow path works out the real need).
     unsafe {
         let old = real::block_size(ptr);
-        let growth = size.saturating_sub(old);
-        if !covered((*thread).credit, growth) {
-            return realloc_slowly(ptr, size, old, growth);
+        if size == 0 || !Local::get().covers(size.wrapping_sub(old)) {
+            return realloc_slowly(ptr, size, old);
         }
         let block = real::realloc(ptr, size);
-        settle_realloc(thread, block, size, old);
+        if !block.is_null() {
+            settle_resized(block, old);
+        }
         block
     }
 }
 
-/// Moves the thread's credit by what a realloc of a block of `old` bytes to `size` changed,
-/// once glibc returned `block`. `thread` is kept from before the call, in a register `realloc`
-/// saves anyway (as in `allocate`).
+/// Moves the thread's credit by what a successful realloc of a block of `old` bytes changed:
+/// the new block is charged as an allocation, the old one credited as a free.
 ///
 /// # Safety
-/// `block` must be glibc's result of that realloc; `thread` the calling thread's state.
+/// `block` must be glibc's non-null result of that realloc.
 #[inline(always)]
-unsafe fn settle_realloc(
-    thread: *mut tls::ThreadState,
-    block: *mut c_void,
-    size: usize,
-    old: usize,
-) {
-    // SAFETY: forwarded contract.
+unsafe fn settle_resized(block: *mut c_void, old: usize) {
+    // `old` is what `realloc` keeps across glibc's call: the state's offset is loaded again.
+    let local = Local::reload();
+    // SAFETY: forwarded contract; the state is this thread's.
     unsafe {
-        if !block.is_null() {
-            (*thread).credit += old as i64 - real::block_size(block) as i64;
-            (*thread).pending_allocations += 1;
-        } else if size == 0 {
-            // glibc's realloc(p, 0) frees p and returns NULL.
-            (*thread).credit += old as i64;
-        }
-        if (*thread).credit > RELEASE_ABOVE {
-            guard::release_excess(thread);
+        local.charge(real::block_size(block));
+        if local.credit_past_release(old) {
+            guard::release_excess(tls::current());
         }
     }
 }
 
-/// Growth of `growth` bytes the credit does not cover (or a realloc before the guard started).
+/// Growth the credit does not cover, a realloc to 0 bytes, or a realloc before the guard
+/// started.
 ///
 /// # Safety
-/// As [`realloc`]; `old` is the block's size, `growth` what `size` adds to it.
+/// As [`realloc`]; `old` is the block's size.
 #[cold]
 #[inline(never)]
-unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize, growth: usize) -> *mut c_void {
+unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize) -> *mut c_void {
     if !guard::active_or_started() {
         // SAFETY: forwarded contract.
         return unsafe { real::realloc(ptr, size) };
     }
+    let growth = size.saturating_sub(old);
     let thread = tls::current();
     // SAFETY: as in `allocate_slowly`.
     unsafe {
@@ -227,9 +205,12 @@ unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize, growth: usiz
             return null_mut();
         }
         let block = real::realloc(ptr, size);
-        settle_realloc(thread, block, size, old);
         if !block.is_null() {
+            settle_resized(block, old);
             guard::record_peaks();
+        } else if size == 0 && Local::get().credit_past_release(old) {
+            // glibc's realloc(p, 0) frees p and returns NULL.
+            guard::release_excess(thread);
         }
         block
     }
