@@ -23,6 +23,7 @@ pub struct Pool<'a> {
 
 impl<'a> Pool<'a> {
     /// A pool over `view`, for a caller in PID namespace 0 ("unknown"; tests).
+    #[inline]
     pub fn new(view: SegmentView<'a>) -> Pool<'a> {
         Pool {
             view,
@@ -31,6 +32,7 @@ impl<'a> Pool<'a> {
     }
 
     /// The same pool for a caller in PID namespace `inode` (`/proc/self/ns/pid`).
+    #[inline]
     pub fn in_pid_namespace(self, inode: u64) -> Pool<'a> {
         Pool {
             pid_namespace: inode,
@@ -44,6 +46,7 @@ impl<'a> Pool<'a> {
     }
 
     /// The segment header.
+    #[inline]
     pub fn header(&self) -> &'a Header {
         self.view.header
     }
@@ -54,12 +57,14 @@ impl<'a> Pool<'a> {
     }
 
     /// The limit in bytes, 0 when none is set.
+    #[inline]
     pub fn limit(&self) -> u64 {
         self.view.header.limit_bytes.load(Relaxed)
     }
 
     /// Whether `bytes` more would keep the total within the limit (or no limit is set), as the
     /// total reads now.
+    #[inline]
     pub fn would_fit(&self, bytes: u64) -> bool {
         let limit = self.limit();
         limit == 0 || within_limit(self.view.header.total.load(Relaxed), bytes, limit).is_some()
@@ -67,6 +72,7 @@ impl<'a> Pool<'a> {
 
     /// Adds `bytes` to the total and to `slot` only if the total stays within the limit (or no
     /// limit is set). Returns whether it did.
+    #[inline]
     pub fn try_reserve(&self, slot: &Slot, bytes: u64) -> bool {
         let limit = self.limit();
         if limit == 0 {
@@ -94,6 +100,7 @@ impl<'a> Pool<'a> {
 
     /// Adds `bytes` to the total and to `slot` whatever the limit says (processes that are never
     /// refused, report mode, overdraft).
+    #[inline]
     pub fn reserve_regardless(&self, slot: &Slot, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
         let new_total = self
@@ -108,6 +115,7 @@ impl<'a> Pool<'a> {
     /// Peaks are not raised here but by [`Pool::record_peaks`] once the allocation the bytes
     /// were reserved for succeeded: a request glibc then fails (say `malloc(1 << 45)` in a
     /// process that is never refused) must not leave a peak of 32 TiB behind.
+    #[inline]
     fn after_reserve(&self, slot: &Slot, _new_total: i64, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
         slot.bytes.fetch_add(bytes, Relaxed);
@@ -115,6 +123,7 @@ impl<'a> Pool<'a> {
 
     /// Raises the domain's and `slot`'s peaks to their current totals. Called after an
     /// allocation that needed a reservation succeeded.
+    #[inline]
     pub fn record_peaks(&self, slot: &Slot) {
         raise_peak(
             &self.view.header.stats.peak,
@@ -160,6 +169,7 @@ impl<'a> Pool<'a> {
     /// Returns up to `bytes` from `slot` to the pool: never more than the slot holds. A forked
     /// child's frees of memory it inherited would otherwise lower the total although the parent
     /// still holds that memory (copy-on-write: the child's free even copies the page).
+    #[inline]
     pub fn release(&self, slot: &Slot, bytes: u64) {
         let bytes = clamp_to_i64(bytes);
         let mut held = slot.bytes.load(Relaxed);
@@ -359,21 +369,25 @@ impl<'a> Pool<'a> {
 
 /// Raises `peak` to `value`; the plain load first spares the (usual) case of no new peak a
 /// locked read-modify-write on a line other processes read.
+#[inline]
 fn raise_peak(peak: &AtomicI64, value: i64) {
     if value > peak.load(Relaxed) {
         peak.fetch_max(value, Relaxed);
     }
 }
 
+#[inline]
 fn clamp_to_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
+#[inline]
 fn add_signed(total: i64, bytes: u64) -> Option<i64> {
     total.checked_add(i64::try_from(bytes).ok()?)
 }
 
 /// `total + bytes`, if that stays within `limit` (a non-positive total always does).
+#[inline]
 fn within_limit(total: i64, bytes: u64, limit: u64) -> Option<i64> {
     add_signed(total, bytes).filter(|&new_total| new_total <= 0 || new_total as u64 <= limit)
 }

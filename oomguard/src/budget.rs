@@ -102,7 +102,10 @@ fn current(with_default: bool) -> (Option<Budget>, BudgetSource) {
 const MAX_SETTING_LEN: usize = 64;
 
 /// One stderr line per malformed value (not per reservation); `bytes`: its first
-/// [`MAX_SETTING_LEN`] + 1 bytes at most.
+/// [`MAX_SETTING_LEN`] + 1 bytes at most. Out of line: its line buffer would otherwise make
+/// every evaluation set up a kilobyte of stack.
+#[cold]
+#[inline(never)]
 fn complain_once(bytes: &[u8], error: BudgetError, default_applies: bool) {
     let shown = &bytes[..bytes.len().min(MAX_SETTING_LEN)];
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {

@@ -10,13 +10,15 @@
 //! over-counts the real allocations by at most 256 KiB per live thread of every guarded process,
 //! and never under-counts them. A single-threaded PostgreSQL backend contributes at most 256 KiB.
 
+use core::cell::UnsafeCell;
 use core::fmt::Write;
+use core::mem::MaybeUninit;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
 use oomguard_core::budget::{BudgetSource, RefusalCause};
 use oomguard_core::decide;
-use oomguard_core::layout::{Header, LimitSource, ModeReason, RefusalRecord, SegmentView, Slot};
+use oomguard_core::layout::{LimitSource, ModeReason, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
 
@@ -46,11 +48,8 @@ const ACTIVE: u8 = 2;
 const PASS_THROUGH: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINITIALISED);
-static HEADER: AtomicPtr<Header> = AtomicPtr::new(core::ptr::null_mut());
-static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
-static SLOT_COUNT: AtomicU64 = AtomicU64::new(0);
-static RECORDS: AtomicPtr<RefusalRecord> = AtomicPtr::new(core::ptr::null_mut());
-static RECORD_COUNT: AtomicU64 = AtomicU64::new(0);
+/// The attached segment and this process's PID namespace (see [`Attached`]).
+static ATTACHED: Attached = Attached(UnsafeCell::new(MaybeUninit::uninit()));
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 /// This process's [`RefuseScope`], as its index in [`SCOPES`].
@@ -63,7 +62,6 @@ static LAST_REAP_NS: AtomicU64 = AtomicU64::new(0);
 static LAST_REPORT_NS: AtomicU64 = AtomicU64::new(0);
 static UNREPORTED_REFUSALS: AtomicU64 = AtomicU64::new(0);
 static THREAD_EXIT_KEY: AtomicU64 = AtomicU64::new(u64::MAX);
-static OWN_PID_NAMESPACE: AtomicU64 = AtomicU64::new(0);
 /// Bytes of memory this process inherited at fork that it may still free: such frees release
 /// nothing (the parent still holds that memory, and the free even copies the page). Set at fork
 /// to the parent's reserved bytes plus what the parent itself still had inherited, an upper
@@ -133,7 +131,14 @@ fn initialise() -> bool {
         return false;
     };
     let header = view.header;
-    OWN_PID_NAMESPACE.store(segment::pid_namespace(), Relaxed);
+    // SAFETY: the only write, before the state becomes ACTIVE (see `Attached`); nothing reads it
+    // before this process's own `claim_slot` below.
+    unsafe {
+        ATTACHED.0.get().write(MaybeUninit::new(Segment {
+            view,
+            pid_namespace: segment::pid_namespace(),
+        }))
+    };
     // The domain's limit: a valid OOM_GUARD_LIMIT is the latest word on it; without one, the
     // derived limit, unless the domain already runs on a given one. A process whose settings
     // are malformed changes nothing shared.
@@ -182,11 +187,6 @@ fn initialise() -> bool {
     }
     let scope = SCOPES.iter().position(|&scope| scope == settings.scope);
     SCOPE.store(scope.unwrap_or(0) as u8, Relaxed);
-    HEADER.store(header as *const Header as *mut Header, Relaxed);
-    SLOTS.store(view.slots.as_ptr() as *mut Slot, Relaxed);
-    SLOT_COUNT.store(view.slots.len() as u64, Relaxed);
-    RECORDS.store(view.records.as_ptr() as *mut RefusalRecord, Relaxed);
-    RECORD_COUNT.store(view.records.len() as u64, Relaxed);
     claim_slot(true);
 
     let mut key: libc::pthread_key_t = 0;
@@ -199,31 +199,38 @@ fn initialise() -> bool {
     true
 }
 
-/// The attached segment; its refusal records only `with_records` (the refusal path: the pool
-/// never needs them, and every reservation builds a pool several times).
-fn view(with_records: bool) -> SegmentView<'static> {
-    let header = HEADER.load(Relaxed);
-    let slots = SLOTS.load(Relaxed);
-    let count = SLOT_COUNT.load(Relaxed) as usize;
-    let (records, record_count) = if with_records {
-        (RECORDS.load(Relaxed), RECORD_COUNT.load(Relaxed) as usize)
-    } else {
-        (core::ptr::NonNull::dangling().as_ptr(), 0)
-    };
-    // SAFETY: set once by `initialise` from a validated, never-unmapped segment before the state
-    // became ACTIVE; only called while active. No records: a dangling, aligned pointer.
-    unsafe {
-        SegmentView {
-            header: &*header,
-            slots: core::slice::from_raw_parts(slots, count),
-            records: core::slice::from_raw_parts(records, record_count),
-        }
-    }
+/// The segment a process attached, kept where the slow paths find it.
+#[derive(Clone, Copy)]
+struct Segment {
+    view: SegmentView<'static>,
+    pid_namespace: u64,
+}
+
+/// Holds the [`Segment`]: written once by `initialise` before the state becomes ACTIVE (a
+/// Release store) and read only by code that saw ACTIVE (an Acquire load) or by `initialise`
+/// itself. Plain memory rather than atomics: a reader loads only the fields it uses, where the
+/// compiler keeps every atomic load, used or not, and a reservation builds a pool several times.
+struct Attached(UnsafeCell<MaybeUninit<Segment>>);
+
+// SAFETY: written once, before any other thread may read it (see the type's documentation).
+unsafe impl Sync for Attached {}
+
+/// The attached segment. Only while active (or while `initialise` runs, after it attached).
+fn segment() -> &'static Segment {
+    // SAFETY: written by `initialise` before the state became ACTIVE, never again; the callers
+    // run while active, after an Acquire load of the state, or in `initialise` after the write.
+    unsafe { (*ATTACHED.0.get()).assume_init_ref() }
+}
+
+/// The attached segment's view, its refusal records included (the refusal path's).
+fn view() -> SegmentView<'static> {
+    segment().view
 }
 
 /// The pool over the attached segment.
 fn pool() -> Pool<'static> {
-    Pool::new(view(false)).in_pid_namespace(OWN_PID_NAMESPACE.load(Relaxed))
+    let segment = segment();
+    Pool::new(segment.view).in_pid_namespace(segment.pid_namespace)
 }
 
 /// This process's slot, claimed on first use in a forked child (a child that execs or exits
@@ -476,7 +483,7 @@ fn refuse(
 ) {
     pool.record_denial(slot, bytes, cause);
     crate::record::refusal(
-        &view(true),
+        &view(),
         crate::record::Facts {
             slot,
             kind,
