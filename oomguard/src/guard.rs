@@ -10,9 +10,7 @@
 //! over-counts the real allocations by at most 256 KiB per live thread of every guarded process,
 //! and never under-counts them. A single-threaded PostgreSQL backend contributes at most 256 KiB.
 
-use core::cell::UnsafeCell;
 use core::fmt::Write;
-use core::mem::MaybeUninit;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 
@@ -22,6 +20,7 @@ use oomguard_core::layout::{LimitSource, ModeReason, SegmentView, Slot};
 use oomguard_core::pool::Pool;
 use oomguard_core::{Mode, ProcessKind, RefuseScope};
 
+use crate::once::WriteOnce;
 use crate::report::Line;
 use crate::settings::Settings;
 use crate::tls::ThreadState;
@@ -48,8 +47,9 @@ const ACTIVE: u8 = 2;
 const PASS_THROUGH: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINITIALISED);
-/// The attached segment and this process's PID namespace (see [`Attached`]).
-static ATTACHED: Attached = Attached(UnsafeCell::new(MaybeUninit::uninit()));
+/// The attached segment and this process's PID namespace: written by `initialise` before the
+/// state becomes ACTIVE, read only while active.
+static SEGMENT: WriteOnce<Segment> = WriteOnce::new();
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 /// This process's [`RefuseScope`], as its index in [`SCOPES`].
@@ -131,13 +131,13 @@ fn initialise() -> bool {
         return false;
     };
     let header = view.header;
-    // SAFETY: the only write, before the state becomes ACTIVE (see `Attached`); nothing reads it
-    // before this process's own `claim_slot` below.
+    // SAFETY: the only write, before the state becomes ACTIVE (its Release store publishes it);
+    // this thread's own `claim_slot` below is the first reader.
     unsafe {
-        ATTACHED.0.get().write(MaybeUninit::new(Segment {
+        SEGMENT.write(Segment {
             view,
             pid_namespace: segment::pid_namespace(),
-        }))
+        })
     };
     // The domain's limit: a valid OOM_GUARD_LIMIT is the latest word on it; without one, the
     // derived limit, unless the domain already runs on a given one. A process whose settings
@@ -206,20 +206,11 @@ struct Segment {
     pid_namespace: u64,
 }
 
-/// Holds the [`Segment`]: written once by `initialise` before the state becomes ACTIVE (a
-/// Release store) and read only by code that saw ACTIVE (an Acquire load) or by `initialise`
-/// itself. Plain memory rather than atomics: a reader loads only the fields it uses, where the
-/// compiler keeps every atomic load, used or not, and a reservation builds a pool several times.
-struct Attached(UnsafeCell<MaybeUninit<Segment>>);
-
-// SAFETY: written once, before any other thread may read it (see the type's documentation).
-unsafe impl Sync for Attached {}
-
-/// The attached segment. Only while active (or while `initialise` runs, after it attached).
+/// The attached segment. Only while active (or in `initialise`, after it attached).
 fn segment() -> &'static Segment {
-    // SAFETY: written by `initialise` before the state became ACTIVE, never again; the callers
-    // run while active, after an Acquire load of the state, or in `initialise` after the write.
-    unsafe { (*ATTACHED.0.get()).assume_init_ref() }
+    // SAFETY: written by `initialise` before the state became ACTIVE; the callers run while
+    // active, after an Acquire load of the state, or in `initialise` after the write.
+    unsafe { SEGMENT.get() }
 }
 
 /// The attached segment's view, its refusal records included (the refusal path's).

@@ -15,7 +15,8 @@
 //! - `threads`: `pthread_create`: every thread returns its credit when it exits.
 //! - `segment`: finding, creating and mapping the shared segment.
 //! - `settings`: the `OOM_GUARD_*` settings, from the environment and `config_file`.
-//! - `real`, `report`, `errno`, `sysfs`: glibc's allocator, stderr lines, errno, files.
+//! - `real`, `report`, `errno`, `sysfs`, `once`: glibc's allocator, stderr lines, errno, files,
+//!   values set once at start-up.
 //!
 //! The library itself never allocates on these paths; its Rust heap (used by nothing on purpose)
 //! goes straight to glibc so it could never recurse into the guard.
@@ -30,6 +31,7 @@ mod inject;
 mod interpose;
 mod kernel;
 mod loader;
+mod once;
 mod policy;
 mod real;
 mod record;

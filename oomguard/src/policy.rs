@@ -34,9 +34,12 @@
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64};
 
 use oomguard_core::{ProcessKind, RefuseScope};
+
+use crate::once::WriteOnce;
 
 /// `BGW_MAXLEN` of PostgreSQL 11 to 18: `BackgroundWorker` starts with `char bgw_name[96]` and
 /// `char bgw_type[96]`; the guard reads only those two.
@@ -48,7 +51,7 @@ struct BackgroundWorkerPrefix {
     bgw_type: [c_char; BGW_MAXLEN],
 }
 
-/// PostgreSQL's globals, by index into [`ADDRESSES`].
+/// PostgreSQL's globals the policy reads, in the order [`Symbols::from`] takes them.
 const NAMES: [&CStr; 10] = [
     c"MyBackendType",
     c"GetBackendTypeDesc",
@@ -62,7 +65,9 @@ const NAMES: [&CStr; 10] = [
     c"ExitOnAnyError",
 ];
 
-static ADDRESSES: [AtomicPtr<c_void>; 10] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 10];
+/// The addresses of [`NAMES`], written by [`look_up_symbols`] before [`IS_POSTGRES`] publishes
+/// them.
+static SYMBOLS: WriteOnce<Symbols> = WriteOnce::new();
 /// Every name in [`NAMES`] was found: this process image is a PostgreSQL server.
 static IS_POSTGRES: AtomicBool = AtomicBool::new(false);
 /// PostgreSQL's `const char *GetConfigOption(const char *name, bool missing_ok, bool
@@ -112,14 +117,13 @@ fn note_main_thread() {
 /// Looks PostgreSQL's globals up in this process image. Runs from the library's constructor.
 pub fn look_up_symbols() {
     note_main_thread();
-    let mut all_found = true;
-    for (name, slot) in NAMES.iter().zip(&ADDRESSES) {
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.
-        let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-        all_found &= !address.is_null();
-        slot.store(address, Relaxed);
-    }
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other requirement.
+    let addresses = NAMES.map(|name| unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) });
+    let all_found = addresses.iter().all(|address| !address.is_null());
     if all_found {
+        // SAFETY: the only write, from the library's constructor, before `IS_POSTGRES` publishes
+        // it (below).
+        unsafe { SYMBOLS.write(Symbols::from(addresses)) };
         // SAFETY: as above.
         let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GetConfigOption".as_ptr()) };
         GET_CONFIG_OPTION.store(address, Relaxed);
@@ -143,7 +147,7 @@ pub fn look_up_symbols() {
     // program's own dlerror().
     // SAFETY: dlerror has no preconditions.
     unsafe { libc::dlerror() };
-    IS_POSTGRES.store(all_found, Relaxed);
+    IS_POSTGRES.store(all_found, Release);
 }
 
 /// The name of the PostgreSQL setting that holds a process's budget.
@@ -336,29 +340,36 @@ struct Symbols {
     exit_on_any_error: *const bool,
 }
 
-fn symbols() -> Option<Symbols> {
-    if !IS_POSTGRES.load(Relaxed) {
+impl Symbols {
+    /// The addresses of [`NAMES`], in that order, all non-null.
+    fn from(address: [*mut c_void; 10]) -> Symbols {
+        Symbols {
+            my_backend_type: address[0].cast(),
+            // SAFETY: the symbol GetBackendTypeDesc is PostgreSQL's
+            // `const char *GetBackendTypeDesc(BackendType)`.
+            get_backend_type_desc: unsafe {
+                core::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int) -> *const c_char>(
+                    address[1],
+                )
+            },
+            is_under_postmaster: address[2].cast(),
+            crit_section_count: address[3].cast(),
+            exception_stack: address[4].cast(),
+            exit_in_progress: address[5].cast(),
+            current_context: address[6].cast(),
+            error_context: address[7].cast(),
+            my_bgworker_entry: address[8].cast(),
+            exit_on_any_error: address[9].cast(),
+        }
+    }
+}
+
+fn symbols() -> Option<&'static Symbols> {
+    if !IS_POSTGRES.load(Acquire) {
         return None;
     }
-    let address = |index: usize| ADDRESSES[index].load(Relaxed);
-    Some(Symbols {
-        my_backend_type: address(0).cast(),
-        // SAFETY: the symbol GetBackendTypeDesc is PostgreSQL's
-        // `const char *GetBackendTypeDesc(BackendType)`.
-        get_backend_type_desc: unsafe {
-            core::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int) -> *const c_char>(
-                address(1),
-            )
-        },
-        is_under_postmaster: address(2).cast(),
-        crit_section_count: address(3).cast(),
-        exception_stack: address(4).cast(),
-        exit_in_progress: address(5).cast(),
-        current_context: address(6).cast(),
-        error_context: address(7).cast(),
-        my_bgworker_entry: address(8).cast(),
-        exit_on_any_error: address(9).cast(),
-    })
+    // SAFETY: written before `IS_POSTGRES` was set (Release), which this thread saw (Acquire).
+    Some(unsafe { SYMBOLS.get() })
 }
 
 /// What the process is and whether the request it is making may be refused right now.
@@ -376,7 +387,7 @@ pub struct Decision {
 /// is looked at out of line.
 #[inline(always)]
 pub fn classify(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
-    if !IS_POSTGRES.load(Relaxed) {
+    if !IS_POSTGRES.load(Acquire) {
         return not_postgres(scope, in_loader);
     }
     classify_postgres(scope, in_loader, call)
@@ -396,7 +407,7 @@ fn classify_postgres(scope: RefuseScope, in_loader: bool, call: &str) -> Decisio
     let Some(symbols) = symbols() else {
         return not_postgres(scope, in_loader);
     };
-    let kind = kind_of(&symbols);
+    let kind = kind_of(symbols);
     // A thread an extension started (a JVM's, an embedded engine's) is not inside PostgreSQL's
     // error handling: the globals below describe the main thread, and a NULL there is that
     // library's to handle — often an abort, which takes the server through crash recovery.
@@ -407,7 +418,7 @@ fn classify_postgres(scope: RefuseScope, in_loader: bool, call: &str) -> Decisio
         // a session's first temporary table) or while a process starts; palloc never does.
         && call != "calloc"
         && !crate::loader::cxx_new_handler_installed()
-        && safe_to_fail(&symbols);
+        && safe_to_fail(symbols);
     Decision { kind, refusable }
 }
 
@@ -531,7 +542,7 @@ impl fmt::Display for Described {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let worker_type = match self.0 {
             ProcessKind::BackgroundWorker | ProcessKind::LogicalReplicationWorker => {
-                symbols().as_ref().and_then(bgw_type)
+                symbols().and_then(bgw_type)
             }
             _ => None,
         };
