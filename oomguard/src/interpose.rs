@@ -29,9 +29,9 @@ fn covered(credit: i64, request: usize) -> bool {
 /// The fast path reads no global state, only the thread's credit: a thread has credit only from
 /// reservations made while the guard is active, or from frees, and moving the credit of a thread
 /// that is not accounting (off mode, before start, after exit) touches nothing shared. The
-/// thread's state is looked up again after the call into glibc (one load, see `tls::Local`)
-/// rather than kept in a register that would have to be saved and restored. Everything else is
-/// in [`allocate_slowly`].
+/// state's offset (one load, see `tls::Local`) stays across the call into glibc in the
+/// callee-saved register that `malloc` pushes anyway to align the stack for that call.
+/// Everything else is in [`allocate_slowly`].
 #[inline(always)]
 fn allocate(
     request: usize,
@@ -150,9 +150,9 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // As in `allocate`: a shrink, or growth the thread's credit covers, reads no global state.
     // realloc(p, 0), which frees p in glibc, goes the slow way: here a NULL result then always
     // means that glibc failed and the block stays as it was, so `size` need not outlive the call.
-    // SAFETY: `ptr` is live until glibc's realloc frees or moves it.
     // The growth is not saturated: a shrink's reads as negative, which any credit not lower
-    // still covers (and the slow path works out the real need).
+    // still covers (the slow path works out the real need).
+    // SAFETY: `ptr` is live until glibc's realloc frees or moves it.
     unsafe {
         let old = real::block_size(ptr);
         if size == 0 || !Local::get().covers(size.wrapping_sub(old)) {
