@@ -45,6 +45,12 @@ pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64
     if !decision.refusable {
         return None;
     }
+    // Neither source can give a budget: not PostgreSQL, so no setting to read, and no default.
+    // Two loads, where the evaluation's calls cost a reservation some fifty instructions.
+    if !policy::is_postgres() && DEFAULT.load(Relaxed) == BudgetWord::NONE {
+        record(slot, None, BudgetSource::None);
+        return None;
+    }
     evaluate_refusable(pool, slot, decision.kind)
 }
 
@@ -52,9 +58,21 @@ pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64
 fn evaluate_refusable(pool: &Pool<'_>, slot: &Slot, kind: ProcessKind) -> Option<u64> {
     let (budget, source) = current(default_applies_to(kind));
     let bytes = budget.and_then(|budget| budget.bytes(pool.limit()));
-    slot.budget_bytes.store(bytes.unwrap_or(0), Relaxed);
-    slot.budget_source.store(source as u32, Relaxed);
+    record(slot, bytes, source);
     bytes
+}
+
+/// Shows `bytes` (0: none) and its `source` in the slot, writing only what changed: the slot's
+/// cache line is shared with `oomguard status` and the exporter.
+#[inline(always)]
+fn record(slot: &Slot, bytes: Option<u64>, source: BudgetSource) {
+    let bytes = bytes.unwrap_or(0);
+    if slot.budget_bytes.load(Relaxed) != bytes {
+        slot.budget_bytes.store(bytes, Relaxed);
+    }
+    if slot.budget_source.load(Relaxed) != source as u32 {
+        slot.budget_source.store(source as u32, Relaxed);
+    }
 }
 
 /// Whether `OOM_GUARD_BACKEND_LIMIT` applies to processes of `kind`. Not to autovacuum and

@@ -364,6 +364,11 @@ impl Symbols {
     }
 }
 
+/// Whether this process image is a PostgreSQL server (its symbols were all found).
+pub fn is_postgres() -> bool {
+    IS_POSTGRES.load(Acquire)
+}
+
 fn symbols() -> Option<&'static Symbols> {
     if !IS_POSTGRES.load(Acquire) {
         return None;
