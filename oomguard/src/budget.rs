@@ -48,7 +48,7 @@ pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64
     // Neither source can give a budget: not PostgreSQL, so no setting to read, and no default.
     // Two loads, where the evaluation's calls cost a reservation some fifty instructions.
     if !policy::is_postgres() && DEFAULT.load(Relaxed) == BudgetWord::NONE {
-        record(slot, None, BudgetSource::None);
+        show_in_slot(slot, None, BudgetSource::None);
         return None;
     }
     evaluate_refusable(pool, slot, decision.kind)
@@ -58,14 +58,14 @@ pub fn evaluate(pool: &Pool<'_>, slot: &Slot, decision: &Decision) -> Option<u64
 fn evaluate_refusable(pool: &Pool<'_>, slot: &Slot, kind: ProcessKind) -> Option<u64> {
     let (budget, source) = current(default_applies_to(kind));
     let bytes = budget.and_then(|budget| budget.bytes(pool.limit()));
-    record(slot, bytes, source);
+    show_in_slot(slot, bytes, source);
     bytes
 }
 
 /// Shows `bytes` (0: none) and its `source` in the slot, writing only what changed: the slot's
 /// cache line is shared with `oomguard status` and the exporter.
 #[inline(always)]
-fn record(slot: &Slot, bytes: Option<u64>, source: BudgetSource) {
+fn show_in_slot(slot: &Slot, bytes: Option<u64>, source: BudgetSource) {
     let bytes = bytes.unwrap_or(0);
     if slot.budget_bytes.load(Relaxed) != bytes {
         slot.budget_bytes.store(bytes, Relaxed);

@@ -48,7 +48,9 @@ const PASS_THROUGH: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINITIALISED);
 /// The attached segment and this process's PID namespace: written by `initialise` before the
-/// state becomes ACTIVE, read only while active.
+/// state becomes ACTIVE, read only after an Acquire load that saw ACTIVE (including by
+/// `process_exiting` and by reservations still under way once the state has left ACTIVE: it is
+/// never written again).
 static SEGMENT: WriteOnce<Segment> = WriteOnce::new();
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
@@ -206,10 +208,11 @@ struct Segment {
     pid_namespace: u64,
 }
 
-/// The attached segment. Only while active (or in `initialise`, after it attached).
+/// The attached segment. Only once the state was seen ACTIVE (or in `initialise`, after it
+/// attached).
 fn segment() -> &'static Segment {
-    // SAFETY: written by `initialise` before the state became ACTIVE; the callers run while
-    // active, after an Acquire load of the state, or in `initialise` after the write.
+    // SAFETY: written by `initialise` before the state became ACTIVE, never again; the callers
+    // saw ACTIVE with an Acquire load, or are `initialise` itself after the write.
     unsafe { SEGMENT.get() }
 }
 

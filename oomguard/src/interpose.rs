@@ -62,7 +62,8 @@ fn allocate_slowly(
     }
     let thread = tls::current();
     // SAFETY: `thread` is this thread's state and the guard is active; nested allocations from
-    // the guard's own slow path only move `credit` through the same pointer.
+    // the guard's own slow path only move the same `credit` (through `%fs` on x86_64), between
+    // our reads of it, never during one.
     unsafe {
         if !covered((*thread).credit, request) && !guard::reserve(thread, request, call) {
             errno::set(libc::ENOMEM);
@@ -208,9 +209,16 @@ unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize) -> *mut c_vo
         if !block.is_null() {
             settle_resized(block, old);
             guard::record_peaks();
-        } else if size == 0 && Local::get().credit_past_release(old) {
-            // glibc's realloc(p, 0) frees p and returns NULL.
-            guard::release_excess(thread);
+        } else {
+            if size == 0 {
+                // glibc's realloc(p, 0) frees p and returns NULL.
+                (*thread).credit += old as i64;
+            }
+            // As in `allocate_slowly`: what was reserved for a growth glibc could not serve
+            // goes back at once.
+            if (*thread).credit > RELEASE_ABOVE {
+                guard::release_excess(thread);
+            }
         }
         block
     }

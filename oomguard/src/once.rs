@@ -10,10 +10,9 @@ use core::mem::MaybeUninit;
 /// code that saw the flag (an Acquire load) or by the writing thread after the write.
 pub struct WriteOnce<T>(UnsafeCell<MaybeUninit<T>>);
 
-// SAFETY: the value is never written after it is published (see the type's documentation), so
-// concurrent readers only ever share an immutable value. The values kept here are addresses of
-// memory valid for the whole process image, which any thread may use.
-unsafe impl<T> Sync for WriteOnce<T> {}
+// SAFETY: the value is written once, by one thread, before it is published (see the type's
+// documentation), and only shared immutably after: what a `OnceLock<T>` needs of `T`.
+unsafe impl<T: Send + Sync> Sync for WriteOnce<T> {}
 
 impl<T> WriteOnce<T> {
     /// Not yet written.

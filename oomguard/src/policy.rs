@@ -51,7 +51,7 @@ struct BackgroundWorkerPrefix {
     bgw_type: [c_char; BGW_MAXLEN],
 }
 
-/// PostgreSQL's globals the policy reads, in the order [`Symbols::from`] takes them.
+/// PostgreSQL's globals the policy reads, in the order [`Symbols::from_addresses`] takes them.
 const NAMES: [&CStr; 10] = [
     c"MyBackendType",
     c"GetBackendTypeDesc",
@@ -74,8 +74,8 @@ static IS_POSTGRES: AtomicBool = AtomicBool::new(false);
 /// restrict_privileged)` (the same since 9.2), for `oomguard.backend_memory_limit`.
 static GET_CONFIG_OPTION: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
-/// PostgreSQL's symbols read only for the refusal record (see [`statement_identity`]); each may
-/// be missing (null) without changing anything else.
+/// PostgreSQL's symbols read only for the refusal record (see [`with_statement_identity`]);
+/// each may be missing (null) without changing anything else.
 static MY_DATABASE_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 static DEBUG_QUERY_STRING: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 static GET_MY_QUERY_ID: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
@@ -121,9 +121,9 @@ pub fn look_up_symbols() {
     let addresses = NAMES.map(|name| unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) });
     let all_found = addresses.iter().all(|address| !address.is_null());
     if all_found {
-        // SAFETY: the only write, from the library's constructor, before `IS_POSTGRES` publishes
-        // it (below).
-        unsafe { SYMBOLS.write(Symbols::from(addresses)) };
+        // SAFETY: every name was found, in `NAMES`' order; the only write, from the library's
+        // constructor, before `IS_POSTGRES` publishes it (below).
+        unsafe { SYMBOLS.write(Symbols::from_addresses(addresses)) };
         // SAFETY: as above.
         let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GetConfigOption".as_ptr()) };
         GET_CONFIG_OPTION.store(address, Relaxed);
@@ -340,12 +340,21 @@ struct Symbols {
     exit_on_any_error: *const bool,
 }
 
+// SAFETY: the addresses of PostgreSQL's globals and functions in this process image, valid for
+// its whole life; every read through them is its user's own `unsafe`, on PostgreSQL's thread.
+unsafe impl Send for Symbols {}
+// SAFETY: as above; the struct itself is never written after it is published.
+unsafe impl Sync for Symbols {}
+
 impl Symbols {
-    /// The addresses of [`NAMES`], in that order, all non-null.
-    fn from(address: [*mut c_void; 10]) -> Symbols {
+    /// The symbols from their addresses.
+    ///
+    /// # Safety
+    /// `address` holds what `dlsym` found for [`NAMES`], in that order, none of them null.
+    unsafe fn from_addresses(address: [*mut c_void; 10]) -> Symbols {
         Symbols {
             my_backend_type: address[0].cast(),
-            // SAFETY: the symbol GetBackendTypeDesc is PostgreSQL's
+            // SAFETY: the caller's contract: the non-null address of PostgreSQL's
             // `const char *GetBackendTypeDesc(BackendType)`.
             get_backend_type_desc: unsafe {
                 core::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int) -> *const c_char>(

@@ -7,9 +7,11 @@
 //! Other targets use `thread_local!`.
 //!
 //! The hot path goes one step further with [`Local`]: on x86_64 it keeps only the state's offset
-//! from the thread pointer (one load from the GOT) and addresses the fields through `%fs`, so an
-//! access needs no separate address computation, and the offset, the same in every thread, is
-//! loaded again after a call into glibc rather than kept in a register that must be saved.
+//! from the thread pointer (one load from the GOT, the same value in every thread) and moves the
+//! fields through `%fs`, each operation one instruction on the field in place, with no address to
+//! compute first.
+
+use core::marker::PhantomData;
 
 /// One thread's view of the accounting. Zero-initialised for every new thread.
 #[repr(C)]
@@ -27,8 +29,9 @@ pub struct ThreadState {
     /// turn a NULL into an ERROR, so nothing they ask for is refused (see `loader`).
     pub in_loader: bool,
     /// Successful allocations not yet added to the process slot. Not next to `credit` on
-    /// purpose: adjacent, the compiler merges the two updates into five vector instructions
-    /// where apart they are two.
+    /// purpose: on targets where the fast path is compiled Rust (not x86_64's assembly), the
+    /// compiler merges two adjacent updates into five vector instructions where apart they are
+    /// two.
     pub pending_allocations: u64,
 }
 
@@ -88,8 +91,8 @@ pub fn current() -> *mut ThreadState {
 }
 
 /// The calling thread's state as the allocation fast path moves it: the credit and the count of
-/// allocations, nothing else. Each method is the one or two instructions it names; every other
-/// use of the state goes through [`current`].
+/// allocations, nothing else; every other use of the state goes through [`current`]. Not `Send`:
+/// a `Local` is made by [`Local::get`] or [`Local::reload`] on the thread whose state it moves.
 #[derive(Clone, Copy)]
 pub struct Local {
     /// x86_64: the state's offset from the thread pointer.
@@ -97,11 +100,16 @@ pub struct Local {
     offset: usize,
     #[cfg(not(target_arch = "x86_64"))]
     state: *mut ThreadState,
+    not_send: PhantomData<*mut ThreadState>,
 }
 
 /// Byte offset of [`ThreadState::pending_allocations`], for the assembly below.
 #[cfg(target_arch = "x86_64")]
 const PENDING_ALLOCATIONS: usize = core::mem::offset_of!(ThreadState, pending_allocations);
+
+// `credit_past_release` compares with an immediate operand, which x86_64 sign-extends from 32 bits.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(crate::guard::RELEASE_ABOVE <= i32::MAX as i64);
 
 #[cfg(target_arch = "x86_64")]
 impl Local {
@@ -109,10 +117,10 @@ impl Local {
     #[inline(always)]
     pub fn get() -> Local {
         let offset: usize;
-        // SAFETY: reads the GOT entry the dynamic linker filled with the offset of our static,
-        // initial-exec TLS block from the thread pointer; writes only the output register. The
-        // entry never changes once relocated (it is in RELRO), hence `nomem`: the compiler may
-        // keep the offset across a call rather than load it again.
+        // SAFETY: reads the GOT entry the dynamic linker filled, before any code of this library
+        // ran, with the offset of our static, initial-exec TLS block from the thread pointer;
+        // writes only the output register. No Rust code can reach or change that entry, hence
+        // `nomem`: the compiler may keep the offset across a call rather than load it again.
         unsafe {
             core::arch::asm!(
                 "mov {0}, qword ptr [rip + oomguard_thread_state@GOTTPOFF]",
@@ -120,7 +128,10 @@ impl Local {
                 options(pure, nomem, nostack, preserves_flags),
             );
         }
-        Local { offset }
+        Local {
+            offset,
+            not_send: PhantomData,
+        }
     }
 
     /// The same as [`Local::get`], but never merged with an earlier `get`: for a caller that
@@ -138,37 +149,38 @@ impl Local {
                 options(pure, readonly, nostack, preserves_flags),
             );
         }
-        Local { offset }
+        Local {
+            offset,
+            not_send: PhantomData,
+        }
     }
 
-    /// Whether the credit covers `request` bytes: one signed compare with the credit in place.
-    /// A request of 2^63 bytes or more reads as negative, so as covered (see
+    /// Whether the credit covers `request` bytes: a compare with the credit in place and a
+    /// branch. A request of 2^63 bytes or more reads as negative, so as covered (see
     /// `interpose::covered` for why that is harmless).
     #[inline(always)]
     pub fn covers(self, request: usize) -> bool {
-        // SAFETY: `%fs:offset` is this thread's state (see `get`), whose first field is the
-        // credit; the asm only reads it and sets the flags.
+        // SAFETY: `%fs:offset` is this thread's state (see `get`; `Local` is not `Send`), whose
+        // first field is the credit; the asm only reads it and sets the flags.
         unsafe {
             core::arch::asm!(
                 "cmp qword ptr fs:[{offset}], {request}",
-                "jl {short}",
+                "jl {not_covered}",
                 offset = in(reg) self.offset,
                 request = in(reg) request,
-                short = label { return false; },
+                not_covered = label { return false; },
                 options(readonly, nostack),
             );
         }
         true
     }
 
-    /// Charges an allocation of `bytes`: the credit goes down by them, the count up by one.
-    ///
-    /// # Safety
-    /// `self` must come from [`Local::get`] on the calling thread.
+    /// Charges an allocation of `bytes`: the credit goes down by them, the count up by one (two
+    /// instructions).
     #[inline(always)]
-    pub unsafe fn charge(self, bytes: usize) {
-        // SAFETY: the caller's contract: `%fs:offset` is this thread's state, credit at 0 and
-        // the count at `PENDING_ALLOCATIONS`; only those two words and the flags are written.
+    pub fn charge(self, bytes: usize) {
+        // SAFETY: as in `covers`: the credit at offset 0, the count at `PENDING_ALLOCATIONS`;
+        // only those two words of this thread's state and the flags are written.
         unsafe {
             core::arch::asm!(
                 "sub qword ptr fs:[{offset}], {bytes}",
@@ -181,12 +193,10 @@ impl Local {
         }
     }
 
-    /// Credits `bytes` given back; returns whether the credit is now above `RELEASE_ABOVE`.
-    ///
-    /// # Safety
-    /// `self` must come from [`Local::get`] on the calling thread.
+    /// Credits `bytes` given back; returns whether the credit is now above `RELEASE_ABOVE` (an
+    /// add, a compare and a branch).
     #[inline(always)]
-    pub unsafe fn credit_past_release(self, bytes: usize) -> bool {
+    pub fn credit_past_release(self, bytes: usize) -> bool {
         // SAFETY: as in `charge`; only the credit and the flags are written.
         unsafe {
             core::arch::asm!(
@@ -209,29 +219,29 @@ impl Local {
     /// The calling thread's state.
     #[inline(always)]
     pub fn get() -> Local {
-        Local { state: current() }
+        Local {
+            state: current(),
+            not_send: PhantomData,
+        }
     }
 
     /// The calling thread's state (see the x86_64 version).
     #[inline(always)]
     pub fn reload() -> Local {
-        Local { state: current() }
+        Local::get()
     }
 
     /// Whether the credit covers `request` bytes (see `interpose::covered`).
     #[inline(always)]
     pub fn covers(self, request: usize) -> bool {
-        // SAFETY: this thread's state.
+        // SAFETY: this thread's state (`Local` is not `Send`).
         unsafe { (*self.state).credit >= request as i64 }
     }
 
     /// Charges an allocation of `bytes`: the credit goes down by them, the count up by one.
-    ///
-    /// # Safety
-    /// `self` must come from [`Local::get`] on the calling thread.
     #[inline(always)]
-    pub unsafe fn charge(self, bytes: usize) {
-        // SAFETY: the caller's contract.
+    pub fn charge(self, bytes: usize) {
+        // SAFETY: this thread's state (`Local` is not `Send`).
         unsafe {
             (*self.state).credit -= bytes as i64;
             (*self.state).pending_allocations += 1;
@@ -239,12 +249,9 @@ impl Local {
     }
 
     /// Credits `bytes` given back; returns whether the credit is now above `RELEASE_ABOVE`.
-    ///
-    /// # Safety
-    /// `self` must come from [`Local::get`] on the calling thread.
     #[inline(always)]
-    pub unsafe fn credit_past_release(self, bytes: usize) -> bool {
-        // SAFETY: the caller's contract.
+    pub fn credit_past_release(self, bytes: usize) -> bool {
+        // SAFETY: this thread's state (`Local` is not `Send`).
         unsafe {
             (*self.state).credit += bytes as i64;
             (*self.state).credit > crate::guard::RELEASE_ABOVE
