@@ -201,7 +201,13 @@ unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize) -> *mut c_vo
     let thread = tls::current();
     // SAFETY: as in `allocate_slowly`.
     unsafe {
-        if !covered((*thread).credit, growth) && !guard::reserve(thread, growth, "realloc") {
+        // A realloc that does not grow reserves nothing, so it is never refused, even when the
+        // thread owes the pool a few bytes: refusing realloc(p, 0) would return NULL without
+        // freeing `p`, which its caller takes for freed. The debt is paid at the next growth.
+        if growth > 0
+            && !covered((*thread).credit, growth)
+            && !guard::reserve(thread, growth, "realloc")
+        {
             errno::set(libc::ENOMEM);
             return null_mut();
         }

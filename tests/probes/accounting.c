@@ -18,6 +18,10 @@
  *                              prints one line per function with the result and errno
  *   overdraft SIZE             malloc(SIZE) until NULL, three times in a row: "round R N" each
  *                              (after the first refusal only the overdraft is left); wait
+ *   nothing-to-reserve SIZE    under OOM_GUARD_TEST_INJECT=1: a thread that owes the pool and
+ *                              has no overdraft left shrinks a block by 10 bytes and reallocs
+ *                              another to 0: "nothing-to-reserve owing shrink=R errno=E
+ *                              zero=R errno=E"; wait
  *   consumer COUNT SIZE [ROUNDS] the main thread allocates COUNT blocks, another thread frees
  *                              them all and exits (ROUNDS times, default 1); "consumed"; wait
  *   dlerror-kept SIZE          dlopen of a missing library (a pending dlerror() message), then
@@ -241,6 +245,41 @@ static int overdraft(size_t size) {
     return 0;
 }
 
+/* Run with every refusable reservation refused (OOM_GUARD_TEST_INJECT=1), so only the overdraft
+ * serves (armed by the first refusal, which may come before main). malloc(SIZE) until the
+ * overdraft is used up, then malloc(0) until NULL, leaves the thread owing a few bytes (glibc's
+ * blocks are larger than what the overdraft reserves, exactly the request) with nothing left to
+ * cover them. A realloc that does not grow needs nothing from the pool: a shrink of one of the
+ * last two blocks by 10 bytes, then a realloc of the other to 0 bytes (which frees), must both
+ * succeed and leave errno alone. */
+static int nothing_to_reserve(size_t size) {
+    void *shrunk = NULL, *freed = NULL;
+    int nulls = 0;
+    while (nulls < 2) { /* the refusal that arms the overdraft, then the one that ends it */
+        void *p = malloc(size);
+        if (p == NULL) {
+            nulls++;
+        } else {
+            shrunk = freed;
+            freed = p;
+        }
+    }
+    long owing = 0;
+    while (malloc(0) != NULL) owing++;
+    errno = 0;
+    void *result = realloc(shrunk, size - 10);
+    int shrink_errno = errno;
+    errno = 0;
+    void *zero = realloc(freed, 0);
+    int zero_errno = errno;
+    printf("nothing-to-reserve %s shrink=%s errno=%d zero=%s errno=%d\n",
+           shrunk != NULL && owing > 0 ? "owing" : "not-owing", result != NULL ? "block" : "NULL",
+           shrink_errno, zero == NULL ? "NULL" : "block", zero_errno);
+    fflush(stdout);
+    wait_line();
+    return 0;
+}
+
 struct handoff {
     void **blocks;
     long count;
@@ -320,6 +359,8 @@ int main(int argc, char **argv) {
         return dlerror_kept(strtoull(argv[2], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "impossible") == 0)
         return impossible(strtoull(argv[2], NULL, 10));
+    if (argc >= 3 && strcmp(argv[1], "nothing-to-reserve") == 0)
+        return nothing_to_reserve(strtoull(argv[2], NULL, 10));
     if (argc >= 3 && strcmp(argv[1], "refused-calls") == 0)
         return refused_calls(strtoull(argv[2], NULL, 10));
     fprintf(stderr, "usage: see the comment at the top of accounting.c\n");

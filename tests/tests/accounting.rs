@@ -470,6 +470,25 @@ fn a_foreign_segment_file_is_reported_and_never_crashes_the_process() {
     assert!(error.to_string().contains("bad magic"), "{error}");
 }
 
+/// A realloc that does not grow needs nothing from the pool, so nothing can refuse it: not even
+/// in a thread that owes the pool a few bytes and has no overdraft left to pay them. Refusing a
+/// realloc to 0 bytes would return NULL without freeing, and the caller takes the block for gone.
+#[test]
+fn a_realloc_that_does_not_grow_is_never_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = start(
+        dir.path(),
+        &["nothing-to-reserve", "1000"],
+        &[("OOM_GUARD_TEST_INJECT", "1")],
+    );
+    assert_eq!(
+        probe.expect("nothing-to-reserve "),
+        "nothing-to-reserve owing shrink=block errno=0 zero=NULL errno=0"
+    );
+    probe.proceed();
+    probe.finish();
+}
+
 #[test]
 fn a_refused_process_gets_a_64_kib_overdraft_once() {
     let dir = tempfile::tempdir().unwrap();
