@@ -43,8 +43,12 @@ pub fn active() -> bool {
     ONE_IN.load(Relaxed) != 0
 }
 
-/// A new sequence for this process (after fork: each backend draws its own).
+/// A new sequence for this process (after fork: each backend draws its own). Nothing when
+/// injection is off: every fork would otherwise pay a `getpid` system call for it.
 pub fn reseed() {
+    if !active() {
+        return;
+    }
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() } as u64;
     let mixed = (SEED.load(Relaxed) ^ pid.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
