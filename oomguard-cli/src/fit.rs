@@ -349,6 +349,16 @@ mod tests {
         inputs(768 * MIB, 140 * MIB, 77 * MIB)
     }
 
+    /// The first warning's message for a configuration of `inputs` (see [`config`]).
+    fn first_warning(
+        inputs: &LimitInputsSnapshot,
+        limit: u64,
+        idle: Option<u64>,
+        server: Option<ServerSettingsSnapshot>,
+    ) -> String {
+        check(&config(inputs, limit, idle, server))[0].message()
+    }
+
     fn config<'a>(
         inputs: &'a LimitInputsSnapshot,
         limit: u64,
@@ -459,32 +469,14 @@ mod tests {
     fn the_advice_never_names_a_value_postgresql_rejects() {
         let inputs = container();
         // 551 − 531 = 20 MiB for 100 connections: 204 kB each, but not 0 connections of 64 MiB.
-        let message = check(&config(
-            &inputs,
-            551 * MIB,
-            Some(531 * MIB),
-            server(64 * MIB, 100),
-        ))[0]
-            .message();
+        let message = first_warning(&inputs, 551 * MIB, Some(531 * MIB), server(64 * MIB, 100));
         assert!(message.contains("work_mem to 204kB or less;"), "{message}");
         assert!(!message.contains("max_connections to"), "{message}");
         // 551 − 550 = 1 MiB for 100 connections: 10 kB, below PostgreSQL's 64 kB.
-        let message = check(&config(
-            &inputs,
-            551 * MIB,
-            Some(550 * MIB),
-            server(4 * MIB, 100),
-        ))[0]
-            .message();
+        let message = first_warning(&inputs, 551 * MIB, Some(550 * MIB), server(4 * MIB, 100));
         assert!(message.contains("leaves no room for work_mem"), "{message}");
         assert!(!message.contains("kB or less"), "{message}");
-        let message = check(&config(
-            &inputs,
-            551 * MIB,
-            Some(600 * MIB),
-            server(4 * MIB, 10),
-        ))[0]
-            .message();
+        let message = first_warning(&inputs, 551 * MIB, Some(600 * MIB), server(4 * MIB, 10));
         assert!(message.contains("leaves no room for work_mem"), "{message}");
     }
 
@@ -540,7 +532,7 @@ mod tests {
     #[test]
     fn without_a_server_work_mem_times_connections_is_checked_alone() {
         let inputs = container();
-        let message = check(&config(&inputs, 551 * MIB, None, server(16 * MIB, 100)))[0].message();
+        let message = first_warning(&inputs, 551 * MIB, None, server(16 * MIB, 100));
         assert!(
             message.contains("= 1.6 GiB, before what the server itself holds"),
             "{message}"

@@ -51,7 +51,7 @@ static STATE: AtomicU8 = AtomicU8::new(UNINITIALISED);
 /// state becomes ACTIVE, read only after an Acquire load that saw ACTIVE (including by
 /// `process_exiting` and by reservations still under way once the state has left ACTIVE: it is
 /// never written again).
-static SEGMENT: WriteOnce<Segment> = WriteOnce::new();
+static ATTACHED: WriteOnce<Attached> = WriteOnce::new();
 /// This process's slot.
 static SLOT: AtomicPtr<Slot> = AtomicPtr::new(core::ptr::null_mut());
 /// This process's [`RefuseScope`], as its index in [`SCOPES`].
@@ -136,7 +136,7 @@ fn initialise() -> bool {
     // SAFETY: the only write, before the state becomes ACTIVE (its Release store publishes it);
     // this thread's own `claim_slot` below is the first reader.
     unsafe {
-        SEGMENT.write(Segment {
+        ATTACHED.write(Attached {
             view,
             pid_namespace: segment::pid_namespace(),
         })
@@ -203,28 +203,28 @@ fn initialise() -> bool {
 
 /// The segment a process attached, kept where the slow paths find it.
 #[derive(Clone, Copy)]
-struct Segment {
+struct Attached {
     view: SegmentView<'static>,
     pid_namespace: u64,
 }
 
 /// The attached segment. Only once the state was seen ACTIVE (or in `initialise`, after it
 /// attached).
-fn segment() -> &'static Segment {
+fn attached() -> &'static Attached {
     // SAFETY: written by `initialise` before the state became ACTIVE, never again; the callers
     // saw ACTIVE with an Acquire load, or are `initialise` itself after the write.
-    unsafe { SEGMENT.get() }
+    unsafe { ATTACHED.get() }
 }
 
 /// The attached segment's view, its refusal records included (the refusal path's).
 fn view() -> SegmentView<'static> {
-    segment().view
+    attached().view
 }
 
 /// The pool over the attached segment.
 fn pool() -> Pool<'static> {
-    let segment = segment();
-    Pool::new(segment.view).in_pid_namespace(segment.pid_namespace)
+    let attached = attached();
+    Pool::new(attached.view).in_pid_namespace(attached.pid_namespace)
 }
 
 /// This process's slot, claimed on first use in a forked child (a child that execs or exits

@@ -71,17 +71,29 @@ fn allocate_slowly(
         }
         let block = allocate();
         if block.is_null() {
-            // glibc could not serve it: what was reserved for it goes back at once, or a
-            // never-refused process asking for 2^45 bytes would hold them until its next free
-            // (and every refusable process of the domain would be refused meanwhile).
-            if (*thread).credit > RELEASE_ABOVE {
-                guard::release_excess(thread);
-            }
+            not_served(thread, 0);
         } else {
             Local::get().charge(real::block_size(block));
             guard::record_peaks();
         }
         block
+    }
+}
+
+/// After glibc returned NULL on a slow path: the credit takes back the `freed` bytes the failed
+/// call released anyway, and what was reserved for the request goes back to the pool at once,
+/// or a never-refused process asking for 2^45 bytes would hold them until its next free (and
+/// every refusable process of the domain would be refused meanwhile).
+///
+/// # Safety
+/// `thread` must be the calling thread's state.
+unsafe fn not_served(thread: *mut tls::ThreadState, freed: usize) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        (*thread).credit += freed as i64;
+        if (*thread).credit > RELEASE_ABOVE {
+            guard::release_excess(thread);
+        }
     }
 }
 
@@ -216,15 +228,8 @@ unsafe fn realloc_slowly(ptr: *mut c_void, size: usize, old: usize) -> *mut c_vo
             settle_resized(block, old);
             guard::record_peaks();
         } else {
-            if size == 0 {
-                // glibc's realloc(p, 0) frees p and returns NULL.
-                (*thread).credit += old as i64;
-            }
-            // As in `allocate_slowly`: what was reserved for a growth glibc could not serve
-            // goes back at once.
-            if (*thread).credit > RELEASE_ABOVE {
-                guard::release_excess(thread);
-            }
+            // glibc's realloc(p, 0) frees p and returns NULL; any other NULL leaves p as it was.
+            not_served(thread, if size == 0 { old } else { 0 });
         }
         block
     }

@@ -379,7 +379,7 @@ pub fn is_postgres() -> bool {
 }
 
 fn symbols() -> Option<&'static Symbols> {
-    if !IS_POSTGRES.load(Acquire) {
+    if !is_postgres() {
         return None;
     }
     // SAFETY: written before `IS_POSTGRES` was set (Release), which this thread saw (Acquire).
@@ -401,7 +401,7 @@ pub struct Decision {
 /// is looked at out of line.
 #[inline(always)]
 pub fn classify(scope: RefuseScope, in_loader: bool, call: &str) -> Decision {
-    if !IS_POSTGRES.load(Acquire) {
+    if !is_postgres() {
         return not_postgres(scope, in_loader);
     }
     classify_postgres(scope, in_loader, call)
